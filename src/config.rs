@@ -1,0 +1,115 @@
+//! The gateway's configuration: one typed struct, read from command-line flags and their
+//! `INCODE_GATEWAY_*` environment equivalents. `incode-gateway serve --help` lists every key with
+//! its default; this file is the one place they are defined.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "incode-gateway",
+    version,
+    about = "Receives Incode webhooks, stores them durably and streams them to internal services over gRPC",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(Config),
+}
+
+impl Cli {
+    /// The configuration to serve with.
+    pub fn into_config(self) -> Config {
+        match self.command {
+            Some(Command::Serve(config)) => config,
+            None => self.serve,
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address of the public listener (Incode's webhooks and health).
+    #[arg(long, env = "INCODE_GATEWAY_PUBLIC_ADDR", default_value = "0.0.0.0:8080")]
+    pub public_addr: SocketAddr,
+
+    /// Address of the internal listener (gRPC subscriptions, gRPC health and reflection).
+    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_ADDR", default_value = "0.0.0.0:50051")]
+    pub internal_addr: SocketAddr,
+
+    /// Where events are stored: `embedded` (durable, on local disk under --data-dir) or
+    /// `memory` (lost on restart; for trying things out).
+    #[arg(long, env = "INCODE_GATEWAY_STORAGE", value_enum, default_value_t = StorageKind::Memory)]
+    pub storage: StorageKind,
+
+    /// Directory of the embedded event log; created on first start.
+    #[arg(long, env = "INCODE_GATEWAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// How long an identical repeat of a notification is recognised as Incode's retry and not
+    /// stored again (e.g. `24h`, `30m`).
+    #[arg(long, env = "INCODE_GATEWAY_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long a subscription stream may stay silent before a heartbeat is sent.
+    #[arg(long, env = "INCODE_GATEWAY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and streams to finish before
+    /// exiting anyway.
+    #[arg(long, env = "INCODE_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "INCODE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Event log backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// In memory; lost on restart.
+    Memory,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+impl Config {
+    /// The defaults, as `serve` with no flags and no environment would have them, with both
+    /// listeners on ephemeral loopback ports. Meant for tests and embedding.
+    pub fn for_tests() -> Self {
+        let mut config = Cli::parse_from(["incode-gateway"]).into_config();
+        config.public_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.internal_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+}

@@ -1,0 +1,127 @@
+//! `EventStreamService`: resolves a subscription request against the log and hands it to a
+//! [`Subscription`] stream.
+
+use std::{
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
+
+use futures::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{
+    filter::Filter,
+    subscription::{Start, Subscription},
+};
+use crate::{
+    error::{ErrorCode, ServiceError, grpc_status},
+    log::{LogError, SharedLog},
+    proto::v1::{self, event_stream_service_server::EventStreamService, start_position::Position},
+};
+
+/// How far in the future a `since` may be before it is refused: clocks of different machines
+/// disagree a little.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+/// The `EventStreamService` implementation.
+pub struct EventStream {
+    log: SharedLog,
+    heartbeat_interval: Duration,
+    shutdown: CancellationToken,
+}
+
+impl EventStream {
+    /// Serves subscriptions over `log`; streams end when `shutdown` is cancelled.
+    pub fn new(log: SharedLog, heartbeat_interval: Duration, shutdown: CancellationToken) -> Self {
+        Self {
+            log,
+            heartbeat_interval,
+            shutdown,
+        }
+    }
+
+    async fn resolve_start(&self, position: Option<Position>) -> Result<Start, StartError> {
+        let bounds = self.log.bounds();
+        let from_past = |next| Start {
+            next,
+            announce_caught_up: true,
+        };
+        match position {
+            None | Some(Position::Latest(_)) => Ok(Start {
+                next: bounds.head + 1,
+                announce_caught_up: false,
+            }),
+            Some(Position::Earliest(_)) | Some(Position::AfterSequence(0)) => {
+                Ok(from_past(bounds.first))
+            }
+            Some(Position::AfterSequence(after)) if after > bounds.head => {
+                Err(StartError::BeyondHead {
+                    after,
+                    head: bounds.head,
+                })
+            }
+            Some(Position::AfterSequence(after)) => Ok(from_past(after + 1)),
+            Some(Position::Since(since)) => {
+                let since = SystemTime::try_from(since).map_err(|_| StartError::InvalidTime)?;
+                if since > SystemTime::now() + CLOCK_SKEW {
+                    return Err(StartError::FutureTime);
+                }
+                Ok(from_past(self.log.sequence_at(since).await?))
+            }
+        }
+    }
+}
+
+/// Why a start position could not be used.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("start.after_sequence {after} is beyond the newest stored event ({head})")]
+    BeyondHead { after: u64, head: u64 },
+    #[error("start.since is not a valid timestamp")]
+    InvalidTime,
+    #[error("start.since is in the future")]
+    FutureTime,
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl ServiceError for StartError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::BeyondHead { .. } => ErrorCode::OutOfRange,
+            Self::InvalidTime | Self::FutureTime => ErrorCode::BadRequest,
+            Self::Log(error) => error.error_code(),
+        }
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EventStreamService for EventStream {
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let filter = Filter::try_from(request.filter.unwrap_or_default())
+            .map_err(|error| grpc_status(&error))?;
+        let position = request.start.and_then(|start| start.position);
+        let start = self
+            .resolve_start(position)
+            .await
+            .map_err(|error| grpc_status(&error))?;
+        tracing::info!(next = start.next, "subscription started");
+        let subscription = Subscription {
+            log: self.log.clone(),
+            start,
+            filter,
+            heartbeat_interval: self.heartbeat_interval,
+            shutdown: self.shutdown.clone(),
+        };
+        Ok(Response::new(Box::pin(subscription.into_stream())))
+    }
+}

@@ -1,0 +1,61 @@
+//! The internal listener: `EventStreamService`, `grpc.health.v1.Health` and server reflection.
+//! Never exposed to the internet.
+
+mod event_stream;
+mod filter;
+mod subscription;
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+pub use event_stream::EventStream;
+pub use filter::{Filter, FilterError};
+
+use crate::{
+    log::SharedLog,
+    proto::v1::{self, event_stream_service_server::EventStreamServiceServer},
+};
+
+/// Settings of the internal listener.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcSettings {
+    /// Longest silence on a subscription before a heartbeat.
+    pub heartbeat_interval: Duration,
+}
+
+/// Serves the internal gRPC API on `listener` until `shutdown` is cancelled. Subscription streams
+/// end on shutdown, so the server can drain.
+pub fn serve(
+    listener: TcpListener,
+    log: SharedLog,
+    settings: GrpcSettings,
+    shutdown: CancellationToken,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, tonic_reflection::server::Error>
+{
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let event_stream = EventStreamServiceServer::new(EventStream::new(
+        log,
+        settings.heartbeat_interval,
+        shutdown.clone(),
+    ));
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(async move {
+        health_reporter
+            .set_serving::<EventStreamServiceServer<EventStream>>()
+            .await;
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(event_stream)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+    })
+}

@@ -1,0 +1,167 @@
+//! One subscription stream: reads the log from its own cursor, in batches, at the pace the
+//! subscriber takes messages.
+//!
+//! Catch-up and the live tail are the same loop: the stream reads what is stored after its
+//! cursor and, when there is nothing more, waits for the log's head to move. There is no handover
+//! between a replay and a live feed, so there is no seam to lose or repeat an event at, and a slow
+//! subscriber holds at most one batch in memory while the rest waits in the log.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use futures::Stream;
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::filter::Filter;
+use crate::{
+    error::grpc_status,
+    log::{Sequence, SharedLog},
+    proto::v1::{self, subscribe_response::Response},
+};
+
+/// Events read from the log at a time.
+const BATCH: usize = 256;
+
+/// Where a subscription starts, resolved against the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    /// The first sequence to read.
+    pub next: Sequence,
+    /// Whether to send `caught_up` once the stored events are delivered.
+    pub announce_caught_up: bool,
+}
+
+/// A subscription's parameters.
+pub struct Subscription {
+    /// The log to read.
+    pub log: SharedLog,
+    /// Where to start.
+    pub start: Start,
+    /// Which events to deliver.
+    pub filter: Filter,
+    /// Longest silence before a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Ends the stream when cancelled.
+    pub shutdown: CancellationToken,
+}
+
+struct State {
+    log: SharedLog,
+    head: watch::Receiver<Sequence>,
+    filter: Filter,
+    /// Next sequence to read from the log.
+    next: Sequence,
+    /// Every sequence up to this one has been delivered or skipped.
+    considered: Sequence,
+    buffer: VecDeque<Arc<v1::Event>>,
+    announce_caught_up: bool,
+    heartbeat_interval: Duration,
+    last_sent: Instant,
+    shutdown: CancellationToken,
+    finished: bool,
+}
+
+impl Subscription {
+    /// The stream of messages for this subscription. Dropping it releases everything it holds.
+    pub fn into_stream(self) -> impl Stream<Item = Result<v1::SubscribeResponse, Status>> + Send {
+        let state = State {
+            head: self.log.watch_head(),
+            log: self.log,
+            filter: self.filter,
+            next: self.start.next,
+            considered: self.start.next.saturating_sub(1),
+            buffer: VecDeque::with_capacity(BATCH),
+            announce_caught_up: self.start.announce_caught_up,
+            heartbeat_interval: self.heartbeat_interval,
+            last_sent: Instant::now(),
+            shutdown: self.shutdown,
+            finished: false,
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            let message = state.next_message().await?;
+            state.last_sent = Instant::now();
+            Some((message, state))
+        })
+    }
+}
+
+impl State {
+    async fn next_message(&mut self) -> Option<Result<v1::SubscribeResponse, Status>> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            if self.shutdown.is_cancelled() {
+                return None;
+            }
+            while let Some(event) = self.buffer.pop_front() {
+                self.considered = event.sequence;
+                if self.filter.matches(&event) {
+                    return Some(Ok(respond(Response::Event(Arc::unwrap_or_clone(event)))));
+                }
+                if self.last_sent.elapsed() >= self.heartbeat_interval {
+                    return Some(Ok(self.heartbeat()));
+                }
+            }
+
+            match self.log.read(self.next, BATCH).await {
+                Ok(batch) if !batch.is_empty() => {
+                    if let Some(last) = batch.last() {
+                        self.next = last.sequence + 1;
+                    }
+                    self.buffer.extend(batch);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.finished = true;
+                    return Some(Err(grpc_status(&error)));
+                }
+            }
+
+            // Everything stored up to `next - 1` has been considered.
+            self.considered = self.next.saturating_sub(1);
+            if self.announce_caught_up {
+                self.announce_caught_up = false;
+                return Some(Ok(respond(Response::CaughtUp(v1::CaughtUp {
+                    sequence: self.considered,
+                }))));
+            }
+
+            let deadline = self.last_sent + self.heartbeat_interval;
+            let next = self.next;
+            let wake = tokio::select! {
+                () = self.shutdown.cancelled() => Wake::Shutdown,
+                () = tokio::time::sleep_until(deadline) => Wake::Heartbeat,
+                changed = self.head.wait_for(|&head| head >= next) => {
+                    // An error means the log was dropped: the gateway is going away.
+                    if changed.is_ok() { Wake::NewEvents } else { Wake::Shutdown }
+                }
+            };
+            match wake {
+                Wake::Shutdown => return None,
+                Wake::Heartbeat => return Some(Ok(self.heartbeat())),
+                Wake::NewEvents => {}
+            }
+        }
+    }
+
+    fn heartbeat(&self) -> v1::SubscribeResponse {
+        respond(Response::Heartbeat(v1::Heartbeat {
+            sequence: self.considered,
+        }))
+    }
+}
+
+enum Wake {
+    Shutdown,
+    Heartbeat,
+    NewEvents,
+}
+
+fn respond(response: Response) -> v1::SubscribeResponse {
+    v1::SubscribeResponse {
+        response: Some(response),
+    }
+}

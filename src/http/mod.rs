@@ -1,0 +1,60 @@
+//! The public listener: Incode's webhook endpoints and health, nothing else.
+//!
+//! Each resource has its own router; [`app`] merges them and adds the layers every request
+//! goes through.
+
+mod error;
+mod health;
+mod webhooks;
+
+use std::sync::Arc;
+
+use axum::{Router, extract::DefaultBodyLimit};
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+pub use error::ApiError;
+
+use crate::log::SharedLog;
+
+/// What the public handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    log: SharedLog,
+}
+
+impl AppState {
+    /// State over this event log.
+    pub fn new(log: SharedLog) -> Self {
+        Self {
+            inner: Arc::new(Inner { log }),
+        }
+    }
+
+    fn log(&self) -> &SharedLog {
+        &self.inner.log
+    }
+}
+
+/// Settings of the public router.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The public router.
+pub fn app(state: AppState, settings: HttpSettings) -> Router {
+    Router::new()
+        .merge(webhooks::router())
+        .merge(health::router())
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,57 @@
+//! The `incode-gateway` binary: parses the configuration, installs logging and signal handling,
+//! and runs the gateway.
+
+use anyhow::Context;
+use clap::Parser;
+use incode_gateway::config::Cli;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Cli::parse().into_config();
+    incode_gateway::telemetry::init(config.log_format);
+
+    let public = TcpListener::bind(config.public_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--public-addr)", config.public_addr))?;
+    let internal = TcpListener::bind(config.internal_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--internal-addr)",
+                config.internal_addr
+            )
+        })?;
+
+    incode_gateway::run(config, public, internal, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,19 @@
+//! Code generated from `proto/` by `build.rs`. The module path mirrors the protobuf package.
+
+/// The `incode` protobuf namespace.
+pub mod incode {
+    /// The `incode.gateway` protobuf namespace.
+    pub mod gateway {
+        /// The `incode.gateway.v1` package: events and the `EventStreamService`.
+        #[allow(missing_docs, clippy::all, clippy::pedantic)]
+        pub mod v1 {
+            tonic::include_proto!("incode.gateway.v1");
+
+            /// Encoded `FileDescriptorSet` of the package, served by gRPC reflection.
+            pub const FILE_DESCRIPTOR_SET: &[u8] =
+                include_bytes!(concat!(env!("OUT_DIR"), "/incode_gateway_descriptor.bin"));
+        }
+    }
+}
+
+pub use incode::gateway::v1;

@@ -1,0 +1,109 @@
+//! Wires the event log and both listeners together, and takes them down in order.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{Config, StorageKind},
+    error::error_chain,
+    grpc::{self, GrpcSettings},
+    http::{self, AppState, HttpSettings},
+    log::{MemoryLog, SharedLog},
+};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The event log could not be opened.
+    #[error("could not open the event log")]
+    OpenLog(#[source] crate::log::LogError),
+    /// The gRPC reflection service could not be built.
+    #[error("could not build the gRPC reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The public listener failed.
+    #[error("the public listener failed")]
+    Http(#[source] std::io::Error),
+    /// The internal listener failed.
+    #[error("the internal listener failed")]
+    Grpc(#[source] tonic::transport::Error),
+}
+
+/// Opens the event log the configuration asks for.
+pub fn open_log(config: &Config) -> Result<SharedLog, ServerError> {
+    match config.storage {
+        StorageKind::Memory => Ok(Arc::new(MemoryLog::new(config.dedup_window))),
+    }
+}
+
+/// Runs the gateway on the given listeners until `shutdown` completes, then stops accepting,
+/// ends subscription streams, lets in-flight requests finish (for at most
+/// `config.shutdown_timeout`) and closes the log.
+pub async fn run(
+    config: Config,
+    public: TcpListener,
+    internal: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let log = open_log(&config)?;
+    run_with_log(config, log, public, internal, shutdown).await
+}
+
+/// [`run`] over an already opened log.
+pub async fn run_with_log(
+    config: Config,
+    log: SharedLog,
+    public: TcpListener,
+    internal: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+
+    if let (Ok(public), Ok(internal)) = (public.local_addr(), internal.local_addr()) {
+        tracing::info!(%public, %internal, "incode-gateway listening");
+    }
+
+    let app = http::app(
+        AppState::new(log.clone()),
+        HttpSettings {
+            max_body_bytes: config.max_body_bytes,
+        },
+    );
+    let http = axum::serve(public, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let grpc = grpc::serve(
+        internal,
+        log.clone(),
+        GrpcSettings {
+            heartbeat_interval: config.heartbeat_interval,
+        },
+        token.clone(),
+    )?;
+
+    let http = async { http.await.map_err(ServerError::Http) };
+    let grpc = async { grpc.await.map_err(ServerError::Grpc) };
+    let servers = async { tokio::try_join!(http, grpc) };
+    let deadline = async {
+        token.cancelled().await;
+        tokio::time::sleep(config.shutdown_timeout).await;
+    };
+    let result = tokio::select! {
+        result = servers => result.map(|_| ()),
+        () = deadline => {
+            tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight work did not finish in time; stopping anyway");
+            Ok(())
+        }
+    };
+    // Whatever happened, stop taking events and flush the log.
+    token.cancel();
+    if let Err(error) = log.close().await {
+        tracing::error!(error = %error_chain(&error), "closing the event log failed");
+    }
+    tracing::info!("incode-gateway stopped");
+    result
+}

@@ -1,0 +1,195 @@
+//! Starts the real gateway on ephemeral loopback ports and talks to it as Incode (HTTP) and as a
+//! subscriber (gRPC) would.
+
+use std::{net::SocketAddr, time::Duration};
+
+use incode_gateway::{
+    Config,
+    proto::v1::{
+        self, EventFilter, StartPosition, SubscribeRequest, SubscribeResponse,
+        event_stream_service_client::EventStreamServiceClient, start_position::Position,
+        subscribe_response::Response,
+    },
+    server::ServerError,
+};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Streaming, transport::Channel};
+
+/// How long a test waits for something that should happen promptly before failing.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running gateway.
+pub struct Gateway {
+    pub base_url: String,
+    pub grpc_addr: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Gateway {
+    /// A gateway with the test defaults.
+    pub async fn start() -> Self {
+        Self::start_with(Config::for_tests()).await
+    }
+
+    /// A gateway with this configuration; its listen addresses are ignored.
+    pub async fn start_with(config: Config) -> Self {
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", public.local_addr().unwrap());
+        let grpc_addr = internal.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(incode_gateway::run(config, public, internal, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base_url,
+            grpc_addr,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Asks the gateway to shut down and waits until `run` returns.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("the gateway did not stop in time")
+            .expect("the gateway task panicked")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Posts a JSON body as Incode does; returns the status and the parsed JSON answer.
+    pub async fn post_json(&self, path: &str, body: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    }
+
+    /// Posts a notification and asserts it was acknowledged.
+    pub async fn notify(&self, path: &str, body: &str) {
+        let (status, answer) = self.post_json(path, body).await;
+        assert_eq!(status, StatusCode::OK, "answer: {answer}");
+        assert_eq!(answer, serde_json::json!({ "success": true }));
+    }
+
+    pub async fn client(&self) -> EventStreamServiceClient<Channel> {
+        EventStreamServiceClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Opens a subscription; the start position is fixed when this returns.
+    pub async fn subscribe(
+        &self,
+        position: Option<Position>,
+        filter: EventFilter,
+    ) -> Streaming<SubscribeResponse> {
+        self.try_subscribe(position, filter).await.unwrap()
+    }
+
+    pub async fn try_subscribe(
+        &self,
+        position: Option<Position>,
+        filter: EventFilter,
+    ) -> Result<Streaming<SubscribeResponse>, tonic::Status> {
+        let request = SubscribeRequest {
+            start: position.map(|position| StartPosition {
+                position: Some(position),
+            }),
+            filter: Some(filter),
+        };
+        self.client()
+            .await
+            .subscribe(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/json"),
+        "every answer is JSON; got {text:?}"
+    );
+    let value = serde_json::from_str(&text).unwrap();
+    (status, value)
+}
+
+pub fn earliest() -> Option<Position> {
+    Some(Position::Earliest(v1::start_position::Earliest {}))
+}
+
+pub fn latest() -> Option<Position> {
+    Some(Position::Latest(v1::start_position::Latest {}))
+}
+
+pub fn no_filter() -> EventFilter {
+    EventFilter::default()
+}
+
+/// The next message of a stream; fails the test if none comes in time.
+pub async fn next_message(stream: &mut Streaming<SubscribeResponse>) -> Response {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("no message in time")
+        .expect("stream failed")
+        .expect("stream ended")
+        .response
+        .expect("empty response")
+}
+
+/// The next event, skipping heartbeats; fails on anything else.
+pub async fn next_event(stream: &mut Streaming<SubscribeResponse>) -> v1::Event {
+    loop {
+        match next_message(stream).await {
+            Response::Event(event) => return event,
+            Response::Heartbeat(_) => continue,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Expects `caught_up` next (heartbeats aside) and returns its sequence.
+pub async fn expect_caught_up(stream: &mut Streaming<SubscribeResponse>) -> u64 {
+    loop {
+        match next_message(stream).await {
+            Response::CaughtUp(caught_up) => return caught_up.sequence,
+            Response::Heartbeat(_) => continue,
+            other => panic!("expected caught_up, got {other:?}"),
+        }
+    }
+}
+
+pub fn onboarding_body(interview_id: &str, status: &str) -> String {
+    serde_json::json!({ "interviewId": interview_id, "onboardingStatus": status }).to_string()
+}

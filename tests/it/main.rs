@@ -1,0 +1,8 @@
+//! Integration tests: the real gateway on ephemeral ports, driven over HTTP and gRPC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod service;
+mod subscribe;
+mod webhooks;
