@@ -53,12 +53,29 @@ pub struct Config {
 
     /// Where events are stored: `embedded` (durable, on local disk under --data-dir) or
     /// `memory` (lost on restart; for trying things out).
-    #[arg(long, env = "INCODE_GATEWAY_STORAGE", value_enum, default_value_t = StorageKind::Memory)]
+    #[arg(long, env = "INCODE_GATEWAY_STORAGE", value_enum, default_value_t = StorageKind::Embedded)]
     pub storage: StorageKind,
 
     /// Directory of the embedded event log; created on first start.
     #[arg(long, env = "INCODE_GATEWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Events older than this are removed from the log (e.g. `7d`, `12h`).
+    #[arg(long, env = "INCODE_GATEWAY_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// Keep at most this many events, removing the oldest first; unset for no limit.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_EVENTS")]
+    pub max_events: Option<u64>,
+
+    /// How often retention and the expiry of deduplication keys run.
+    #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub maintenance_interval: Duration,
+
+    /// Most appends committed together in one transaction and fsync (group commit); `1`
+    /// commits every append on its own.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_COMMIT_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_commit_batch: u32,
 
     /// How long an identical repeat of a notification is recognised as Incode's retry and not
     /// stored again (e.g. `24h`, `30m`).
@@ -86,6 +103,8 @@ pub struct Config {
 /// Event log backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StorageKind {
+    /// Durable, in a redb file under `--data-dir`.
+    Embedded,
     /// In memory; lost on restart.
     Memory,
 }
@@ -104,12 +123,24 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
 }
 
 impl Config {
-    /// The defaults, as `serve` with no flags and no environment would have them, with both
-    /// listeners on ephemeral loopback ports. Meant for tests and embedding.
+    /// The defaults, as `serve` with no flags would have them, with both listeners on ephemeral
+    /// loopback ports and no data directory: set `data_dir` (a temporary directory) before
+    /// running with it. Meant for tests and embedding.
     pub fn for_tests() -> Self {
         let mut config = Cli::parse_from(["incode-gateway"]).into_config();
         config.public_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.internal_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.storage = StorageKind::Embedded;
+        config.data_dir = PathBuf::new();
         config
+    }
+
+    /// Options of the embedded log.
+    pub fn embedded_log_options(&self) -> crate::log::embedded::Options {
+        let mut options = crate::log::embedded::Options::new(self.dedup_window);
+        options.retention = self.retention;
+        options.max_events = self.max_events;
+        options.max_commit_batch = usize::try_from(self.max_commit_batch).unwrap_or(usize::MAX);
+        options
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     error::error_chain,
     grpc::{self, GrpcSettings},
     http::{self, AppState, HttpSettings},
-    log::{MemoryLog, SharedLog},
+    log::{EmbeddedLog, MemoryLog, SharedLog},
 };
 
 /// Why the gateway could not start or stopped with an error.
@@ -33,7 +33,15 @@ pub enum ServerError {
 /// Opens the event log the configuration asks for.
 pub fn open_log(config: &Config) -> Result<SharedLog, ServerError> {
     match config.storage {
-        StorageKind::Memory => Ok(Arc::new(MemoryLog::new(config.dedup_window))),
+        StorageKind::Embedded => {
+            let log = EmbeddedLog::open(&config.data_dir, config.embedded_log_options())
+                .map_err(ServerError::OpenLog)?;
+            Ok(Arc::new(log))
+        }
+        StorageKind::Memory => {
+            tracing::warn!("storage is in memory: events are lost when the gateway stops");
+            Ok(Arc::new(MemoryLog::new(config.dedup_window)))
+        }
     }
 }
 
@@ -64,6 +72,12 @@ pub async fn run_with_log(
         shutdown.await;
         trigger.cancel();
     });
+
+    tokio::spawn(maintain(
+        log.clone(),
+        config.maintenance_interval,
+        token.clone(),
+    ));
 
     if let (Ok(public), Ok(internal)) = (public.local_addr(), internal.local_addr()) {
         tracing::info!(%public, %internal, "incode-gateway listening");
@@ -106,4 +120,19 @@ pub async fn run_with_log(
     }
     tracing::info!("incode-gateway stopped");
     result
+}
+
+/// Applies retention periodically until shutdown.
+async fn maintain(log: SharedLog, interval: std::time::Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Err(error) = log.maintain().await {
+            tracing::error!(error = %error_chain(&error), "event log maintenance failed");
+        }
+    }
 }

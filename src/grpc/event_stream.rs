@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     error::{ErrorCode, ServiceError, grpc_status},
-    log::{LogError, SharedLog},
+    log::{ConsumerName, InvalidConsumerName, LogError, SharedLog},
     proto::v1::{self, event_stream_service_server::EventStreamService, start_position::Position},
 };
 
@@ -41,7 +41,18 @@ impl EventStream {
         }
     }
 
-    async fn resolve_start(&self, position: Option<Position>) -> Result<Start, StartError> {
+    async fn resolve_start(
+        &self,
+        position: Option<Position>,
+        consumer: Option<&ConsumerName>,
+    ) -> Result<Start, StartError> {
+        let position = match (position, consumer) {
+            (None, Some(consumer)) => {
+                let cursor = self.log.cursor(consumer).await?.unwrap_or(0);
+                Some(Position::AfterSequence(cursor))
+            }
+            (position, _) => position,
+        };
         let bounds = self.log.bounds();
         let from_past = |next| Start {
             next,
@@ -83,6 +94,8 @@ enum StartError {
     #[error("start.since is in the future")]
     FutureTime,
     #[error(transparent)]
+    Consumer(#[from] InvalidConsumerName),
+    #[error(transparent)]
     Log(#[from] LogError),
 }
 
@@ -91,6 +104,7 @@ impl ServiceError for StartError {
         match self {
             Self::BeyondHead { .. } => ErrorCode::OutOfRange,
             Self::InvalidTime | Self::FutureTime => ErrorCode::BadRequest,
+            Self::Consumer(error) => error.error_code(),
             Self::Log(error) => error.error_code(),
         }
     }
@@ -109,12 +123,17 @@ impl EventStreamService for EventStream {
         let request = request.into_inner();
         let filter = Filter::try_from(request.filter.unwrap_or_default())
             .map_err(|error| grpc_status(&error))?;
+        let consumer = parse_consumer(&request.consumer)?;
         let position = request.start.and_then(|start| start.position);
         let start = self
-            .resolve_start(position)
+            .resolve_start(position, consumer.as_ref())
             .await
             .map_err(|error| grpc_status(&error))?;
-        tracing::info!(next = start.next, "subscription started");
+        tracing::info!(
+            next = start.next,
+            consumer = consumer.as_ref().map(ConsumerName::as_str),
+            "subscription started"
+        );
         let subscription = Subscription {
             log: self.log.clone(),
             start,
@@ -124,4 +143,35 @@ impl EventStreamService for EventStream {
         };
         Ok(Response::new(Box::pin(subscription.into_stream())))
     }
+
+    async fn ack(
+        &self,
+        request: Request<v1::AckRequest>,
+    ) -> Result<Response<v1::AckResponse>, Status> {
+        let request = request.into_inner();
+        let consumer = parse_consumer(&request.consumer)?
+            .ok_or_else(|| Status::invalid_argument("consumer is required"))?;
+        let head = self.log.bounds().head;
+        if request.sequence > head {
+            return Err(Status::out_of_range(format!(
+                "sequence {} is beyond the newest stored event ({head})",
+                request.sequence
+            )));
+        }
+        let sequence = self
+            .log
+            .ack(&consumer, request.sequence)
+            .await
+            .map_err(|error| grpc_status(&error))?;
+        Ok(Response::new(v1::AckResponse { sequence }))
+    }
+}
+
+fn parse_consumer(name: &str) -> Result<Option<ConsumerName>, Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    ConsumerName::parse(name)
+        .map(Some)
+        .map_err(|error| grpc_status(&error))
 }

@@ -107,13 +107,25 @@ impl State {
 
             match self.log.read(self.next, BATCH).await {
                 Ok(batch) if !batch.is_empty() => {
+                    let first = batch[0].sequence;
+                    let gap_before = self.skip_to(first);
                     if let Some(last) = batch.last() {
                         self.next = last.sequence + 1;
                     }
                     self.buffer.extend(batch);
-                    continue;
+                    match gap_before {
+                        Some(gap) => return Some(Ok(gap)),
+                        None => continue,
+                    }
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    // Nothing at or after `next`; retention may have removed everything up to
+                    // a later first sequence.
+                    let first = self.log.bounds().first;
+                    if let Some(gap) = self.skip_to(first) {
+                        return Some(Ok(gap));
+                    }
+                }
                 Err(error) => {
                     self.finished = true;
                     return Some(Err(grpc_status(&error)));
@@ -145,6 +157,25 @@ impl State {
                 Wake::NewEvents => {}
             }
         }
+    }
+
+    /// Moves the cursor to `first` when retention removed the events before it, and says so.
+    fn skip_to(&mut self, first: Sequence) -> Option<v1::SubscribeResponse> {
+        if first <= self.next {
+            return None;
+        }
+        let gap = v1::Gap {
+            first_sequence: self.next,
+            last_sequence: first - 1,
+        };
+        tracing::warn!(
+            first = gap.first_sequence,
+            last = gap.last_sequence,
+            "events removed by retention before delivery"
+        );
+        self.next = first;
+        self.considered = first - 1;
+        Some(respond(Response::Gap(gap)))
     }
 
     fn heartbeat(&self) -> v1::SubscribeResponse {

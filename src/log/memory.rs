@@ -10,7 +10,9 @@ use std::{
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{AppendOutcome, Bounds, DedupKey, EventLog, LogError, NewEvent, Sequence};
+use super::{
+    AppendOutcome, Bounds, ConsumerName, DedupKey, EventLog, LogError, NewEvent, Sequence,
+};
 use crate::proto::v1;
 
 /// An [`EventLog`] held in memory.
@@ -30,6 +32,7 @@ struct State {
     last_received_at: Option<SystemTime>,
     dedup: HashMap<DedupKey, (Sequence, SystemTime)>,
     dedup_order: VecDeque<(SystemTime, DedupKey)>,
+    consumers: HashMap<ConsumerName, Sequence>,
     closed: bool,
 }
 
@@ -124,6 +127,27 @@ impl EventLog for MemoryLog {
 
     fn watch_head(&self) -> watch::Receiver<Sequence> {
         self.head.subscribe()
+    }
+
+    async fn ack(&self, consumer: &ConsumerName, sequence: Sequence) -> Result<Sequence, LogError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        let cursor = state.consumers.entry(consumer.clone()).or_insert(0);
+        *cursor = (*cursor).max(sequence);
+        Ok(*cursor)
+    }
+
+    async fn cursor(&self, consumer: &ConsumerName) -> Result<Option<Sequence>, LogError> {
+        Ok(self.lock().consumers.get(consumer).copied())
+    }
+
+    async fn maintain(&self) -> Result<(), LogError> {
+        let mut state = self.lock();
+        let now = SystemTime::now();
+        state.forget_expired(now, self.dedup_window);
+        Ok(())
     }
 
     async fn check_ready(&self) -> Result<(), LogError> {

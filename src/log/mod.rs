@@ -6,9 +6,10 @@
 //! and reads start at a sequence (or at the sequence found for a time): the shape of a NATS
 //! JetStream stream as well as of an embedded store.
 
+pub mod embedded;
 pub mod memory;
 
-use std::{sync::Arc, time::SystemTime};
+use std::{fmt, path::PathBuf, sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -19,6 +20,7 @@ use crate::{
     proto::v1,
 };
 
+pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
@@ -87,9 +89,63 @@ pub struct Bounds {
     pub head: Sequence,
 }
 
+/// The name of a durable consumer: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConsumerName(String);
+
+impl ConsumerName {
+    /// Longest accepted name.
+    pub const MAX_LEN: usize = 128;
+
+    /// Parses a consumer name.
+    pub fn parse(name: &str) -> Result<Self, InvalidConsumerName> {
+        let valid = !name.is_empty()
+            && name.len() <= Self::MAX_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(InvalidConsumerName)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConsumerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A consumer name outside the allowed alphabet or length.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer must be 1 to 128 ASCII letters, digits, '-', '_' or '.'")]
+pub struct InvalidConsumerName;
+
+impl ServiceError for InvalidConsumerName {
+    fn error_code(&self) -> ErrorCode {
+        ErrorCode::BadRequest
+    }
+}
+
 /// Why the log could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// The log could not be opened.
+    #[error("cannot open the event log at {}", path.display())]
+    Open {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The log is closed (the gateway is shutting down).
     #[error("the event log is closed")]
     Closed,
@@ -110,7 +166,7 @@ pub enum LogError {
 impl ServiceError for LogError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Closed | Self::Storage(_) => ErrorCode::Unavailable,
+            Self::Closed | Self::Storage(_) | Self::Open { .. } => ErrorCode::Unavailable,
             Self::Corrupt { .. } => ErrorCode::Internal,
         }
     }
@@ -141,6 +197,17 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A receiver of the head sequence, updated after every append becomes readable.
     fn watch_head(&self) -> watch::Receiver<Sequence>;
+
+    /// Records that `consumer` has processed every event up to `sequence`. Cursors only move
+    /// forward: an older ack is ignored. Returns the consumer's cursor after the ack. Durable
+    /// when it returns, like an append.
+    async fn ack(&self, consumer: &ConsumerName, sequence: Sequence) -> Result<Sequence, LogError>;
+
+    /// The last sequence `consumer` acknowledged, or `None` for a consumer never seen.
+    async fn cursor(&self, consumer: &ConsumerName) -> Result<Option<Sequence>, LogError>;
+
+    /// Applies retention and forgets expired deduplication keys. Called periodically.
+    async fn maintain(&self) -> Result<(), LogError>;
 
     /// Whether the log can take appends now.
     async fn check_ready(&self) -> Result<(), LogError>;

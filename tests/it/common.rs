@@ -1,7 +1,9 @@
 //! Starts the real gateway on ephemeral loopback ports and talks to it as Incode (HTTP) and as a
 //! subscriber (gRPC) would.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tempfile::TempDir;
 
 use incode_gateway::{
     Config,
@@ -22,6 +24,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A running gateway.
 pub struct Gateway {
+    /// The data directory, removed when the last handle to it is dropped.
+    pub data_dir: Arc<TempDir>,
     pub base_url: String,
     pub grpc_addr: SocketAddr,
     pub http: reqwest::Client,
@@ -35,8 +39,15 @@ impl Gateway {
         Self::start_with(Config::for_tests()).await
     }
 
-    /// A gateway with this configuration; its listen addresses are ignored.
+    /// A gateway with this configuration in a new temporary data directory; its listen
+    /// addresses are ignored.
     pub async fn start_with(config: Config) -> Self {
+        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), config).await
+    }
+
+    /// A gateway on an existing data directory (a restart).
+    pub async fn start_in(data_dir: Arc<TempDir>, mut config: Config) -> Self {
+        config.data_dir = data_dir.path().to_owned();
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", public.local_addr().unwrap());
@@ -46,6 +57,7 @@ impl Gateway {
             let _ = stopped.await;
         }));
         Self {
+            data_dir,
             base_url,
             grpc_addr,
             http: reqwest::Client::new(),
@@ -120,6 +132,7 @@ impl Gateway {
                 position: Some(position),
             }),
             filter: Some(filter),
+            consumer: String::new(),
         };
         self.client()
             .await
@@ -173,7 +186,7 @@ pub async fn next_event(stream: &mut Streaming<SubscribeResponse>) -> v1::Event 
     loop {
         match next_message(stream).await {
             Response::Event(event) => return event,
-            Response::Heartbeat(_) => continue,
+            Response::Heartbeat(_) => {}
             other => panic!("expected an event, got {other:?}"),
         }
     }
@@ -184,7 +197,7 @@ pub async fn expect_caught_up(stream: &mut Streaming<SubscribeResponse>) -> u64 
     loop {
         match next_message(stream).await {
             Response::CaughtUp(caught_up) => return caught_up.sequence,
-            Response::Heartbeat(_) => continue,
+            Response::Heartbeat(_) => {}
             other => panic!("expected caught_up, got {other:?}"),
         }
     }

@@ -148,6 +148,7 @@ async fn catch_up_joins_the_live_tail_without_gap_or_repeat() {
                         caught_up = true;
                     }
                     Response::Heartbeat(_) => {}
+                    other => panic!("unexpected {other:?}"),
                 }
             }
         }));
@@ -240,6 +241,7 @@ async fn filters_select_by_type_interview_and_status() {
                     break;
                 }
                 Response::Heartbeat(_) => {}
+                other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(seen, expected, "filter {filter:?}");

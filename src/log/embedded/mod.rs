@@ -1,0 +1,350 @@
+//! The durable event log on local disk: the default backend.
+//!
+//! Built on [redb](https://docs.rs/redb): pure Rust (no C toolchain, no service to run), ACID
+//! transactions over copy-on-write B-trees with checksummed commits, so a crash at any moment
+//! leaves the last committed transaction intact and never a torn record, and opening after a
+//! crash is a quick header check, not a replay. It refuses a file it does not recognise rather
+//! than overwrite it, and takes an exclusive lock so two gateways cannot share one data dir.
+//!
+//! One writer thread owns every write. Appends and acks queue for it; it takes everything
+//! waiting in the queue into one write transaction and one fsync (group commit), then answers
+//! each request, so an append is durable before it is acknowledged and durability costs one
+//! fsync per batch, not per request. Reads run on tokio's blocking pool from read transactions,
+//! except for the most recent events, which an in-memory tail serves so that live subscribers
+//! never touch the disk.
+
+pub mod fault;
+mod writer;
+
+use std::{
+    collections::VecDeque,
+    fs::OpenOptions,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, MutexGuard, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use prost::Message;
+use redb::{Database, TableDefinition};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    AppendOutcome, Bounds, ConsumerName, EventLog, LogError, NewEvent, Sequence,
+};
+use crate::proto::v1;
+use fault::{FaultSwitch, FaultyBackend};
+use writer::{Request, Writer};
+
+/// `sequence -> [received_at as u64 big-endian nanoseconds since the epoch][encoded Event]`.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// `dedup key -> (sequence, received_at nanos)`.
+const DEDUP: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("dedup");
+/// `(received_at nanos, dedup key) -> ()`: the dedup keys in the order they expire.
+const DEDUP_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("dedup_expiry");
+/// `consumer name -> last acknowledged sequence`.
+const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
+/// Counters that must survive even when every event has been removed.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format_version";
+const META_HEAD: &str = "head";
+const FORMAT_VERSION: u64 = 1;
+
+/// Name of the database file inside the data directory.
+pub const FILE_NAME: &str = "events.redb";
+
+/// Tuning of the embedded log.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long an identical repeat counts as a duplicate.
+    pub dedup_window: Duration,
+    /// Events older than this are removed by [`EventLog::maintain`].
+    pub retention: Duration,
+    /// At most this many events are kept (the oldest go first); `None` for no limit.
+    pub max_events: Option<u64>,
+    /// Most requests committed in one transaction; 1 disables group commit.
+    pub max_commit_batch: usize,
+    /// How many of the newest events are kept in memory for live readers.
+    pub tail_capacity: usize,
+}
+
+impl Options {
+    /// Defaults for everything but the deduplication window.
+    pub fn new(dedup_window: Duration) -> Self {
+        Self {
+            dedup_window,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_events: None,
+            max_commit_batch: 1024,
+            tail_capacity: 8192,
+        }
+    }
+}
+
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// An [`EventLog`] in a redb file on local disk.
+pub struct EmbeddedLog {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+}
+
+/// State shared between the async side and the writer thread.
+struct Shared {
+    /// `None` after a storage failure until the writer reopens the database.
+    db: RwLock<Option<Arc<Database>>>,
+    head: watch::Sender<Sequence>,
+    first: AtomicU64,
+    /// The newest events, contiguous and ending at the head.
+    tail: Mutex<VecDeque<Arc<v1::Event>>>,
+    /// The last storage failure, until a write succeeds again.
+    failure: Mutex<Option<String>>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn database(&self) -> Result<Arc<Database>, LogError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        db.clone().ok_or_else(|| self.failure_error())
+    }
+
+    fn failure_error(&self) -> LogError {
+        let failure = lock(&self.failure).clone();
+        LogError::Storage(failure.unwrap_or_else(|| "storage unavailable".to_owned()).into())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections never leave the data inconsistent, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl EmbeddedLog {
+    /// Opens (creating on first start) the log in `data_dir`.
+    pub fn open(data_dir: &Path, options: Options) -> Result<Self, LogError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| LogError::Open {
+            path: data_dir.to_owned(),
+            source: source.into(),
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let opener: Opener = Box::new(move || {
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        });
+        Self::open_with(data_dir.join(FILE_NAME), opener, options)
+    }
+
+    /// Like [`EmbeddedLog::open`], with writes failing while `switch` is on: for testing how the
+    /// gateway answers a failing disk.
+    pub fn open_with_faults(
+        data_dir: &Path,
+        options: Options,
+        switch: FaultSwitch,
+    ) -> Result<Self, LogError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| LogError::Open {
+            path: data_dir.to_owned(),
+            source: source.into(),
+        })?;
+        let path = data_dir.join(FILE_NAME);
+        let file_path = path.clone();
+        let opener: Opener = Box::new(move || {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file_path)?;
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create_with_backend(FaultyBackend::new(file, switch.clone())?)
+        });
+        Self::open_with(path, opener, options)
+    }
+
+    fn open_with(path: PathBuf, opener: Opener, options: Options) -> Result<Self, LogError> {
+        let open_error = |source: redb::Error| LogError::Open {
+            path: path.clone(),
+            source: source.into(),
+        };
+        let db = opener().map_err(|e| open_error(e.into()))?;
+        let recovered = writer::recover(&db).map_err(open_error)?;
+        tracing::info!(
+            path = %path.display(),
+            first = recovered.first,
+            head = recovered.head,
+            "event log opened"
+        );
+
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db.clone())),
+            head: watch::Sender::new(recovered.head),
+            first: AtomicU64::new(recovered.first),
+            tail: Mutex::new(VecDeque::with_capacity(options.tail_capacity)),
+            failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
+        let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer::new(shared.clone(), db, opener, options, recovered);
+        std::thread::Builder::new()
+            .name("event-log-writer".to_owned())
+            .spawn(move || writer.run(queue))
+            .map_err(|source| LogError::Open {
+                path: path.clone(),
+                source: source.into(),
+            })?;
+        Ok(Self { shared, requests })
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Request,
+    ) -> Result<T, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        // A dropped reply means the writer stopped (shutdown) before answering.
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn blocking_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let db = self.shared.database()?;
+        tokio::task::spawn_blocking(move || read(&db))
+            .await
+            .map_err(|join| LogError::Storage(join.into()))?
+    }
+}
+
+/// Page cache of the database.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// Requests that may wait for the writer before senders wait too.
+const QUEUE_CAPACITY: usize = 16 * 1024;
+
+#[async_trait]
+impl EventLog for EmbeddedLog {
+    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(LogError::Closed);
+        }
+        self.request(|reply| Request::Append(event, reply)).await
+    }
+
+    async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<v1::Event>>, LogError> {
+        let from = from.max(self.shared.first.load(Ordering::SeqCst));
+        if from > *self.shared.head.borrow() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        {
+            let tail = lock(&self.shared.tail);
+            if let Some(oldest) = tail.front()
+                && from >= oldest.sequence
+            {
+                let skip = usize::try_from(from - oldest.sequence).unwrap_or(usize::MAX);
+                return Ok(tail.iter().skip(skip).take(limit).cloned().collect());
+            }
+        }
+        self.blocking_read(move |db| writer::read_events(db, from, limit))
+            .await
+    }
+
+    async fn sequence_at(&self, time: SystemTime) -> Result<Sequence, LogError> {
+        let Bounds { first, head } = self.bounds();
+        let nanos = writer::nanos_since_epoch(time);
+        self.blocking_read(move |db| writer::sequence_at(db, first, head, nanos))
+            .await
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            first: self.shared.first.load(Ordering::SeqCst),
+            head: *self.shared.head.borrow(),
+        }
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Sequence> {
+        self.shared.head.subscribe()
+    }
+
+    async fn ack(&self, consumer: &ConsumerName, sequence: Sequence) -> Result<Sequence, LogError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(LogError::Closed);
+        }
+        let consumer = consumer.clone();
+        self.request(|reply| Request::Ack(consumer, sequence, reply))
+            .await
+    }
+
+    async fn cursor(&self, consumer: &ConsumerName) -> Result<Option<Sequence>, LogError> {
+        let consumer = consumer.clone();
+        self.blocking_read(move |db| writer::read_cursor(db, &consumer))
+            .await
+    }
+
+    async fn maintain(&self) -> Result<(), LogError> {
+        self.request(Request::Maintain).await
+    }
+
+    async fn check_ready(&self) -> Result<(), LogError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(LogError::Closed);
+        }
+        if lock(&self.shared.failure).is_none() {
+            return Ok(());
+        }
+        // After a failure, readiness is a real write: the writer reopens the database if it
+        // must and commits an empty transaction.
+        self.request(Request::Probe).await
+    }
+
+    async fn close(&self) -> Result<(), LogError> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.request(Request::Close).await {
+            Ok(()) | Err(LogError::Closed) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+fn encode_record(received_at_nanos: u64, event: &v1::Event) -> Vec<u8> {
+    let mut record = Vec::with_capacity(8 + event.encoded_len());
+    record.extend_from_slice(&received_at_nanos.to_be_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = event.encode(&mut record);
+    record
+}
+
+fn record_time(record: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(record.get(..8)?.try_into().ok()?))
+}
+
+fn decode_record(sequence: Sequence, record: &[u8]) -> Result<v1::Event, LogError> {
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| LogError::Corrupt {
+        sequence,
+        source,
+    };
+    let body = record
+        .get(8..)
+        .ok_or_else(|| corrupt("record shorter than its header".into()))?;
+    let event = v1::Event::decode(body).map_err(|e| corrupt(e.into()))?;
+    if event.sequence != sequence {
+        return Err(corrupt(
+            format!("record holds sequence {}", event.sequence).into(),
+        ));
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests;
