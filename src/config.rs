@@ -44,11 +44,19 @@ impl Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address of the public listener (Incode's webhooks and health).
-    #[arg(long, env = "INCODE_GATEWAY_PUBLIC_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_PUBLIC_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub public_addr: SocketAddr,
 
     /// Address of the internal listener (gRPC subscriptions, gRPC health and reflection).
-    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
     pub internal_addr: SocketAddr,
 
     /// Where events are stored: `embedded` (durable, on local disk under --data-dir) or

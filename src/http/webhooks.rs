@@ -16,7 +16,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{AppState, ApiError};
+use super::{ApiError, AppState};
 use crate::{
     error::{ErrorCode, error_chain},
     incode::{Endpoint, KindName, Notification},
@@ -27,8 +27,14 @@ use crate::{
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/webhooks/incode", post(detect))
-        .route("/webhooks/incode/onboarding-status", post(onboarding_status))
-        .route("/webhooks/incode/watchlist-updated", post(watchlist_updated))
+        .route(
+            "/webhooks/incode/onboarding-status",
+            post(onboarding_status),
+        )
+        .route(
+            "/webhooks/incode/watchlist-updated",
+            post(watchlist_updated),
+        )
         .route("/webhooks/incode/{kind}", post(other_kind))
 }
 
@@ -107,7 +113,10 @@ async fn ingest(
             tracing::info!(sequence, event.id = %id, "notification stored");
         }
         Ok(AppendOutcome::Duplicate(sequence)) => {
-            tracing::info!(sequence, "repeated notification acknowledged, not stored again");
+            tracing::info!(
+                sequence,
+                "repeated notification acknowledged, not stored again"
+            );
         }
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "notification not stored");

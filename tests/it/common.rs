@@ -7,6 +7,7 @@ use tempfile::TempDir;
 
 use incode_gateway::{
     Config,
+    log::SharedLog,
     proto::v1::{
         self, EventFilter, StartPosition, SubscribeRequest, SubscribeResponse,
         event_stream_service_client::EventStreamServiceClient, start_position::Position,
@@ -48,14 +49,26 @@ impl Gateway {
     /// A gateway on an existing data directory (a restart).
     pub async fn start_in(data_dir: Arc<TempDir>, mut config: Config) -> Self {
         config.data_dir = data_dir.path().to_owned();
+        let log = incode_gateway::server::open_log(&config).unwrap();
+        Self::start_with_log(data_dir, config, log).await
+    }
+
+    /// A gateway over an event log the test opened itself.
+    pub async fn start_with_log(data_dir: Arc<TempDir>, config: Config, log: SharedLog) -> Self {
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", public.local_addr().unwrap());
         let grpc_addr = internal.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(incode_gateway::run(config, public, internal, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(incode_gateway::server::run_with_log(
+            config,
+            log,
+            public,
+            internal,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             data_dir,
             base_url,
@@ -127,12 +140,22 @@ impl Gateway {
         position: Option<Position>,
         filter: EventFilter,
     ) -> Result<Streaming<SubscribeResponse>, tonic::Status> {
+        self.try_subscribe_as("", position, filter).await
+    }
+
+    /// Subscribes as a durable consumer (none when `consumer` is empty).
+    pub async fn try_subscribe_as(
+        &self,
+        consumer: &str,
+        position: Option<Position>,
+        filter: EventFilter,
+    ) -> Result<Streaming<SubscribeResponse>, tonic::Status> {
         let request = SubscribeRequest {
             start: position.map(|position| StartPosition {
                 position: Some(position),
             }),
             filter: Some(filter),
-            consumer: String::new(),
+            consumer: consumer.to_owned(),
         };
         self.client()
             .await
@@ -205,4 +228,26 @@ pub async fn expect_caught_up(stream: &mut Streaming<SubscribeResponse>) -> u64 
 
 pub fn onboarding_body(interview_id: &str, status: &str) -> String {
     serde_json::json!({ "interviewId": interview_id, "onboardingStatus": status }).to_string()
+}
+
+/// Reads every stored event of a stream that started in the past, up to `caught_up`.
+pub async fn drain_until_caught_up(stream: &mut Streaming<SubscribeResponse>) -> Vec<v1::Event> {
+    let mut events = Vec::new();
+    loop {
+        match next_message(stream).await {
+            Response::Event(event) => events.push(event),
+            Response::CaughtUp(_) => return events,
+            Response::Heartbeat(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+pub fn interview_id(event: &v1::Event) -> &str {
+    match event.payload.as_ref() {
+        Some(v1::event::Payload::OnboardingStatusChanged(p)) => &p.interview_id,
+        Some(v1::event::Payload::WatchlistUpdated(p)) => &p.interview_id,
+        Some(v1::event::Payload::UnrecognizedNotification(p)) => &p.interview_id,
+        None => "",
+    }
 }

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod crash;
+mod durability;
 mod service;
 mod subscribe;
 mod webhooks;

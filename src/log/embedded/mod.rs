@@ -32,9 +32,7 @@ use prost::Message;
 use redb::{Database, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{
-    AppendOutcome, Bounds, ConsumerName, EventLog, LogError, NewEvent, Sequence,
-};
+use super::{AppendOutcome, Bounds, ConsumerName, EventLog, LogError, NewEvent, Sequence};
 use crate::proto::v1;
 use fault::{FaultSwitch, FaultyBackend};
 use writer::{Request, Writer};
@@ -114,13 +112,19 @@ impl Shared {
 
     fn failure_error(&self) -> LogError {
         let failure = lock(&self.failure).clone();
-        LogError::Storage(failure.unwrap_or_else(|| "storage unavailable".to_owned()).into())
+        LogError::Storage(
+            failure
+                .unwrap_or_else(|| "storage unavailable".to_owned())
+                .into(),
+        )
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections never leave the data inconsistent, so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl EmbeddedLog {
@@ -330,10 +334,8 @@ fn record_time(record: &[u8]) -> Option<u64> {
 }
 
 fn decode_record(sequence: Sequence, record: &[u8]) -> Result<v1::Event, LogError> {
-    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| LogError::Corrupt {
-        sequence,
-        source,
-    };
+    let corrupt =
+        |source: Box<dyn std::error::Error + Send + Sync>| LogError::Corrupt { sequence, source };
     let body = record
         .get(8..)
         .ok_or_else(|| corrupt("record shorter than its header".into()))?;

@@ -23,24 +23,48 @@ async fn events_cursors_and_dedup_keys_survive_reopening() {
     {
         let log = EmbeddedLog::open(dir.path(), options()).unwrap();
         assert_eq!(log.bounds(), Bounds { first: 1, head: 0 });
-        assert_eq!(log.append(new_event("a")).await.unwrap(), AppendOutcome::Appended(1));
-        assert_eq!(log.append(new_event("b")).await.unwrap(), AppendOutcome::Appended(2));
+        assert_eq!(
+            log.append(new_event("a")).await.unwrap(),
+            AppendOutcome::Appended(1)
+        );
+        assert_eq!(
+            log.append(new_event("b")).await.unwrap(),
+            AppendOutcome::Appended(2)
+        );
         let consumer = ConsumerName::parse("billing").unwrap();
         assert_eq!(log.ack(&consumer, 2).await.unwrap(), 2);
-        assert_eq!(log.ack(&consumer, 1).await.unwrap(), 2, "acks never go backwards");
+        assert_eq!(
+            log.ack(&consumer, 1).await.unwrap(),
+            2,
+            "acks never go backwards"
+        );
         log.close().await.unwrap();
-        assert!(matches!(log.append(new_event("c")).await, Err(LogError::Closed)));
+        assert!(matches!(
+            log.append(new_event("c")).await,
+            Err(LogError::Closed)
+        ));
     }
     let log = EmbeddedLog::open(dir.path(), options()).unwrap();
     assert_eq!(log.bounds(), Bounds { first: 1, head: 2 });
-    assert_eq!(log.append(new_event("a")).await.unwrap(), AppendOutcome::Duplicate(1));
-    assert_eq!(log.append(new_event("c")).await.unwrap(), AppendOutcome::Appended(3));
+    assert_eq!(
+        log.append(new_event("a")).await.unwrap(),
+        AppendOutcome::Duplicate(1)
+    );
+    assert_eq!(
+        log.append(new_event("c")).await.unwrap(),
+        AppendOutcome::Appended(3)
+    );
     let events = log.read(1, 10).await.unwrap();
     let ids: Vec<_> = events.iter().map(|e| (e.sequence, e.id.as_str())).collect();
     assert_eq!(ids, [(1, "a"), (2, "b"), (3, "c")]);
     let consumer = ConsumerName::parse("billing").unwrap();
     assert_eq!(log.cursor(&consumer).await.unwrap(), Some(2));
-    assert_eq!(log.cursor(&ConsumerName::parse("new").unwrap()).await.unwrap(), None);
+    assert_eq!(
+        log.cursor(&ConsumerName::parse("new").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +124,13 @@ async fn retention_removes_the_oldest_events_and_keeps_the_head() {
         }
         log.maintain().await.unwrap();
         assert_eq!(log.bounds(), Bounds { first: 3, head: 5 });
-        let sequences: Vec<_> = log.read(1, 10).await.unwrap().iter().map(|e| e.sequence).collect();
+        let sequences: Vec<_> = log
+            .read(1, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
         assert_eq!(sequences, [3, 4, 5]);
         log.close().await.unwrap();
     }
@@ -112,7 +142,10 @@ async fn retention_removes_the_oldest_events_and_keeps_the_head() {
     log.maintain().await.unwrap();
     assert_eq!(log.bounds(), Bounds { first: 6, head: 5 });
     assert!(log.read(1, 10).await.unwrap().is_empty());
-    assert_eq!(log.append(new_event("later")).await.unwrap(), AppendOutcome::Appended(6));
+    assert_eq!(
+        log.append(new_event("later")).await.unwrap(),
+        AppendOutcome::Appended(6)
+    );
 }
 
 #[tokio::test]
@@ -124,7 +157,10 @@ async fn expired_dedup_keys_are_forgotten() {
     log.append(new_event("a")).await.unwrap();
     std::thread::sleep(Duration::from_millis(5));
     log.maintain().await.unwrap();
-    assert_eq!(log.append(new_event("a")).await.unwrap(), AppendOutcome::Appended(2));
+    assert_eq!(
+        log.append(new_event("a")).await.unwrap(),
+        AppendOutcome::Appended(2)
+    );
 }
 
 #[tokio::test]
@@ -149,15 +185,30 @@ async fn a_failing_disk_fails_appends_until_it_recovers() {
     log.append(new_event("a")).await.unwrap();
 
     switch.set_failing(true);
-    assert!(matches!(log.append(new_event("b")).await, Err(LogError::Storage(_))));
+    assert!(matches!(
+        log.append(new_event("b")).await,
+        Err(LogError::Storage(_))
+    ));
     assert!(log.check_ready().await.is_err());
-    assert!(matches!(log.append(new_event("b")).await, Err(LogError::Storage(_))));
+    assert!(matches!(
+        log.append(new_event("b")).await,
+        Err(LogError::Storage(_))
+    ));
     assert_eq!(log.bounds().head, 1);
 
     switch.set_failing(false);
     log.check_ready().await.unwrap();
-    assert_eq!(log.append(new_event("b")).await.unwrap(), AppendOutcome::Appended(2));
-    let sequences: Vec<_> = log.read(1, 10).await.unwrap().iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        log.append(new_event("b")).await.unwrap(),
+        AppendOutcome::Appended(2)
+    );
+    let sequences: Vec<_> = log
+        .read(1, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
     assert_eq!(sequences, [1, 2]);
 }
 

@@ -292,7 +292,10 @@ impl Writer {
             removed += next_first - first;
             self.shared.first.store(next_first, Ordering::SeqCst);
             let mut tail = lock(&self.shared.tail);
-            while tail.front().is_some_and(|event| event.sequence < next_first) {
+            while tail
+                .front()
+                .is_some_and(|event| event.sequence < next_first)
+            {
                 tail.pop_front();
             }
         }
@@ -463,7 +466,11 @@ pub(super) fn read_events(
     let txn = db.begin_read().map_err(|e| storage(e.into()))?;
     let table = txn.open_table(EVENTS).map_err(|e| storage(e.into()))?;
     let mut events = Vec::with_capacity(limit.min(1024));
-    for entry in table.range(from..).map_err(|e| storage(e.into()))?.take(limit) {
+    for entry in table
+        .range(from..)
+        .map_err(|e| storage(e.into()))?
+        .take(limit)
+    {
         let (sequence, record) = entry.map_err(|e| storage(e.into()))?;
         events.push(Arc::new(decode_record(sequence.value(), record.value())?));
     }
