@@ -11,7 +11,8 @@
 //! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health and reflection.
 //! - [`server`]: [`run`], which wires the log and both listeners together until shutdown.
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logs, OpenTelemetry traces and W3C trace-context propagation.
+//! - [`metrics`]: the gateway's instruments, exported over OTLP and as Prometheus text.
 //! - [`proto`]: code generated from `proto/`.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod incode;
 pub mod log;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod telemetry;

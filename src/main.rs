@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Cli::parse().into_config();
-    incode_gateway::telemetry::init(config.log_format);
+    let telemetry = incode_gateway::telemetry::init(config.log_format)?;
 
     let public = TcpListener::bind(config.public_addr)
         .await
@@ -23,7 +23,9 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
 
-    incode_gateway::run(config, public, internal, shutdown_signal()).await?;
+    let result = incode_gateway::run(config, public, internal, shutdown_signal()).await;
+    telemetry.shutdown();
+    result?;
     Ok(())
 }
 

@@ -11,6 +11,8 @@ use crate::{
     grpc::{self, GrpcSettings},
     http::{self, AppState, HttpSettings},
     log::{EmbeddedLog, MemoryLog, SharedLog},
+    metrics::{Metrics, MetricsError},
+    telemetry,
 };
 
 /// Why the gateway could not start or stopped with an error.
@@ -19,6 +21,9 @@ pub enum ServerError {
     /// The event log could not be opened.
     #[error("could not open the event log")]
     OpenLog(#[source] crate::log::LogError),
+    /// Metrics could not be set up.
+    #[error("could not set up metrics")]
+    Metrics(#[from] MetricsError),
     /// The gRPC reflection service could not be built.
     #[error("could not build the gRPC reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -83,8 +88,9 @@ pub async fn run_with_log(
         tracing::info!(%public, %internal, "incode-gateway listening");
     }
 
+    let metrics = Metrics::new(log.clone(), telemetry::otlp_metrics_enabled())?;
     let app = http::app(
-        AppState::new(log.clone()),
+        AppState::new(log.clone(), metrics.clone()),
         HttpSettings {
             max_body_bytes: config.max_body_bytes,
         },
@@ -93,8 +99,10 @@ pub async fn run_with_log(
     let grpc = grpc::serve(
         internal,
         log.clone(),
+        metrics.clone(),
         GrpcSettings {
             heartbeat_interval: config.heartbeat_interval,
+            trace_deliveries: telemetry::traces_enabled(),
         },
         token.clone(),
     )?;
@@ -118,6 +126,7 @@ pub async fn run_with_log(
     if let Err(error) = log.close().await {
         tracing::error!(error = %error_chain(&error), "closing the event log failed");
     }
+    metrics.shutdown();
     tracing::info!("incode-gateway stopped");
     result
 }

@@ -15,13 +15,16 @@ use axum::{
     routing::post,
 };
 use serde::Serialize;
+use tracing::{Instrument, field::Empty};
 
 use super::{ApiError, AppState};
 use crate::{
     error::{ErrorCode, error_chain},
     incode::{Endpoint, KindName, Notification},
     log::{AppendOutcome, DedupKey, NewEvent},
+    metrics::WebhookOutcome,
     proto::v1,
+    telemetry,
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -80,6 +83,9 @@ async fn other_kind(
         .ok()
         .and_then(|Path(kind)| KindName::parse(&kind).ok())
         .ok_or_else(|| {
+            state
+                .metrics()
+                .webhook("invalid", WebhookOutcome::Rejected("invalid_kind"));
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_kind",
@@ -95,35 +101,102 @@ async fn ingest(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    require_json(headers)?;
-    let body = body.map_err(body_error)?;
-    let notification = Notification::decode(&endpoint, &body)
-        .map_err(|error| ApiError::from_service_error(&error, error.code()))?;
+    let span = tracing::info_span!(
+        "ingest",
+        otel.name = "ingest webhook",
+        incode.notification.kind = Empty,
+        incode_gateway.event.id = Empty,
+    );
+    let endpoint_kind = endpoint_kind(&endpoint);
+    let result = async {
+        require_json(headers)?;
+        let body = body.map_err(body_error)?;
+        let notification = {
+            let _decode =
+                tracing::info_span!("decode", otel.name = "decode notification").entered();
+            Notification::decode(&endpoint, &body)
+                .map_err(|error| ApiError::from_service_error(&error, error.code()))?
+        };
+        store(state, notification, &body).await
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(error) = &result {
+        let outcome = if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+            WebhookOutcome::Unavailable
+        } else {
+            WebhookOutcome::Rejected(error.code())
+        };
+        state.metrics().webhook(endpoint_kind, outcome);
+    }
+    result
+}
 
-    let dedup_key = DedupKey::for_notification(notification.kind(), &body);
+/// Appends a decoded notification; runs inside the ingest span, whose trace context the event
+/// carries to subscribers.
+async fn store(state: &AppState, notification: Notification, body: &[u8]) -> Answer {
+    let kind = notification.kind().to_owned();
+    let dedup_key = DedupKey::for_notification(&kind, body);
+    let ingest = tracing::Span::current();
     let event = v1::Event {
         id: uuid::Uuid::now_v7().to_string(),
         r#type: notification.event_type().into(),
+        trace_context: telemetry::inject_span(&ingest),
         payload: Some(notification.into()),
         ..v1::Event::default()
     };
-    let id = event.id.clone();
-    match state.log().append(NewEvent { dedup_key, event }).await {
-        Ok(AppendOutcome::Appended(sequence)) => {
-            tracing::info!(sequence, event.id = %id, "notification stored");
-        }
-        Ok(AppendOutcome::Duplicate(sequence)) => {
-            tracing::info!(
-                sequence,
-                "repeated notification acknowledged, not stored again"
-            );
+    ingest.record("incode.notification.kind", kind.as_str());
+    ingest.record("incode_gateway.event.id", event.id.as_str());
+    let event_type = event.r#type().as_str_name();
+
+    let append_span = tracing::info_span!(
+        "append",
+        otel.name = "event_log append",
+        otel.status_code = Empty,
+        incode_gateway.event.type = event_type,
+        incode_gateway.event.sequence = Empty,
+        incode_gateway.event.duplicate = Empty,
+    );
+    let started = std::time::Instant::now();
+    let outcome = state
+        .log()
+        .append(NewEvent { dedup_key, event })
+        .instrument(append_span.clone())
+        .await;
+    match outcome {
+        Ok(outcome) => {
+            let duplicate = matches!(outcome, AppendOutcome::Duplicate(_));
+            append_span.record("incode_gateway.event.sequence", outcome.sequence());
+            append_span.record("incode_gateway.event.duplicate", duplicate);
+            state.metrics().appended(started.elapsed(), !duplicate);
+            if duplicate {
+                state.metrics().webhook(&kind, WebhookOutcome::Duplicate);
+                tracing::info!(
+                    sequence = outcome.sequence(),
+                    "repeated notification acknowledged, not stored again"
+                );
+            } else {
+                state.metrics().webhook(&kind, WebhookOutcome::Accepted);
+                tracing::info!(sequence = outcome.sequence(), "notification stored");
+            }
+            Ok(Json(Ack { success: true }))
         }
         Err(error) => {
+            append_span.record("otel.status_code", "ERROR");
             tracing::error!(error = %error_chain(&error), "notification not stored");
-            return Err(ApiError::server_error(ErrorCode::Unavailable));
+            Err(ApiError::server_error(ErrorCode::Unavailable))
         }
     }
-    Ok(Json(Ack { success: true }))
+}
+
+/// The kind a request was meant to be, for counting requests that fail before decoding.
+fn endpoint_kind(endpoint: &Endpoint) -> &str {
+    match endpoint {
+        Endpoint::OnboardingStatus => "onboarding-status",
+        Endpoint::WatchlistUpdated => "watchlist-updated",
+        Endpoint::Detect => "detect",
+        Endpoint::Other(kind) => kind.as_str(),
+    }
 }
 
 /// Accepts `application/json` and `application/<anything>+json`, with any parameters.
