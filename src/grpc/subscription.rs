@@ -204,7 +204,7 @@ impl State {
             messaging.destination.name = "events",
             messaging.message.id = %event.id,
             messaging.consumer.group.name = self.consumer.as_ref().map(ConsumerName::as_str),
-            incode_gateway.event.sequence = event.sequence,
+            incode_gateway.event.sequence = i64::try_from(event.sequence).unwrap_or(i64::MAX),
         );
         let ingest = telemetry::extract_from_map(&event.trace_context);
         if ingest.span().span_context().is_valid() {

@@ -109,7 +109,7 @@ fn server_span(request: &Request<Body>) -> Span {
 
 fn record_response(response: &Response<Body>, _latency: Duration, span: &Span) {
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }

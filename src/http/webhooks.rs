@@ -166,7 +166,11 @@ async fn store(state: &AppState, notification: Notification, body: &[u8]) -> Ans
     match outcome {
         Ok(outcome) => {
             let duplicate = matches!(outcome, AppendOutcome::Duplicate(_));
-            append_span.record("incode_gateway.event.sequence", outcome.sequence());
+            // OpenTelemetry integers are signed; tracing records unsigned ones as text.
+            append_span.record(
+                "incode_gateway.event.sequence",
+                i64::try_from(outcome.sequence()).unwrap_or(i64::MAX),
+            );
             append_span.record("incode_gateway.event.duplicate", duplicate);
             state.metrics().appended(started.elapsed(), !duplicate);
             if duplicate {
