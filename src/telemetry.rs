@@ -12,7 +12,12 @@ pub fn init(format: LogFormat) {
     match format {
         LogFormat::Text => registry.with(fmt::layer()).init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .init(),
     }
 }

@@ -33,8 +33,10 @@ pub fn serve(
     log: SharedLog,
     settings: GrpcSettings,
     shutdown: CancellationToken,
-) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, tonic_reflection::server::Error>
-{
+) -> Result<
+    impl Future<Output = Result<(), tonic::transport::Error>>,
+    tonic_reflection::server::Error,
+> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -1,10 +1,13 @@
-//! The public listener: Incode's webhook endpoints and health, nothing else.
+//! The public listener: the OAuth token endpoint, Incode's webhook endpoints and health, nothing
+//! else.
 //!
 //! Each resource has its own router; [`app`] merges them and adds the layers every request
 //! goes through.
 
+mod auth;
 mod error;
 mod health;
+mod oauth;
 mod webhooks;
 
 use std::sync::Arc;
@@ -12,9 +15,11 @@ use std::sync::Arc;
 use axum::{Router, extract::DefaultBodyLimit};
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
+pub use auth::Refused;
 pub use error::ApiError;
 
-use crate::log::SharedLog;
+use self::auth::PeerIp;
+use crate::{auth::Auth, log::SharedLog};
 
 /// What the public handlers share.
 #[derive(Clone)]
@@ -24,18 +29,23 @@ pub struct AppState {
 
 struct Inner {
     log: SharedLog,
+    auth: Arc<Auth>,
 }
 
 impl AppState {
-    /// State over this event log.
-    pub fn new(log: SharedLog) -> Self {
+    /// State over this event log, guarded by `auth`.
+    pub fn new(log: SharedLog, auth: Arc<Auth>) -> Self {
         Self {
-            inner: Arc::new(Inner { log }),
+            inner: Arc::new(Inner { log, auth }),
         }
     }
 
     fn log(&self) -> &SharedLog {
         &self.inner.log
+    }
+
+    fn auth(&self) -> &Arc<Auth> {
+        &self.inner.auth
     }
 }
 
@@ -49,6 +59,7 @@ pub struct HttpSettings {
 /// The public router.
 pub fn app(state: AppState, settings: HttpSettings) -> Router {
     Router::new()
+        .merge(oauth::router())
         .merge(webhooks::router())
         .merge(health::router())
         .fallback(error::not_found)

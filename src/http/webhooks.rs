@@ -2,7 +2,8 @@
 //!
 //! A notification is answered `200 {"success":true}` only after the event log has stored it (or
 //! recognised it as a repeat of a stored one); any failure to store it is a `503`, so that Incode
-//! retries instead of forgetting it.
+//! retries instead of forgetting it. Every handler takes [`Authenticated`] first, so a call that
+//! fails the webhook guard is refused before its body is read, and nothing is stored without it.
 
 use axum::{
     Json, Router,
@@ -16,8 +17,9 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{AppState, ApiError};
+use super::{ApiError, AppState};
 use crate::{
+    auth::{Authenticated, ClientId},
     error::{ErrorCode, error_chain},
     incode::{Endpoint, KindName, Notification},
     log::{AppendOutcome, DedupKey, NewEvent},
@@ -27,8 +29,14 @@ use crate::{
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/webhooks/incode", post(detect))
-        .route("/webhooks/incode/onboarding-status", post(onboarding_status))
-        .route("/webhooks/incode/watchlist-updated", post(watchlist_updated))
+        .route(
+            "/webhooks/incode/onboarding-status",
+            post(onboarding_status),
+        )
+        .route(
+            "/webhooks/incode/watchlist-updated",
+            post(watchlist_updated),
+        )
         .route("/webhooks/incode/{kind}", post(other_kind))
 }
 
@@ -41,30 +49,48 @@ struct Ack {
 type Answer = Result<Json<Ack>, ApiError>;
 
 async fn detect(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::Detect, &headers, body).await
+    ingest(&state, &authenticated, Endpoint::Detect, &headers, body).await
 }
 
 async fn onboarding_status(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::OnboardingStatus, &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::OnboardingStatus,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn watchlist_updated(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::WatchlistUpdated, &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::WatchlistUpdated,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn other_kind(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     kind: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -80,11 +106,19 @@ async fn other_kind(
                 "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
             )
         })?;
-    ingest(&state, Endpoint::Other(kind), &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::Other(kind),
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn ingest(
     state: &AppState,
+    authenticated: &Authenticated,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -102,12 +136,16 @@ async fn ingest(
         ..v1::Event::default()
     };
     let id = event.id.clone();
+    let client = authenticated.client().map(ClientId::as_str);
     match state.log().append(NewEvent { dedup_key, event }).await {
         Ok(AppendOutcome::Appended(sequence)) => {
-            tracing::info!(sequence, event.id = %id, "notification stored");
+            tracing::info!(sequence, event.id = %id, client, "notification stored");
         }
         Ok(AppendOutcome::Duplicate(sequence)) => {
-            tracing::info!(sequence, "repeated notification acknowledged, not stored again");
+            tracing::info!(
+                sequence,
+                "repeated notification acknowledged, not stored again"
+            );
         }
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "notification not stored");

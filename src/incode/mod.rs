@@ -242,7 +242,10 @@ fn take_interview_id(object: &mut Map<String, Value>) -> Result<InterviewId, Dec
     Ok(InterviewId(id))
 }
 
-fn take_string(object: &mut Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {
+fn take_string(
+    object: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<String, DecodeError> {
     match object.remove(field) {
         Some(Value::String(s)) => Ok(s),
         None | Some(Value::Null) => Err(DecodeError::MissingField { field }),

@@ -28,7 +28,10 @@ const KNOWN: [(&str, v1::OnboardingStatus); 9] = [
         "GOVERNMENT_VALIDATION_FINISHED",
         v1::OnboardingStatus::GovernmentValidationFinished,
     ),
-    ("ONBOARDING_FINISHED", v1::OnboardingStatus::OnboardingFinished),
+    (
+        "ONBOARDING_FINISHED",
+        v1::OnboardingStatus::OnboardingFinished,
+    ),
     (
         "MANUAL_REVIEW_APPROVED",
         v1::OnboardingStatus::ManualReviewApproved,

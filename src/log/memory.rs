@@ -49,7 +49,9 @@ impl MemoryLog {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than stopping the service would, so keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -99,7 +101,13 @@ impl EventLog for MemoryLog {
     async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<v1::Event>>, LogError> {
         let state = self.lock();
         let skip = usize::try_from(from.saturating_sub(state.first)).unwrap_or(usize::MAX);
-        Ok(state.events.iter().skip(skip).take(limit).cloned().collect())
+        Ok(state
+            .events
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn sequence_at(&self, time: SystemTime) -> Result<Sequence, LogError> {
