@@ -2,7 +2,9 @@
 
 use incode_gateway::{Config, proto::v1::subscribe_response::Response};
 use reqwest::StatusCode;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -13,10 +15,32 @@ use crate::common::*;
 #[tokio::test]
 async fn http_health_endpoints_answer() {
     let gateway = Gateway::start().await;
-    let (status, body) = answer(gateway.http.get(gateway.url("/healthz")).send().await.unwrap()).await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
-    let (status, body) = answer(gateway.http.get(gateway.url("/readyz")).send().await.unwrap()).await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ready")));
+    let (status, body) = answer(
+        gateway
+            .http
+            .get(gateway.url("/healthz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, body) = answer(
+        gateway
+            .http
+            .get(gateway.url("/readyz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
 }
 
 #[tokio::test]
@@ -31,7 +55,11 @@ async fn grpc_health_and_reflection_answer() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(answer.status(), ServingStatus::Serving, "service {service:?}");
+        assert_eq!(
+            answer.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
     }
 
     let mut reflection = ServerReflectionClient::new(gateway.channel().await);
@@ -53,7 +81,10 @@ async fn grpc_health_and_reflection_answer() {
         names.contains(&"incode.gateway.v1.EventStreamService".to_owned()),
         "{names:?}"
     );
-    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]
@@ -77,7 +108,11 @@ async fn the_public_listener_does_not_serve_grpc_and_the_internal_one_not_webhoo
         .send()
         .await;
     // The internal listener speaks HTTP/2 gRPC only: an HTTP/1 webhook goes nowhere.
-    assert!(response.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+    assert!(
+        response
+            .map(|r| r.status() != StatusCode::OK)
+            .unwrap_or(true)
+    );
 }
 
 #[tokio::test]
@@ -86,8 +121,13 @@ async fn shutdown_ends_streams_and_returns() {
     config.shutdown_timeout = std::time::Duration::from_secs(5);
     let gateway = Gateway::start_with(config).await;
     let mut stream = gateway.subscribe(earliest(), no_filter()).await;
-    assert!(matches!(next_message(&mut stream).await, Response::CaughtUp(_)));
+    assert!(matches!(
+        next_message(&mut stream).await,
+        Response::CaughtUp(_)
+    ));
     gateway.stop().await.unwrap();
-    let end = tokio::time::timeout(PATIENCE, stream.message()).await.unwrap();
+    let end = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap();
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
 }

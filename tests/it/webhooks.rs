@@ -41,8 +41,14 @@ async fn onboarding_status_is_delivered_with_every_field() {
     assert_eq!(changed.onboarding_status_raw, "MANUAL_REVIEW_APPROVED");
     let fields = changed.additional_fields.unwrap().fields;
     assert_eq!(fields.len(), 3, "{fields:?}");
-    assert_eq!(fields["flowId"].kind, Some(Kind::StringValue("flow-7".into())));
-    assert_eq!(fields["clientId"].kind, Some(Kind::StringValue("acme".into())));
+    assert_eq!(
+        fields["flowId"].kind,
+        Some(Kind::StringValue("flow-7".into()))
+    );
+    assert_eq!(
+        fields["clientId"].kind,
+        Some(Kind::StringValue("acme".into()))
+    );
     let Some(Kind::StructValue(nested)) = &fields["nested"].kind else {
         panic!("nested is not a struct")
     };
@@ -84,7 +90,10 @@ async fn the_single_url_recognises_each_shape() {
     let gateway = Gateway::start().await;
     let mut stream = gateway.subscribe(latest(), no_filter()).await;
     gateway
-        .notify("/webhooks/incode", &onboarding_body("a", "ONBOARDING_FINISHED"))
+        .notify(
+            "/webhooks/incode",
+            &onboarding_body("a", "ONBOARDING_FINISHED"),
+        )
         .await;
     gateway
         .notify(
@@ -185,11 +194,36 @@ async fn bad_input_is_answered_4xx_with_a_reason_and_the_service_keeps_serving()
     let gateway = Gateway::start().await;
     let path = "/webhooks/incode/onboarding-status";
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
-        ("application/json", b"{oops".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
-        ("application/json", b"".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
-        ("application/json", b"[]".to_vec(), StatusCode::BAD_REQUEST, "not_an_object"),
-        ("application/json", b"\"text\"".to_vec(), StatusCode::BAD_REQUEST, "not_an_object"),
-        ("application/json", b"{\"a\":\"\xff\"}".to_vec(), StatusCode::BAD_REQUEST, "invalid_utf8"),
+        (
+            "application/json",
+            b"{oops".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "application/json",
+            b"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "application/json",
+            b"[]".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not_an_object",
+        ),
+        (
+            "application/json",
+            b"\"text\"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not_an_object",
+        ),
+        (
+            "application/json",
+            b"{\"a\":\"\xff\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+        ),
         (
             "application/json",
             br#"{"onboardingStatus":"UNKNOWN"}"#.to_vec(),
@@ -228,8 +262,11 @@ async fn bad_input_is_answered_4xx_with_a_reason_and_the_service_keeps_serving()
         ),
         (
             "application/json",
-            format!(r#"{{"interviewId":"a","onboardingStatus":"UNKNOWN","pad":"{}"}}"#, "x".repeat(70_000))
-                .into_bytes(),
+            format!(
+                r#"{{"interviewId":"a","onboardingStatus":"UNKNOWN","pad":"{}"}}"#,
+                "x".repeat(70_000)
+            )
+            .into_bytes(),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
@@ -244,24 +281,40 @@ async fn bad_input_is_answered_4xx_with_a_reason_and_the_service_keeps_serving()
             .await
             .unwrap();
         let (status, answer) = answer(response).await;
-        assert_eq!(status, expected_status, "{answer} for {:?}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            expected_status,
+            "{answer} for {:?}",
+            String::from_utf8_lossy(&body)
+        );
         assert_eq!(answer["success"], false);
         assert_eq!(answer["error"], expected_error, "{answer}");
         assert!(answer["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
 
     // No content type at all, an invalid kind, an unknown path and a wrong method.
-    let response = gateway.http.post(gateway.url(path)).body("{}").send().await.unwrap();
+    let response = gateway
+        .http
+        .post(gateway.url(path))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer(response).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let (status, body) = gateway.post_json("/webhooks/incode/bad%20kind", "{}").await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_kind")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_kind"))
+    );
     let (status, _) = gateway.post_json("/nope", "{}").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let response = gateway.http.get(gateway.url(path)).send().await.unwrap();
     assert_eq!(answer(response).await.0, StatusCode::METHOD_NOT_ALLOWED);
 
     // Nothing was stored, and the gateway still serves.
-    gateway.notify(path, &onboarding_body("after", "UNKNOWN")).await;
+    gateway
+        .notify(path, &onboarding_body("after", "UNKNOWN"))
+        .await;
     let mut stream = gateway.subscribe(earliest(), no_filter()).await;
     assert_eq!(next_event(&mut stream).await.sequence, 1);
     assert_eq!(expect_caught_up(&mut stream).await, 1);
