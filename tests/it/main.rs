@@ -2,7 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth_common;
 mod common;
+mod oauth;
+mod secrets;
 mod service;
 mod subscribe;
+mod webhook_auth;
 mod webhooks;
