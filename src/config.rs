@@ -192,7 +192,11 @@ pub struct AuthArgs {
 
     /// Accept webhooks from anyone when no OAuth client and no webhook header is configured.
     /// For trying the gateway out only.
-    #[arg(long, env = "INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_WEBHOOKS")]
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_WEBHOOKS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_unauthenticated_webhooks: bool,
 }
 

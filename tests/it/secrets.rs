@@ -280,3 +280,14 @@ fn help_shows_no_secret_values() {
         assert!(help.contains("hash-secret") || args.len() == 2, "{help}");
     }
 }
+
+#[test]
+fn the_configuration_debug_output_shows_no_secret() {
+    let mut config = oauth_config();
+    config.auth.webhook_headers = vec![Secret::new("X-Incode-Secret=debug-header-2b7e")];
+    let text = format!("{config:?}");
+    assert!(text.contains(CLIENT_ID), "{text}");
+    for secret in [CLIENT_SECRET, SIGNING_KEY, "debug-header-2b7e"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+}
