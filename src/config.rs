@@ -216,7 +216,7 @@ pub enum LogFormat {
     Json,
 }
 
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 
