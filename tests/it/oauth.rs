@@ -369,7 +369,12 @@ async fn repeated_failures_from_one_address_are_throttled() {
         fetch_token(&gateway).await;
     }
     assert_eq!(statuses[..10], [StatusCode::UNAUTHORIZED; 10]);
-    assert_eq!(statuses[10..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+    // (A refill every 6 s could let one more through on a very slow machine.)
+    assert!(
+        statuses[10..].contains(&StatusCode::TOO_MANY_REQUESTS)
+            && statuses[10..].iter().all(|s| *s != StatusCode::OK),
+        "{statuses:?}"
+    );
     let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=6).contains(&seconds), "{seconds}");
     assert_eq!(throttled_body.unwrap()["error"], "slow_down");
