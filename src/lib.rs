@@ -3,9 +3,12 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one typed configuration, from flags and `INCODE_GATEWAY_*` variables.
+//! - [`config`]: the one typed configuration, from flags, `INCODE_GATEWAY_*` variables and an
+//!   optional TOML file.
+//! - [`auth`]: OAuth clients and secrets, access tokens, the webhook guard and the throttle on
+//!   failed client authentication.
 //! - [`incode`]: Incode's wire formats and their conversion to the [`proto`] contract.
-//! - [`http`]: the public listener (axum): webhooks and health.
+//! - [`http`]: the public listener (axum): the OAuth token endpoint, webhooks and health.
 //! - [`log`]: the event log trait (append with deduplication, read from a position, wait for
 //!   new events) and its backends.
 //! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health and reflection.
@@ -15,6 +18,7 @@
 //! - [`metrics`]: the gateway's instruments, exported over OTLP and as Prometheus text.
 //! - [`proto`]: code generated from `proto/`.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;

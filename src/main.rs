@@ -1,14 +1,20 @@
 //! The `incode-gateway` binary: parses the configuration, installs logging and signal handling,
-//! and runs the gateway.
+//! and runs the gateway (or `hash-secret`).
 
 use anyhow::Context;
 use clap::Parser;
-use incode_gateway::config::Cli;
+use incode_gateway::config::{Cli, Command};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Cli::parse().into_config();
+    let config = match Cli::parse().into_command() {
+        Command::Serve(config) => config,
+        Command::HashSecret => {
+            incode_gateway::auth::hash_secret_command()?;
+            return Ok(());
+        }
+    };
     let telemetry = incode_gateway::telemetry::init(config.log_format)?;
 
     let public = TcpListener::bind(config.public_addr)

@@ -1,10 +1,13 @@
-//! The public listener: Incode's webhook endpoints and health, nothing else.
+//! The public listener: the OAuth token endpoint, Incode's webhook endpoints and health, nothing
+//! else.
 //!
 //! Each resource has its own router; [`app`] merges them and adds the layers every request
 //! goes through.
 
+mod auth;
 mod error;
 mod health;
+mod oauth;
 mod webhooks;
 
 use std::sync::Arc;
@@ -21,9 +24,11 @@ use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub use auth::Refused;
 pub use error::ApiError;
 
-use crate::{log::SharedLog, metrics::Metrics, telemetry};
+use self::auth::PeerIp;
+use crate::{auth::Auth, log::SharedLog, metrics::Metrics, telemetry};
 
 /// What the public handlers share.
 #[derive(Clone)]
@@ -33,14 +38,15 @@ pub struct AppState {
 
 struct Inner {
     log: SharedLog,
+    auth: Arc<Auth>,
     metrics: Metrics,
 }
 
 impl AppState {
-    /// State over this event log, counting into `metrics`.
-    pub fn new(log: SharedLog, metrics: Metrics) -> Self {
+    /// State over this event log, guarded by `auth`, counting into `metrics`.
+    pub fn new(log: SharedLog, auth: Arc<Auth>, metrics: Metrics) -> Self {
         Self {
-            inner: Arc::new(Inner { log, metrics }),
+            inner: Arc::new(Inner { log, auth, metrics }),
         }
     }
 
@@ -50,6 +56,10 @@ impl AppState {
 
     fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    fn auth(&self) -> &Arc<Auth> {
+        &self.inner.auth
     }
 }
 
@@ -63,6 +73,7 @@ pub struct HttpSettings {
 /// The public router.
 pub fn app(state: AppState, settings: HttpSettings) -> Router {
     Router::new()
+        .merge(oauth::router())
         .merge(webhooks::router())
         .merge(health::router())
         .fallback(error::not_found)

@@ -2,7 +2,8 @@
 //!
 //! A notification is answered `200 {"success":true}` only after the event log has stored it (or
 //! recognised it as a repeat of a stored one); any failure to store it is a `503`, so that Incode
-//! retries instead of forgetting it.
+//! retries instead of forgetting it. Every handler takes [`Authenticated`] first, so a call that
+//! fails the webhook guard is refused before its body is read, and nothing is stored without it.
 
 use axum::{
     Json, Router,
@@ -19,6 +20,7 @@ use tracing::{Instrument, field::Empty};
 
 use super::{ApiError, AppState};
 use crate::{
+    auth::{Authenticated, ClientId},
     error::{ErrorCode, error_chain},
     incode::{Endpoint, KindName, Notification},
     log::{AppendOutcome, DedupKey, NewEvent},
@@ -50,30 +52,48 @@ struct Ack {
 type Answer = Result<Json<Ack>, ApiError>;
 
 async fn detect(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::Detect, &headers, body).await
+    ingest(&state, &authenticated, Endpoint::Detect, &headers, body).await
 }
 
 async fn onboarding_status(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::OnboardingStatus, &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::OnboardingStatus,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn watchlist_updated(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::WatchlistUpdated, &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::WatchlistUpdated,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn other_kind(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     kind: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -92,11 +112,19 @@ async fn other_kind(
                 "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
             )
         })?;
-    ingest(&state, Endpoint::Other(kind), &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::Other(kind),
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn ingest(
     state: &AppState,
+    authenticated: &Authenticated,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -117,7 +145,7 @@ async fn ingest(
             Notification::decode(&endpoint, &body)
                 .map_err(|error| ApiError::from_service_error(&error, error.code()))?
         };
-        store(state, notification, &body).await
+        store(state, authenticated, notification, &body).await
     }
     .instrument(span.clone())
     .await;
@@ -134,7 +162,12 @@ async fn ingest(
 
 /// Appends a decoded notification; runs inside the ingest span, whose trace context the event
 /// carries to subscribers.
-async fn store(state: &AppState, notification: Notification, body: &[u8]) -> Answer {
+async fn store(
+    state: &AppState,
+    authenticated: &Authenticated,
+    notification: Notification,
+    body: &[u8],
+) -> Answer {
     let kind = notification.kind().to_owned();
     let dedup_key = DedupKey::for_notification(&kind, body);
     let ingest = tracing::Span::current();
@@ -181,7 +214,11 @@ async fn store(state: &AppState, notification: Notification, body: &[u8]) -> Ans
                 );
             } else {
                 state.metrics().webhook(&kind, WebhookOutcome::Accepted);
-                tracing::info!(sequence = outcome.sequence(), "notification stored");
+                tracing::info!(
+                    sequence = outcome.sequence(),
+                    client = authenticated.client().map(ClientId::as_str),
+                    "notification stored"
+                );
             }
             Ok(Json(Ack { success: true }))
         }

@@ -273,7 +273,12 @@ impl GatewayProcess {
                 "--internal-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--log-format", "json", "--data-dir"])
+            .args([
+                "--log-format",
+                "json",
+                "--allow-unauthenticated-webhooks",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())

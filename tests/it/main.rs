@@ -2,10 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth_common;
 mod common;
 mod crash;
 mod durability;
+mod oauth;
+mod secrets;
 mod service;
 mod subscribe;
 mod telemetry;
+mod webhook_auth;
 mod webhooks;
