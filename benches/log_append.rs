@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench log_append -- [--appenders N] [--seconds S]`
 
+#![allow(clippy::expect_used)] // A benchmark has nothing better to do on failure than stop.
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},

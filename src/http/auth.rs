@@ -20,7 +20,18 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Refused;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refused> {
-        state.auth().check_webhook(&parts.headers).map_err(Refused)
+        let _span = tracing::info_span!(
+            "verify credentials",
+            otel.name = "webhook verify credentials"
+        )
+        .entered();
+        state.auth().check_webhook(&parts.headers).map_err(|error| {
+            // Unauthenticated callers choose the URL, so it is not a label: one series only.
+            state
+                .metrics()
+                .webhook("any", crate::metrics::WebhookOutcome::Unauthorized);
+            Refused(error)
+        })
     }
 }
 

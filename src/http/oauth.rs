@@ -21,6 +21,7 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::{AppState, PeerIp};
 use crate::{
@@ -139,7 +140,21 @@ async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match issue(&state, source, &headers, body).await {
+    let span = tracing::info_span!(
+        "issue token",
+        otel.name = "oauth issue token",
+        oauth.outcome = tracing::field::Empty,
+    );
+    let result = issue(&state, source, &headers, body)
+        .instrument(span.clone())
+        .await;
+    let outcome = match &result {
+        Ok(_) => "issued",
+        Err(error) => error.code.as_str(),
+    };
+    span.record("oauth.outcome", outcome);
+    state.metrics().token_request(outcome);
+    match result {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -173,6 +188,10 @@ async fn issue(
 
     let client = match Arc::clone(state.auth())
         .authenticate_client(source, candidates)
+        .instrument(tracing::info_span!(
+            "authenticate client",
+            otel.name = "oauth authenticate client"
+        ))
         .await
     {
         Ok(client) => client,

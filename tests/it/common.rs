@@ -263,23 +263,24 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts the binary on ephemeral ports over `data_dir`, with extra environment variables,
     /// and waits for its "listening" log line to learn its ports.
+    /// Webhooks are open to anyone.
     pub async fn spawn(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(data_dir, &["--allow-unauthenticated-webhooks"], env).await
+    }
+
+    /// Like [`GatewayProcess::spawn`], with these extra arguments instead of open webhooks.
+    pub async fn spawn_with(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
-            .args([
-                "serve",
-                "--public-addr",
-                "127.0.0.1:0",
-                "--internal-addr",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--log-format",
-                "json",
-                "--allow-unauthenticated-webhooks",
-                "--data-dir",
-            ])
+            .args(["serve", "--public-addr", "127.0.0.1:0"])
+            .args(["--internal-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())

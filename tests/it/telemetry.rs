@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::common::*;
+use crate::{auth_common::*, common::*};
 
 /// An OTLP trace collector that keeps every span it receives.
 #[derive(Clone, Default)]
@@ -99,15 +99,32 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let process = GatewayProcess::spawn(
+    let process = GatewayProcess::spawn_with(
         data_dir.path(),
+        &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
             ("OTEL_SERVICE_NAME", "incode-gateway-test"),
+            ("INCODE_GATEWAY_OAUTH_CLIENT_ID", CLIENT_ID),
+            ("INCODE_GATEWAY_OAUTH_CLIENT_SECRET", CLIENT_SECRET),
+            ("INCODE_GATEWAY_TOKEN_SIGNING_KEY", SIGNING_KEY),
         ],
     )
     .await;
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/oauth/token", process.base_url))
+        .header("authorization", basic(CLIENT_ID, CLIENT_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
 
     let mut client = process.client().await;
     let mut stream = client
@@ -123,11 +140,12 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let response = reqwest::Client::new()
+    let response = http
         .post(format!(
             "{}/webhooks/incode/onboarding-status",
             process.base_url
         ))
+        .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .body(onboarding_body("traced", "ONBOARDING_FINISHED"))
@@ -218,8 +236,11 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
     }
 }
 
-/// Parses Prometheus text into (name, labels) -> value.
-fn parse_metrics(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// Prometheus samples: (name, sorted labels) -> value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// Parses Prometheus text.
+fn parse_metrics(text: &str) -> Samples {
     let mut samples = HashMap::new();
     for line in text
         .lines()
@@ -247,11 +268,7 @@ fn parse_metrics(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
     samples
 }
 
-fn sample(
-    samples: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut labels: Vec<_> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -400,4 +417,113 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn metrics_count_token_requests_and_refused_webhooks() {
+    let gateway = Gateway::start_with(oauth_config()).await;
+    let token = fetch_token(&gateway).await;
+    let (status, _, _) = token_request(
+        &gateway,
+        &gateway.http,
+        Some(&basic(CLIENT_ID, "wrong")),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = post_webhook(&gateway, None, &[], &onboarding_body("x", "UNKNOWN")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let bearer = format!("Bearer {token}");
+    let (status, _, _) = post_webhook(
+        &gateway,
+        Some(&bearer),
+        &[],
+        &onboarding_body("x", "UNKNOWN"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let text = gateway
+        .http
+        .get(format!("http://{}/metrics", gateway.grpc_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_metrics(&text);
+    let check = |name: &str, labels: &[(&str, &str)], expected: f64| {
+        assert_eq!(
+            sample(&samples, name, labels),
+            expected,
+            "{name} {labels:?} in\n{text}"
+        );
+    };
+    check(
+        "incode_gateway_token_requests_total",
+        &[("outcome", "issued")],
+        1.0,
+    );
+    check(
+        "incode_gateway_token_requests_total",
+        &[("outcome", "invalid_client")],
+        1.0,
+    );
+    check(
+        "incode_gateway_webhooks_total",
+        &[("outcome", "unauthorized")],
+        1.0,
+    );
+    check(
+        "incode_gateway_webhooks_total",
+        &[("outcome", "accepted")],
+        1.0,
+    );
+    assert!(!text.contains(&token) && !text.contains(CLIENT_SECRET));
+}
+
+/// An unreachable collector slows nothing down, and SIGTERM still ends the process cleanly
+/// after the exporter gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_neither_blocks_requests_nor_shutdown() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", unused.local_addr().unwrap());
+    drop(unused);
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut process = GatewayProcess::spawn(
+        data_dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let response = http
+            .post(format!(
+                "{}/webhooks/incode/onboarding-status",
+                process.base_url
+            ))
+            .header("content-type", "application/json")
+            .body(onboarding_body(&format!("u-{i}"), "UNKNOWN"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let pid = process.child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(PATIENCE, process.child.wait())
+        .await
+        .expect("the gateway did not stop after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
 }

@@ -22,7 +22,7 @@ type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
 /// Work for the writer thread.
 pub(super) enum Request {
-    Append(NewEvent, Reply<AppendOutcome>),
+    Append(Box<NewEvent>, Reply<AppendOutcome>),
     Ack(ConsumerName, Sequence, Reply<Sequence>),
     Maintain(Reply<()>),
     Probe(Reply<()>),
@@ -103,7 +103,7 @@ impl Writer {
         let mut others = Vec::new();
         for request in batch.drain(..) {
             match request {
-                Request::Append(event, reply) => appends.push((event, reply)),
+                Request::Append(event, reply) => appends.push((*event, reply)),
                 Request::Ack(consumer, sequence, reply) => acks.push((consumer, sequence, reply)),
                 other => others.push(other),
             }
