@@ -63,8 +63,10 @@ pub async fn run(
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Configuration mistakes are reported before anything touches the disk.
+    let auth = Arc::new(Auth::from_config(&config)?);
     let log = open_log(&config)?;
-    run_with_log(config, log, public, internal, shutdown).await
+    serve(config, auth, log, public, internal, shutdown).await
 }
 
 /// [`run`] over an already opened log.
@@ -76,6 +78,17 @@ pub async fn run_with_log(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let auth = Arc::new(Auth::from_config(&config)?);
+    serve(config, auth, log, public, internal, shutdown).await
+}
+
+async fn serve(
+    config: Config,
+    auth: Arc<Auth>,
+    log: SharedLog,
+    public: TcpListener,
+    internal: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {

@@ -20,6 +20,7 @@ use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::Sd
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter,
+    filter::{self, FilterExt},
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::{self, Writer},
@@ -98,8 +99,6 @@ pub fn resource() -> Resource {
 /// inside the tokio runtime.
 pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-
     let tracer_provider = if traces_enabled() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -113,33 +112,45 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     } else {
         None
     };
-    let otel = tracer_provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(SERVICE_NAME)));
-
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Each layer has its own filter. The log layer sees events only (formatting every span's
+    // fields for lines that are never written would cost more than the request itself), so
+    // without an OpenTelemetry layer no span is enabled at all and spans cost nothing.
+    let otel = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(SERVICE_NAME))
+            .with_filter(env_filter())
+    });
+    let events_only = filter::filter_fn(|metadata| metadata.is_event());
+    let registry = tracing_subscriber::registry().with(otel);
     match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().event_format(WithTraceIds {
-                inner: format::Format::default(),
-                json: false,
-            }))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(WithTraceIds {
+                        inner: format::Format::default(),
+                        json: false,
+                    })
+                    .with_filter(env_filter().and(events_only)),
+            )
             .try_init()?,
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .event_format(WithTraceIds {
-                        inner: format::Format::default()
-                            .json()
-                            .flatten_event(true)
-                            .with_current_span(true),
+                        inner: format::Format::default().json().flatten_event(true),
                         json: true,
-                    }),
+                    })
+                    .with_filter(env_filter().and(events_only)),
             )
             .try_init()?,
     }
     Ok(Telemetry { tracer_provider })
+}
+
+/// `RUST_LOG`, or `info`.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Adds the current OpenTelemetry trace and span ids to each log line.
@@ -160,15 +171,16 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        let ids = if ctx.lookup_current().is_some() {
-            let cx = tracing::Span::current().context();
+        let current = tracing::Span::current();
+        let ids = if current.is_none() {
+            None
+        } else {
+            let cx = current.context();
             let span = cx.span();
             let span_context = span.span_context();
             span_context
                 .is_valid()
                 .then(|| (span_context.trace_id(), span_context.span_id()))
-        } else {
-            None
         };
         match ids {
             None => self.inner.format_event(ctx, writer, event),

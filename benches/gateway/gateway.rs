@@ -1,12 +1,7 @@
 //! The gateway under test, as a child process (so that its memory is its own), and a bare axum
 //! server as the baseline of the HTTP stack.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use axum::{Json, Router, body::Bytes, routing::post};
 use incode_gateway::proto::v1::event_stream_service_client::EventStreamServiceClient;
@@ -31,13 +26,22 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     pub async fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
-            .args(["serve", "--public-addr", "127.0.0.1:0", "--internal-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--public-addr",
+                "127.0.0.1:0",
+                "--internal-addr",
+                "127.0.0.1:0",
+            ])
             .args(["--log-format", "json", "--data-dir"])
             .arg(data_dir)
             .env("INCODE_GATEWAY_OAUTH_CLIENT_ID", CLIENT_ID)
             .env("INCODE_GATEWAY_OAUTH_CLIENT_SECRET", CLIENT_SECRET)
             .env("INCODE_GATEWAY_TOKEN_SIGNING_KEY", SIGNING_KEY)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -71,7 +75,13 @@ impl GatewayProcess {
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map_or(0, |kib| kib * 1024)
     }
 
@@ -111,7 +121,11 @@ impl GatewayProcess {
 
 /// A bare axum server that parses the same JSON and answers `{"success":true}`: no auth, no
 /// log, no fan-out. Runs on its own two-worker runtime, like the gateway's.
-pub fn start_baseline() -> (SocketAddr, std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+pub fn start_baseline() -> (
+    SocketAddr,
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -143,6 +157,8 @@ pub fn start_baseline() -> (SocketAddr, std::thread::JoinHandle<()>, tokio::sync
                 .unwrap();
         });
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("baseline address");
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("baseline address");
     (addr, thread, stop_tx)
 }

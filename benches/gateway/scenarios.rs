@@ -122,9 +122,11 @@ async fn ingest(settings: &Settings) -> Value {
 
     let mut rounds = Vec::new();
     for round in 1..=2 {
-        let base = load::closed_loop(baseline.clone(), settings.connections, settings.duration).await;
+        let base =
+            load::closed_loop(baseline.clone(), settings.connections, settings.duration).await;
         print_load(&format!("round {round} bare axum baseline"), &base);
-        let real = load::closed_loop(durable.clone(), settings.connections, settings.duration).await;
+        let real =
+            load::closed_loop(durable.clone(), settings.connections, settings.duration).await;
         print_load(&format!("round {round} gateway (durable, OAuth)"), &real);
         rounds.push((base, real));
     }
@@ -149,7 +151,13 @@ fn sent_micros(event: &v1::Event) -> Option<u64> {
     let Some(Payload::OnboardingStatusChanged(changed)) = &event.payload else {
         return None;
     };
-    match changed.additional_fields.as_ref()?.fields.get("benchSentMicros")?.kind {
+    match changed
+        .additional_fields
+        .as_ref()?
+        .fields
+        .get("benchSentMicros")?
+        .kind
+    {
         Some(Kind::NumberValue(micros)) => Some(micros as u64),
         _ => None,
     }
@@ -166,11 +174,20 @@ fn latest() -> SubscribeRequest {
 
 /// From sending a webhook to receiving its event on a subscriber, at a fixed offered rate.
 async fn end_to_end(settings: &Settings) -> Value {
-    println!("end-to-end: {} events/s offered, one subscriber", settings.rate);
+    println!(
+        "end-to-end: {} events/s offered, one subscriber",
+        settings.rate
+    );
     let data_dir = tempfile::tempdir().unwrap();
     let gateway = GatewayProcess::start(data_dir.path()).await;
     let token = gateway.token().await;
-    let mut stream = gateway.client().await.subscribe(latest()).await.unwrap().into_inner();
+    let mut stream = gateway
+        .client()
+        .await
+        .subscribe(latest())
+        .await
+        .unwrap()
+        .into_inner();
     let expected = settings.rate * settings.duration.as_secs().max(1);
     let receiver = tokio::spawn(async move {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
@@ -244,9 +261,10 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
     let last_receipt = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for i in 0..subscribers {
-        let mut client = incode_gateway::proto::v1::event_stream_service_client::EventStreamServiceClient::new(
-            channels[i % connections].clone(),
-        );
+        let mut client =
+            incode_gateway::proto::v1::event_stream_service_client::EventStreamServiceClient::new(
+                channels[i % connections].clone(),
+            );
         let mut stream = client.subscribe(latest()).await.unwrap().into_inner();
         let received = received.clone();
         let last_receipt = last_receipt.clone();
@@ -277,7 +295,8 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
     let elapsed = (last_receipt.load(Ordering::Relaxed).saturating_sub(started)) as f64 / 1e6;
     let delivered_rate = total as f64 / elapsed.max(1e-9);
     let lost = expected.saturating_sub(total);
-    let per_subscriber = |rss: u64| rss.saturating_sub(rss_before) as f64 / subscribers as f64 / 1024.0;
+    let per_subscriber =
+        |rss: u64| rss.saturating_sub(rss_before) as f64 / subscribers as f64 / 1024.0;
     println!(
         "fan-out: {subscribers:>5} subscribers at {} events/s: {:>9.0} delivered/s, lost {lost}, RSS/subscriber {:.1} KiB connected, {:.1} KiB after load (target 0 lost, <= 64 KiB)",
         settings.rate,

@@ -208,13 +208,14 @@ async fn store(
             state.metrics().appended(started.elapsed(), !duplicate);
             if duplicate {
                 state.metrics().webhook(&kind, WebhookOutcome::Duplicate);
-                tracing::info!(
+                // Per-notification lines are debug: at volume, metrics and traces tell the story.
+                tracing::debug!(
                     sequence = outcome.sequence(),
                     "repeated notification acknowledged, not stored again"
                 );
             } else {
                 state.metrics().webhook(&kind, WebhookOutcome::Accepted);
-                tracing::info!(
+                tracing::debug!(
                     sequence = outcome.sequence(),
                     client = authenticated.client().map(ClientId::as_str),
                     "notification stored"

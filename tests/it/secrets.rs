@@ -168,6 +168,7 @@ async fn serve_refuses_to_start_with_no_webhook_authentication() {
     );
 
     // The binary says what to do.
+    let data_dir = tempfile::tempdir().unwrap();
     let output = tokio::process::Command::new(BINARY)
         .args([
             "--public-addr",
@@ -175,6 +176,8 @@ async fn serve_refuses_to_start_with_no_webhook_authentication() {
             "--internal-addr",
             "127.0.0.1:0",
         ])
+        .arg("--data-dir")
+        .arg(data_dir.path())
         .env_remove("INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_WEBHOOKS")
         .env_remove("INCODE_GATEWAY_OAUTH_CLIENT_ID")
         .env_remove("INCODE_GATEWAY_OAUTH_CLIENT_SECRET")
@@ -196,6 +199,10 @@ async fn serve_refuses_to_start_with_no_webhook_authentication() {
     ] {
         assert!(stderr.contains(hint), "{stderr}");
     }
+    assert!(
+        std::fs::read_dir(data_dir.path()).unwrap().next().is_none(),
+        "a refused start touches no storage"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

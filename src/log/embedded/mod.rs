@@ -9,7 +9,9 @@
 //! One writer thread owns every write. Appends and acks queue for it; it takes everything
 //! waiting in the queue into one write transaction and one fsync (group commit), then answers
 //! each request, so an append is durable before it is acknowledged and durability costs one
-//! fsync per batch, not per request. Reads run on tokio's blocking pool from read transactions,
+//! fsync per batch, not per request. Every table is written at its end only (sequences and
+//! times grow), so a commit writes few pages; the deduplication index is looked up in memory
+//! and rebuilt from its table when the log opens. Reads run on tokio's blocking pool from read transactions,
 //! except for the most recent events, which an in-memory tail serves so that live subscribers
 //! never touch the disk.
 
@@ -39,10 +41,10 @@ use writer::{Request, Writer};
 
 /// `sequence -> [received_at as u64 big-endian nanoseconds since the epoch][encoded Event]`.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// `dedup key -> (sequence, received_at nanos)`.
-const DEDUP: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("dedup");
-/// `(received_at nanos, dedup key) -> ()`: the dedup keys in the order they expire.
-const DEDUP_EXPIRY: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("dedup_expiry");
+/// `(received_at nanos, dedup key) -> sequence`: the deduplication index, in the order its
+/// entries expire. Time-ordered keys make every append touch only the table's last pages; the
+/// writer looks keys up in an in-memory copy loaded at start-up.
+const DEDUP: TableDefinition<(u64, &[u8; 32]), u64> = TableDefinition::new("dedup");
 /// `consumer name -> last acknowledged sequence`.
 const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
 /// Counters that must survive even when every event has been removed.
@@ -176,7 +178,7 @@ impl EmbeddedLog {
             source: source.into(),
         };
         let db = opener().map_err(|e| open_error(e.into()))?;
-        let recovered = writer::recover(&db).map_err(open_error)?;
+        let recovered = writer::recover(&db, options.dedup_window).map_err(open_error)?;
         tracing::info!(
             path = %path.display(),
             first = recovered.first,

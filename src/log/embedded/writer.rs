@@ -1,6 +1,7 @@
 //! The writer thread of the embedded log, and the read-side helpers that share its file format.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -9,12 +10,12 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CONSUMERS, DEDUP, DEDUP_EXPIRY, EVENTS, FORMAT_VERSION, META, META_FORMAT, META_HEAD, Opener,
-    Options, Shared, decode_record, encode_record, lock, record_time,
+    CONSUMERS, DEDUP, EVENTS, FORMAT_VERSION, META, META_FORMAT, META_HEAD, Opener, Options,
+    Shared, decode_record, encode_record, lock, record_time,
 };
 use crate::{
     error::error_chain,
-    log::{AppendOutcome, ConsumerName, LogError, NewEvent, Sequence},
+    log::{AppendOutcome, ConsumerName, DedupKey, LogError, NewEvent, Sequence},
     proto::v1,
 };
 
@@ -34,6 +35,8 @@ pub(super) struct Recovered {
     pub first: Sequence,
     pub head: Sequence,
     pub last_received_nanos: u64,
+    /// The deduplication entries still inside the window.
+    pub dedup: HashMap<DedupKey, (Sequence, u64)>,
 }
 
 /// Events removed per retention transaction, so that a large clean-up never holds the writer
@@ -47,6 +50,9 @@ pub(super) struct Writer {
     options: Options,
     head: Sequence,
     last_received_nanos: u64,
+    /// `key -> (sequence, received_at nanos)` of every entry of the `DEDUP` table not yet
+    /// removed; entries older than the window are ignored until maintenance removes them.
+    dedup: HashMap<DedupKey, (Sequence, u64)>,
 }
 
 impl Writer {
@@ -64,6 +70,7 @@ impl Writer {
             options,
             head: recovered.head,
             last_received_nanos: recovered.last_received_nanos,
+            dedup: recovered.dedup,
         }
     }
 
@@ -189,46 +196,56 @@ impl Writer {
             cursors: Vec::with_capacity(cursors.len()),
         };
 
-        let txn = db.begin_write()?;
-        {
-            let mut table = txn.open_table(EVENTS)?;
-            let mut dedup = txn.open_table(DEDUP)?;
-            let mut expiry = txn.open_table(DEDUP_EXPIRY)?;
-            for new in events {
-                let key = new.dedup_key.as_bytes();
-                let seen = dedup.get(key)?.map(|guard| guard.value());
-                if let Some((sequence, at)) = seen
-                    && at >= horizon
-                {
-                    written.outcomes.push(AppendOutcome::Duplicate(sequence));
-                    continue;
+        // Keys added by this batch, to take back out of the in-memory index if it fails.
+        let mut added: Vec<DedupKey> = Vec::new();
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(EVENTS)?;
+                let mut dedup = txn.open_table(DEDUP)?;
+                for new in events {
+                    let seen = self.dedup.get(&new.dedup_key).copied();
+                    if let Some((sequence, at)) = seen
+                        && at >= horizon
+                    {
+                        written.outcomes.push(AppendOutcome::Duplicate(sequence));
+                        continue;
+                    }
+                    head += 1;
+                    let mut event = new.event;
+                    event.sequence = head;
+                    event.received_at = Some(received_at);
+                    table.insert(head, encode_record(now, &event).as_slice())?;
+                    dedup.insert((now, new.dedup_key.as_bytes()), head)?;
+                    self.dedup.insert(new.dedup_key, (head, now));
+                    added.push(new.dedup_key);
+                    written.outcomes.push(AppendOutcome::Appended(head));
+                    written.events.push(Arc::new(event));
                 }
-                head += 1;
-                let mut event = new.event;
-                event.sequence = head;
-                event.received_at = Some(received_at);
-                table.insert(head, encode_record(now, &event).as_slice())?;
-                dedup.insert(key, (head, now))?;
-                expiry.insert((now, key), ())?;
-                written.outcomes.push(AppendOutcome::Appended(head));
-                written.events.push(Arc::new(event));
-            }
 
-            let mut consumers = txn.open_table(CONSUMERS)?;
-            for (consumer, sequence) in cursors {
-                let current = consumers
-                    .get(consumer.as_str())?
-                    .map_or(0, |guard| guard.value());
-                let cursor = current.max(*sequence);
-                if cursor != current {
-                    consumers.insert(consumer.as_str(), cursor)?;
+                let mut consumers = txn.open_table(CONSUMERS)?;
+                for (consumer, sequence) in cursors {
+                    let current = consumers
+                        .get(consumer.as_str())?
+                        .map_or(0, |guard| guard.value());
+                    let cursor = current.max(*sequence);
+                    if cursor != current {
+                        consumers.insert(consumer.as_str(), cursor)?;
+                    }
+                    written.cursors.push(cursor);
                 }
-                written.cursors.push(cursor);
-            }
 
-            txn.open_table(META)?.insert(META_HEAD, head)?;
+                txn.open_table(META)?.insert(META_HEAD, head)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(error) = result {
+            for key in added {
+                self.dedup.remove(&key);
+            }
+            return Err(error);
         }
-        txn.commit()?;
         self.head = head;
         self.last_received_nanos = now;
         self.recovered();
@@ -309,32 +326,31 @@ impl Writer {
         let mut forgotten = 0;
         loop {
             let txn = db.begin_write()?;
-            let count;
+            let mut doomed = Vec::new();
             {
-                let mut expiry = txn.open_table(DEDUP_EXPIRY)?;
                 let mut dedup = txn.open_table(DEDUP)?;
-                let mut doomed = Vec::new();
-                for entry in expiry.range(..(horizon, &[0u8; 32]))?.take(RETENTION_CHUNK) {
-                    let (key, _) = entry?;
+                for entry in dedup.range(..(horizon, &[0u8; 32]))?.take(RETENTION_CHUNK) {
+                    let (key, sequence) = entry?;
                     let (at, dedup_key) = key.value();
-                    doomed.push((at, *dedup_key));
+                    doomed.push((at, *dedup_key, sequence.value()));
                 }
-                count = doomed.len();
-                for (at, key) in &doomed {
-                    expiry.remove((*at, key))?;
-                    let current = dedup.get(key)?.map(|guard| guard.value());
-                    // A key seen again later has a newer entry that must stay.
-                    if current.is_some_and(|(_, seen)| seen == *at) {
-                        dedup.remove(key)?;
-                    }
+                for (at, key, _) in &doomed {
+                    dedup.remove((*at, key))?;
                 }
             }
-            if count == 0 {
+            if doomed.is_empty() {
                 txn.abort()?;
                 break;
             }
             txn.commit()?;
-            forgotten += count as u64;
+            for (at, key, _) in &doomed {
+                let key = DedupKey::from_bytes(*key);
+                // A key seen again later has a newer entry that must stay.
+                if self.dedup.get(&key).is_some_and(|&(_, seen)| seen == *at) {
+                    self.dedup.remove(&key);
+                }
+            }
+            forgotten += doomed.len() as u64;
         }
         Ok(forgotten)
     }
@@ -361,7 +377,7 @@ impl Writer {
             return Ok(db.clone());
         }
         let db = Arc::new((self.opener)()?);
-        let recovered = recover(&db)?;
+        let recovered = recover(&db, self.options.dedup_window)?;
         if recovered.head != self.head {
             tracing::warn!(
                 before = self.head,
@@ -371,6 +387,7 @@ impl Writer {
             self.head = recovered.head;
         }
         self.last_received_nanos = self.last_received_nanos.max(recovered.last_received_nanos);
+        self.dedup = recovered.dedup;
         *self.shared.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db.clone());
         self.db = Some(db.clone());
         tracing::info!("event log storage reopened");
@@ -419,7 +436,7 @@ struct Written {
 }
 
 /// Creates the tables of a new log, or checks an existing one, and reads where it stands.
-pub(super) fn recover(db: &Database) -> Result<Recovered, redb::Error> {
+pub(super) fn recover(db: &Database, window: Duration) -> Result<Recovered, redb::Error> {
     let txn = db.begin_write()?;
     let recovered;
     {
@@ -443,14 +460,21 @@ pub(super) fn recover(db: &Database) -> Result<Recovered, redb::Error> {
             .map(|(sequence, record)| (sequence.value(), record_time(record.value())));
         let first = events.first()?.map(|(sequence, _)| sequence.value());
         let head = stored_head.max(last.map_or(0, |(sequence, _)| sequence));
+        drop(events);
+
+        let horizon = nanos_since_epoch(SystemTime::now()).saturating_sub(duration_nanos(window));
+        let mut dedup = HashMap::new();
+        for entry in txn.open_table(DEDUP)?.range((horizon, &[0u8; 32])..)? {
+            let (key, sequence) = entry?;
+            let (at, dedup_key) = key.value();
+            dedup.insert(DedupKey::from_bytes(*dedup_key), (sequence.value(), at));
+        }
         recovered = Recovered {
             first: first.unwrap_or(head + 1),
             head,
             last_received_nanos: last.and_then(|(_, at)| at).unwrap_or(0),
+            dedup,
         };
-        drop(events);
-        txn.open_table(DEDUP)?;
-        txn.open_table(DEDUP_EXPIRY)?;
         txn.open_table(CONSUMERS)?;
     }
     txn.commit()?;
