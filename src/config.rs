@@ -1,6 +1,7 @@
 //! The gateway's configuration: one typed struct, read from command-line flags and their
 //! `INCODE_GATEWAY_*` environment equivalents. `incode-gateway serve --help` lists every key with
-//! its default; this file is the one place they are defined.
+//! its default; this file is the one place they are defined. The tools' options (`tail`)
+//! are defined beside the tools, in [`crate::tools`].
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -28,15 +29,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Serve(Config),
+    /// Subscribe to a gateway and print its events as JSON lines.
+    Tail(crate::tools::tail::TailArgs),
 }
 
 impl Cli {
-    /// The configuration to serve with.
-    pub fn into_config(self) -> Config {
-        match self.command {
-            Some(Command::Serve(config)) => config,
-            None => self.serve,
-        }
+    /// What to run: `serve` with the top-level options when no subcommand is given.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
     }
 }
 
@@ -135,7 +135,7 @@ impl Config {
     /// loopback ports and no data directory: set `data_dir` (a temporary directory) before
     /// running with it. Meant for tests and embedding.
     pub fn for_tests() -> Self {
-        let mut config = Cli::parse_from(["incode-gateway"]).into_config();
+        let mut config = Cli::parse_from(["incode-gateway"]).serve;
         config.public_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.internal_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.storage = StorageKind::Embedded;

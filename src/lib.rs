@@ -13,6 +13,7 @@
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
 //! - [`telemetry`]: logging setup.
 //! - [`proto`]: code generated from `proto/`.
+//! - [`tools`]: the binary's tools for people: `tail` (print events as JSON lines).
 
 pub mod config;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod log;
 pub mod proto;
 pub mod server;
 pub mod telemetry;
+pub mod tools;
 
 pub use config::Config;
 pub use server::run;

@@ -1,14 +1,22 @@
 //! The `incode-gateway` binary: parses the configuration, installs logging and signal handling,
-//! and runs the gateway.
+//! and runs the gateway (or one of the tools).
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use incode_gateway::config::Cli;
+use incode_gateway::{
+    config::{Cli, Command},
+    tools,
+};
 use tokio::net::TcpListener;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Cli::parse().into_config();
+async fn main() -> anyhow::Result<ExitCode> {
+    let config = match Cli::parse().into_command() {
+        Command::Serve(config) => config,
+        Command::Tail(args) => return Ok(tools::tail::main(args).await),
+    };
     incode_gateway::telemetry::init(config.log_format);
 
     let public = TcpListener::bind(config.public_addr)
@@ -24,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
         })?;
 
     incode_gateway::run(config, public, internal, shutdown_signal()).await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on the first SIGINT (Ctrl-C) or SIGTERM.

@@ -7,4 +7,5 @@ mod crash;
 mod durability;
 mod service;
 mod subscribe;
+mod tail;
 mod webhooks;
