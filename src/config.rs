@@ -1,7 +1,7 @@
 //! The gateway's configuration: one typed struct, read from command-line flags and their
 //! `INCODE_GATEWAY_*` environment equivalents. `incode-gateway serve --help` lists every key with
-//! its default; this file is the one place they are defined. The tools' options (`tail`)
-//! are defined beside the tools, in [`crate::tools`].
+//! its default; this file is the one place they are defined. The tools' options (`tail`,
+//! `simulate`) are defined beside the tools, in [`crate::tools`].
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -31,6 +31,8 @@ pub enum Command {
     Serve(Config),
     /// Subscribe to a gateway and print its events as JSON lines.
     Tail(crate::tools::tail::TailArgs),
+    /// Play Incode: obtain a token and post notifications to a gateway, with Incode's retry.
+    Simulate(crate::tools::simulate::SimulateArgs),
 }
 
 impl Cli {

@@ -13,7 +13,8 @@
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
 //! - [`telemetry`]: logging setup.
 //! - [`proto`]: code generated from `proto/`.
-//! - [`tools`]: the binary's tools for people: `tail` (print events as JSON lines).
+//! - [`tools`]: the binary's tools for people: `tail` (print events as JSON lines) and
+//!   `simulate` (play Incode against a gateway).
 
 pub mod config;
 pub mod error;

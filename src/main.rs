@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let config = match Cli::parse().into_command() {
         Command::Serve(config) => config,
         Command::Tail(args) => return Ok(tools::tail::main(args).await),
+        Command::Simulate(args) => return Ok(tools::simulate::main(args).await),
     };
     incode_gateway::telemetry::init(config.log_format);
 

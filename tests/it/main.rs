@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod durability;
 mod service;
+mod simulate;
 mod subscribe;
 mod tail;
 mod webhooks;
