@@ -4,8 +4,7 @@
 //!
 //! `cargo bench --bench log_append -- [--appenders N] [--seconds S]`
 
-// A benchmark that cannot set itself up has nothing to measure: it may stop right there.
-#![allow(clippy::expect_used)]
+#![allow(clippy::expect_used)] // A benchmark has nothing better to do on failure than stop.
 
 use std::{
     sync::Arc,

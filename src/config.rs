@@ -1,11 +1,16 @@
 //! The gateway's configuration: one typed struct, read from command-line flags and their
 //! `INCODE_GATEWAY_*` environment equivalents. `incode-gateway serve --help` lists every key with
-//! its default; this file is the one place they are defined. The tools' options (`tail`,
-//! `simulate`) are defined beside the tools, in [`crate::tools`].
+//! its default; this file is the one place they are defined. Authentication settings may also
+//! come from a TOML file ([`file`]); flags and environment override it. The tools' options
+//! (`tail`, `simulate`) are defined beside the tools, in [`crate::tools`].
+
+pub mod file;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::Secret;
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -26,9 +31,14 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "made once at start-up")]
 pub enum Command {
     /// Run the gateway (the default).
     Serve(Config),
+    /// Print an argon2id hash (PHC string) of a client secret, for the config file or
+    /// --oauth-client-secret. The secret is read from standard input, or prompted for without
+    /// echo on a terminal, so that it stays out of the shell history.
+    HashSecret,
     /// Subscribe to a gateway and print its events as JSON lines.
     Tail(crate::tools::tail::TailArgs),
     /// Play Incode: obtain a token and post notifications to a gateway, with Incode's retry.
@@ -36,7 +46,17 @@ pub enum Command {
 }
 
 impl Cli {
-    /// What to run: `serve` with the top-level options when no subcommand is given.
+    /// The configuration to serve with.
+    pub fn into_config(self) -> Config {
+        match self.command {
+            Some(Command::Serve(config)) => config,
+            Some(Command::HashSecret | Command::Tail(_) | Command::Simulate(_)) | None => {
+                self.serve
+            }
+        }
+    }
+
+    /// The command to run.
     pub fn into_command(self) -> Command {
         self.command.unwrap_or(Command::Serve(self.serve))
     }
@@ -108,6 +128,100 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = "INCODE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// A TOML file with OAuth clients, token keys and webhook headers (format in the README).
+    /// Flags and environment variables override what it says.
+    #[arg(long = "config", env = "INCODE_GATEWAY_CONFIG", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// How callers of the public listener authenticate.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Authentication of the public listener: the OAuth clients Incode uses at `/oauth/token`, the
+/// keys of the tokens it gets there, and the headers every webhook call must carry. With no
+/// client and no header configured, `serve` refuses to start unless
+/// `--allow-unauthenticated-webhooks` is given.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthArgs {
+    /// Client id Incode authenticates with at /oauth/token (more clients: the config file).
+    #[arg(long, env = "INCODE_GATEWAY_OAUTH_CLIENT_ID", value_name = "ID")]
+    pub oauth_client_id: Option<String>,
+
+    /// Secret of --oauth-client-id: plain text, or an argon2id PHC string from `hash-secret`.
+    /// Prefer the environment variable: flags show in the process list.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_OAUTH_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub oauth_client_secret: Option<Secret>,
+
+    /// Lifetime of the access tokens /oauth/token issues (its `expires_in`) [default: 1h].
+    #[arg(long, env = "INCODE_GATEWAY_TOKEN_TTL", value_parser = parse_duration)]
+    pub token_ttl: Option<Duration>,
+
+    /// File with the base64 key that signs access tokens (at least 32 random bytes, e.g. from
+    /// `openssl rand -base64 32`); every replica needs the same one. Without a signing key a
+    /// random one is generated at start-up, and tokens do not survive a restart.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_TOKEN_SIGNING_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub token_signing_key_file: Option<PathBuf>,
+
+    /// The signing key itself, base64. Prefer the key file or the environment variable.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_TOKEN_SIGNING_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub token_signing_key: Option<Secret>,
+
+    /// File with a verify-only key: an earlier signing key whose tokens are still accepted.
+    /// Repeatable; the environment variable takes a comma-separated list.
+    #[arg(
+        long = "token-verify-key-file",
+        env = "INCODE_GATEWAY_TOKEN_VERIFY_KEY_FILES",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub token_verify_key_files: Vec<PathBuf>,
+
+    /// A verify-only key itself, base64. Repeatable; the environment variable takes a
+    /// comma-separated list.
+    #[arg(
+        long = "token-verify-key",
+        env = "INCODE_GATEWAY_TOKEN_VERIFY_KEYS",
+        hide_env_values = true,
+        value_name = "KEY",
+        value_delimiter = ','
+    )]
+    pub token_verify_keys: Vec<Secret>,
+
+    /// A header every webhook call must carry with exactly this value (one of Incode's custom
+    /// headers), as NAME=VALUE; compared in constant time. Repeatable.
+    #[arg(
+        long = "webhook-header",
+        env = "INCODE_GATEWAY_WEBHOOK_HEADER",
+        hide_env_values = true,
+        value_name = "NAME=VALUE"
+    )]
+    pub webhook_headers: Vec<Secret>,
+
+    /// Accept webhooks from anyone when no OAuth client and no webhook header is configured.
+    /// For trying the gateway out only.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_WEBHOOKS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_unauthenticated_webhooks: bool,
 }
 
 /// Event log backends.
@@ -134,14 +248,15 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
 
 impl Config {
     /// The defaults, as `serve` with no flags would have them, with both listeners on ephemeral
-    /// loopback ports and no data directory: set `data_dir` (a temporary directory) before
-    /// running with it. Meant for tests and embedding.
+    /// loopback ports, webhooks open to anyone, and no data directory: set `data_dir` (a
+    /// temporary directory) before running with it. Meant for tests and embedding.
     pub fn for_tests() -> Self {
         let mut config = Cli::parse_from(["incode-gateway"]).serve;
         config.public_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.internal_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.storage = StorageKind::Embedded;
         config.data_dir = PathBuf::new();
+        config.auth.allow_unauthenticated_webhooks = true;
         config
     }
 

@@ -3,25 +3,31 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one typed configuration, from flags and `INCODE_GATEWAY_*` variables.
+//! - [`config`]: the one typed configuration, from flags, `INCODE_GATEWAY_*` variables and an
+//!   optional TOML file.
+//! - [`auth`]: OAuth clients and secrets, access tokens, the webhook guard and the throttle on
+//!   failed client authentication.
 //! - [`incode`]: Incode's wire formats and their conversion to the [`proto`] contract.
-//! - [`http`]: the public listener (axum): webhooks and health.
+//! - [`http`]: the public listener (axum): the OAuth token endpoint, webhooks and health.
 //! - [`log`]: the event log trait (append with deduplication, read from a position, wait for
 //!   new events) and its backends.
 //! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health and reflection.
 //! - [`server`]: [`run`], which wires the log and both listeners together until shutdown.
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logs, OpenTelemetry traces and W3C trace-context propagation.
+//! - [`metrics`]: the gateway's instruments, exported over OTLP and as Prometheus text.
 //! - [`proto`]: code generated from `proto/`.
 //! - [`tools`]: the binary's tools for people: `tail` (print events as JSON lines) and
 //!   `simulate` (play Incode against a gateway).
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod incode;
 pub mod log;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod telemetry;

@@ -1,5 +1,5 @@
 //! The `incode-gateway` binary: parses the configuration, installs logging and signal handling,
-//! and runs the gateway (or one of the tools).
+//! and runs the gateway (or `hash-secret`, `tail`, `simulate`).
 
 use std::process::ExitCode;
 
@@ -15,10 +15,14 @@ use tokio::net::TcpListener;
 async fn main() -> anyhow::Result<ExitCode> {
     let config = match Cli::parse().into_command() {
         Command::Serve(config) => config,
+        Command::HashSecret => {
+            incode_gateway::auth::hash_secret_command()?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Tail(args) => return Ok(tools::tail::main(args).await),
         Command::Simulate(args) => return Ok(tools::simulate::main(args).await),
     };
-    incode_gateway::telemetry::init(config.log_format);
+    let telemetry = incode_gateway::telemetry::init(config.log_format)?;
 
     let public = TcpListener::bind(config.public_addr)
         .await
@@ -32,7 +36,9 @@ async fn main() -> anyhow::Result<ExitCode> {
             )
         })?;
 
-    incode_gateway::run(config, public, internal, shutdown_signal()).await?;
+    let result = incode_gateway::run(config, public, internal, shutdown_signal()).await;
+    telemetry.shutdown();
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

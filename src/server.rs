@@ -1,24 +1,33 @@
 //! Wires the event log and both listeners together, and takes them down in order.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::{Auth, AuthSetupError},
     config::{Config, StorageKind},
     error::error_chain,
     grpc::{self, GrpcSettings},
     http::{self, AppState, HttpSettings},
     log::{EmbeddedLog, MemoryLog, SharedLog},
+    metrics::{Metrics, MetricsError},
+    telemetry,
 };
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The authentication settings are not usable (or leave the webhooks open).
+    #[error("the authentication settings are not usable")]
+    Auth(#[from] AuthSetupError),
     /// The event log could not be opened.
     #[error("could not open the event log")]
     OpenLog(#[source] crate::log::LogError),
+    /// Metrics could not be set up.
+    #[error("could not set up metrics")]
+    Metrics(#[from] MetricsError),
     /// The gRPC reflection service could not be built.
     #[error("could not build the gRPC reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -66,6 +75,7 @@ pub async fn run_with_log(
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let auth = Arc::new(Auth::from_config(&config)?);
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
@@ -83,18 +93,23 @@ pub async fn run_with_log(
         tracing::info!(%public, %internal, "incode-gateway listening");
     }
 
+    let metrics = Metrics::new(log.clone(), telemetry::otlp_metrics_enabled())?;
     let app = http::app(
-        AppState::new(log.clone()),
+        AppState::new(log.clone(), auth, metrics.clone()),
         HttpSettings {
             max_body_bytes: config.max_body_bytes,
         },
     );
+    // The peer address feeds the throttle on failed client authentication.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum::serve(public, app).with_graceful_shutdown(token.clone().cancelled_owned());
     let grpc = grpc::serve(
         internal,
         log.clone(),
+        metrics.clone(),
         GrpcSettings {
             heartbeat_interval: config.heartbeat_interval,
+            trace_deliveries: telemetry::traces_enabled(),
         },
         token.clone(),
     )?;
@@ -118,6 +133,7 @@ pub async fn run_with_log(
     if let Err(error) = log.close().await {
         tracing::error!(error = %error_chain(&error), "closing the event log failed");
     }
+    metrics.shutdown();
     tracing::info!("incode-gateway stopped");
     result
 }

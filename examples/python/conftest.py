@@ -21,7 +21,7 @@ PROTO = REPO / "proto"
 
 # Flags every test gateway is started with, besides its ports and data directory. The one place
 # to add a flag the gateway starts requiring.
-GATEWAY_FLAGS = ["--log-format", "json"]
+GATEWAY_FLAGS = ["--log-format", "json", "--allow-unauthenticated-webhooks"]
 
 # How long to wait for something that should happen promptly.
 PATIENCE = 10

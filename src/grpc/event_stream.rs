@@ -9,15 +9,19 @@ use std::{
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
+    GrpcSettings,
     filter::Filter,
     subscription::{Start, Subscription},
 };
 use crate::{
     error::{ErrorCode, ServiceError, grpc_status},
     log::{ConsumerName, InvalidConsumerName, LogError, SharedLog},
+    metrics::Metrics,
     proto::v1::{self, event_stream_service_server::EventStreamService, start_position::Position},
+    telemetry,
 };
 
 /// How far in the future a `since` may be before it is refused: clocks of different machines
@@ -27,16 +31,23 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// The `EventStreamService` implementation.
 pub struct EventStream {
     log: SharedLog,
-    heartbeat_interval: Duration,
+    metrics: Metrics,
+    settings: GrpcSettings,
     shutdown: CancellationToken,
 }
 
 impl EventStream {
     /// Serves subscriptions over `log`; streams end when `shutdown` is cancelled.
-    pub fn new(log: SharedLog, heartbeat_interval: Duration, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        log: SharedLog,
+        metrics: Metrics,
+        settings: GrpcSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             log,
-            heartbeat_interval,
+            metrics,
+            settings,
             shutdown,
         }
     }
@@ -120,6 +131,7 @@ impl EventStreamService for EventStream {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let span = rpc_span("Subscribe", request.metadata());
         let request = request.into_inner();
         let filter = Filter::try_from(request.filter.unwrap_or_default())
             .map_err(|error| grpc_status(&error))?;
@@ -129,17 +141,21 @@ impl EventStreamService for EventStream {
             .resolve_start(position, consumer.as_ref())
             .await
             .map_err(|error| grpc_status(&error))?;
-        tracing::info!(
-            next = start.next,
-            consumer = consumer.as_ref().map(ConsumerName::as_str),
-            "subscription started"
-        );
+        let subscriber = consumer.as_ref().map_or("anonymous", ConsumerName::as_str);
+        span.in_scope(|| {
+            tracing::info!(next = start.next, subscriber, "subscription started");
+        });
         let subscription = Subscription {
             log: self.log.clone(),
             start,
             filter,
-            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_interval: self.settings.heartbeat_interval,
             shutdown: self.shutdown.clone(),
+            stream_metrics: self.metrics.stream_opened(subscriber),
+            metrics: self.metrics.clone(),
+            consumer,
+            span,
+            trace_deliveries: self.settings.trace_deliveries,
         };
         Ok(Response::new(Box::pin(subscription.into_stream())))
     }
@@ -148,6 +164,8 @@ impl EventStreamService for EventStream {
         &self,
         request: Request<v1::AckRequest>,
     ) -> Result<Response<v1::AckResponse>, Status> {
+        let span = rpc_span("Ack", request.metadata());
+        let _entered = span.enter();
         let request = request.into_inner();
         let consumer = parse_consumer(&request.consumer)?
             .ok_or_else(|| Status::invalid_argument("consumer is required"))?;
@@ -165,6 +183,23 @@ impl EventStreamService for EventStream {
             .map_err(|error| grpc_status(&error))?;
         Ok(Response::new(v1::AckResponse { sequence }))
     }
+}
+
+/// The server span of an rpc, per the OpenTelemetry gRPC conventions, continuing the caller's
+/// trace when its metadata carries one.
+fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    const SERVICE: &str = "incode.gateway.v1.EventStreamService";
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = format!("{SERVICE}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = SERVICE,
+        rpc.method = method,
+    );
+    let parent = telemetry::extract_from_headers(&metadata.clone().into_headers());
+    let _ = span.set_parent(parent);
+    span
 }
 
 fn parse_consumer(name: &str) -> Result<Option<ConsumerName>, Status> {

@@ -7,15 +7,17 @@ mod subscription;
 
 use std::{future::Future, time::Duration};
 
+use axum::{extract::State, http::header, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::{service::Routes, transport::server::TcpIncoming};
 
 pub use event_stream::EventStream;
 pub use filter::{Filter, FilterError};
 
 use crate::{
     log::SharedLog,
+    metrics::Metrics,
     proto::v1::{self, event_stream_service_server::EventStreamServiceServer},
 };
 
@@ -24,13 +26,18 @@ use crate::{
 pub struct GrpcSettings {
     /// Longest silence on a subscription before a heartbeat.
     pub heartbeat_interval: Duration,
+    /// Whether to create a span for every event delivered (only worth it when traces are
+    /// exported).
+    pub trace_deliveries: bool,
 }
 
-/// Serves the internal gRPC API on `listener` until `shutdown` is cancelled. Subscription streams
-/// end on shutdown, so the server can drain.
+/// Serves the internal API on `listener` until `shutdown` is cancelled: gRPC (HTTP/2) and
+/// `GET /metrics` (Prometheus text, HTTP/1.1 or HTTP/2). Subscription streams end on shutdown, so
+/// the server can drain.
 pub fn serve(
     listener: TcpListener,
     log: SharedLog,
+    metrics: Metrics,
     settings: GrpcSettings,
     shutdown: CancellationToken,
 ) -> Result<
@@ -44,9 +51,15 @@ pub fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let event_stream = EventStreamServiceServer::new(EventStream::new(
         log,
-        settings.heartbeat_interval,
+        metrics.clone(),
+        settings,
         shutdown.clone(),
     ));
+    let routes = Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(event_stream)
+        .into_axum_router()
+        .route("/metrics", get(render_metrics).with_state(metrics));
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(async move {
@@ -54,10 +67,19 @@ pub fn serve(
             .set_serving::<EventStreamServiceServer<EventStream>>()
             .await;
         tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(event_stream)
+            .accept_http1(true)
+            .add_routes(Routes::from(routes))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
     })
+}
+
+async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render_prometheus(),
+    )
 }

@@ -9,15 +9,20 @@
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures::Stream;
+use opentelemetry::trace::TraceContextExt;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::filter::Filter;
 use crate::{
     error::grpc_status,
-    log::{Sequence, SharedLog},
+    log::{ConsumerName, Sequence, SharedLog},
+    metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
+    telemetry,
 };
 
 /// Events read from the log at a time.
@@ -44,6 +49,16 @@ pub struct Subscription {
     pub heartbeat_interval: Duration,
     /// Ends the stream when cancelled.
     pub shutdown: CancellationToken,
+    /// Counts deliveries.
+    pub metrics: Metrics,
+    /// This stream's registration, for the lag gauge.
+    pub stream_metrics: StreamGuard,
+    /// The durable consumer, if the subscriber named one.
+    pub consumer: Option<ConsumerName>,
+    /// The `Subscribe` server span; delivery spans link to it.
+    pub span: tracing::Span,
+    /// Whether to create a span per delivered event.
+    pub trace_deliveries: bool,
 }
 
 struct State {
@@ -60,6 +75,11 @@ struct State {
     last_sent: Instant,
     shutdown: CancellationToken,
     finished: bool,
+    metrics: Metrics,
+    stream_metrics: StreamGuard,
+    consumer: Option<ConsumerName>,
+    span: tracing::Span,
+    trace_deliveries: bool,
 }
 
 impl Subscription {
@@ -77,10 +97,17 @@ impl Subscription {
             last_sent: Instant::now(),
             shutdown: self.shutdown,
             finished: false,
+            metrics: self.metrics,
+            stream_metrics: self.stream_metrics,
+            consumer: self.consumer,
+            span: self.span,
+            trace_deliveries: self.trace_deliveries,
         };
         futures::stream::unfold(state, |mut state| async move {
-            let message = state.next_message().await?;
+            let span = state.span.clone();
+            let message = state.next_message().instrument(span).await?;
             state.last_sent = Instant::now();
+            state.stream_metrics.considered(state.considered);
             Some((message, state))
         })
     }
@@ -98,6 +125,7 @@ impl State {
             while let Some(event) = self.buffer.pop_front() {
                 self.considered = event.sequence;
                 if self.filter.matches(&event) {
+                    self.deliver(&event);
                     return Some(Ok(respond(Response::Event(Arc::unwrap_or_clone(event)))));
                 }
                 if self.last_sent.elapsed() >= self.heartbeat_interval {
@@ -157,6 +185,32 @@ impl State {
                 Wake::NewEvents => {}
             }
         }
+    }
+
+    /// Accounts for one delivered event: the metric, and (when traces are exported) a span in
+    /// the event's own trace, child of its ingest span and linked to this `Subscribe` call.
+    fn deliver(&self, event: &v1::Event) {
+        self.metrics.delivered();
+        if !self.trace_deliveries {
+            return;
+        }
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = "send events",
+            otel.kind = "producer",
+            messaging.system = "incode-gateway",
+            messaging.operation.type = "send",
+            messaging.operation.name = "deliver",
+            messaging.destination.name = "events",
+            messaging.message.id = %event.id,
+            messaging.consumer.group.name = self.consumer.as_ref().map(ConsumerName::as_str),
+            incode_gateway.event.sequence = i64::try_from(event.sequence).unwrap_or(i64::MAX),
+        );
+        let ingest = telemetry::extract_from_map(&event.trace_context);
+        if ingest.span().span_context().is_valid() {
+            let _ = span.set_parent(ingest);
+        }
+        span.add_link(self.span.context().span().span_context().clone());
     }
 
     /// Moves the cursor to `first` when retention removed the events before it, and says so.

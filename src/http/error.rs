@@ -71,6 +71,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The machine-readable error code of this answer.
+    pub fn code(&self) -> &'static str {
+        self.error
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -2,7 +2,8 @@
 //!
 //! A notification is answered `200 {"success":true}` only after the event log has stored it (or
 //! recognised it as a repeat of a stored one); any failure to store it is a `503`, so that Incode
-//! retries instead of forgetting it.
+//! retries instead of forgetting it. Every handler takes [`Authenticated`] first, so a call that
+//! fails the webhook guard is refused before its body is read, and nothing is stored without it.
 
 use axum::{
     Json, Router,
@@ -15,13 +16,17 @@ use axum::{
     routing::post,
 };
 use serde::Serialize;
+use tracing::{Instrument, field::Empty};
 
 use super::{ApiError, AppState};
 use crate::{
+    auth::{Authenticated, ClientId},
     error::{ErrorCode, error_chain},
     incode::{Endpoint, KindName, Notification},
     log::{AppendOutcome, DedupKey, NewEvent},
+    metrics::WebhookOutcome,
     proto::v1,
+    telemetry,
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -47,30 +52,48 @@ struct Ack {
 type Answer = Result<Json<Ack>, ApiError>;
 
 async fn detect(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::Detect, &headers, body).await
+    ingest(&state, &authenticated, Endpoint::Detect, &headers, body).await
 }
 
 async fn onboarding_status(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::OnboardingStatus, &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::OnboardingStatus,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn watchlist_updated(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    ingest(&state, Endpoint::WatchlistUpdated, &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::WatchlistUpdated,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn other_kind(
+    authenticated: Authenticated,
     State(state): State<AppState>,
     kind: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -80,50 +103,141 @@ async fn other_kind(
         .ok()
         .and_then(|Path(kind)| KindName::parse(&kind).ok())
         .ok_or_else(|| {
+            state
+                .metrics()
+                .webhook("invalid", WebhookOutcome::Rejected("invalid_kind"));
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_kind",
                 "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
             )
         })?;
-    ingest(&state, Endpoint::Other(kind), &headers, body).await
+    ingest(
+        &state,
+        &authenticated,
+        Endpoint::Other(kind),
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn ingest(
     state: &AppState,
+    authenticated: &Authenticated,
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    require_json(headers)?;
-    let body = body.map_err(body_error)?;
-    let notification = Notification::decode(&endpoint, &body)
-        .map_err(|error| ApiError::from_service_error(&error, error.code()))?;
+    let span = tracing::info_span!(
+        "ingest",
+        otel.name = "ingest webhook",
+        incode.notification.kind = Empty,
+        incode_gateway.event.id = Empty,
+    );
+    let endpoint_kind = endpoint_kind(&endpoint);
+    let result = async {
+        require_json(headers)?;
+        let body = body.map_err(body_error)?;
+        let notification = {
+            let _decode =
+                tracing::info_span!("decode", otel.name = "decode notification").entered();
+            Notification::decode(&endpoint, &body)
+                .map_err(|error| ApiError::from_service_error(&error, error.code()))?
+        };
+        store(state, authenticated, notification, &body).await
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(error) = &result {
+        let outcome = if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+            WebhookOutcome::Unavailable
+        } else {
+            WebhookOutcome::Rejected(error.code())
+        };
+        state.metrics().webhook(endpoint_kind, outcome);
+    }
+    result
+}
 
-    let dedup_key = DedupKey::for_notification(notification.kind(), &body);
+/// Appends a decoded notification; runs inside the ingest span, whose trace context the event
+/// carries to subscribers.
+async fn store(
+    state: &AppState,
+    authenticated: &Authenticated,
+    notification: Notification,
+    body: &[u8],
+) -> Answer {
+    let kind = notification.kind().to_owned();
+    let dedup_key = DedupKey::for_notification(&kind, body);
+    let ingest = tracing::Span::current();
     let event = v1::Event {
         id: uuid::Uuid::now_v7().to_string(),
         r#type: notification.event_type().into(),
+        trace_context: telemetry::inject_span(&ingest),
         payload: Some(notification.into()),
         ..v1::Event::default()
     };
-    let id = event.id.clone();
-    match state.log().append(NewEvent { dedup_key, event }).await {
-        Ok(AppendOutcome::Appended(sequence)) => {
-            tracing::info!(sequence, event.id = %id, "notification stored");
-        }
-        Ok(AppendOutcome::Duplicate(sequence)) => {
-            tracing::info!(
-                sequence,
-                "repeated notification acknowledged, not stored again"
+    ingest.record("incode.notification.kind", kind.as_str());
+    ingest.record("incode_gateway.event.id", event.id.as_str());
+    let event_type = event.r#type().as_str_name();
+
+    let append_span = tracing::info_span!(
+        "append",
+        otel.name = "event_log append",
+        otel.status_code = Empty,
+        incode_gateway.event.type = event_type,
+        incode_gateway.event.sequence = Empty,
+        incode_gateway.event.duplicate = Empty,
+    );
+    let started = std::time::Instant::now();
+    let outcome = state
+        .log()
+        .append(NewEvent { dedup_key, event })
+        .instrument(append_span.clone())
+        .await;
+    match outcome {
+        Ok(outcome) => {
+            let duplicate = matches!(outcome, AppendOutcome::Duplicate(_));
+            // OpenTelemetry integers are signed; tracing records unsigned ones as text.
+            append_span.record(
+                "incode_gateway.event.sequence",
+                i64::try_from(outcome.sequence()).unwrap_or(i64::MAX),
             );
+            append_span.record("incode_gateway.event.duplicate", duplicate);
+            state.metrics().appended(started.elapsed(), !duplicate);
+            if duplicate {
+                state.metrics().webhook(&kind, WebhookOutcome::Duplicate);
+                tracing::info!(
+                    sequence = outcome.sequence(),
+                    "repeated notification acknowledged, not stored again"
+                );
+            } else {
+                state.metrics().webhook(&kind, WebhookOutcome::Accepted);
+                tracing::info!(
+                    sequence = outcome.sequence(),
+                    client = authenticated.client().map(ClientId::as_str),
+                    "notification stored"
+                );
+            }
+            Ok(Json(Ack { success: true }))
         }
         Err(error) => {
+            append_span.record("otel.status_code", "ERROR");
             tracing::error!(error = %error_chain(&error), "notification not stored");
-            return Err(ApiError::server_error(ErrorCode::Unavailable));
+            Err(ApiError::server_error(ErrorCode::Unavailable))
         }
     }
-    Ok(Json(Ack { success: true }))
+}
+
+/// The kind a request was meant to be, for counting requests that fail before decoding.
+fn endpoint_kind(endpoint: &Endpoint) -> &str {
+    match endpoint {
+        Endpoint::OnboardingStatus => "onboarding-status",
+        Endpoint::WatchlistUpdated => "watchlist-updated",
+        Endpoint::Detect => "detect",
+        Endpoint::Other(kind) => kind.as_str(),
+    }
 }
 
 /// Accepts `application/json` and `application/<anything>+json`, with any parameters.

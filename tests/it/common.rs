@@ -251,3 +251,73 @@ pub fn interview_id(event: &v1::Event) -> &str {
         None => "",
     }
 }
+
+/// The gateway binary running as a child process, for what only a real process can show
+/// (crashes, signals, environment configuration).
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub base_url: String,
+    pub grpc_url: String,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on ephemeral ports over `data_dir`, with extra environment variables,
+    /// and waits for its "listening" log line to learn its ports.
+    /// Webhooks are open to anyone.
+    pub async fn spawn(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(data_dir, &["--allow-unauthenticated-webhooks"], env).await
+    }
+
+    /// Like [`GatewayProcess::spawn`], with these extra arguments instead of open webhooks.
+    pub async fn spawn_with(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
+            .args(["serve", "--public-addr", "127.0.0.1:0"])
+            .args(["--internal-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let listening = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let Ok(record) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if record["message"] == "incode-gateway listening" {
+                    return record;
+                }
+            }
+            panic!("the gateway exited before listening")
+        })
+        .await
+        .expect("the gateway did not start in time");
+        // Keep draining its output so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            base_url: format!("http://{}", listening["public"].as_str().unwrap()),
+            grpc_url: format!("http://{}", listening["internal"].as_str().unwrap()),
+        }
+    }
+
+    pub async fn client(&self) -> EventStreamServiceClient<Channel> {
+        let channel = Channel::from_shared(self.grpc_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        EventStreamServiceClient::new(channel)
+    }
+}

@@ -4,81 +4,19 @@
 use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use reqwest::StatusCode;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
-
 use crate::common::*;
+use reqwest::StatusCode;
 
 const WRITERS: usize = 6;
 const ROUNDS: usize = 5;
 
-struct Process {
-    child: Child,
-    base_url: String,
-    grpc_url: String,
-}
-
-/// Starts the gateway binary and waits for its "listening" log line to learn its ports.
-async fn spawn_gateway(data_dir: &std::path::Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
-        .args([
-            "serve",
-            "--public-addr",
-            "127.0.0.1:0",
-            "--internal-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let listening = tokio::time::timeout(PATIENCE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if record["message"] == "incode-gateway listening" {
-                return record;
-            }
-        }
-        panic!("the gateway exited before listening")
-    })
-    .await
-    .expect("the gateway did not start in time");
-    // Keep draining its output so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Process {
-        child,
-        base_url: format!("http://{}", listening["public"].as_str().unwrap()),
-        grpc_url: format!("http://{}", listening["internal"].as_str().unwrap()),
-    }
-}
-
 /// Reads the whole log from `earliest` and checks it against what was acknowledged.
-async fn verify(process: &Process, acknowledged: &[Vec<String>]) -> usize {
-    let channel = tonic::transport::Channel::from_shared(process.grpc_url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client =
-        incode_gateway::proto::v1::event_stream_service_client::EventStreamServiceClient::new(
-            channel,
-        );
+async fn verify(process: &GatewayProcess, acknowledged: &[Vec<String>]) -> usize {
+    let mut client = process.client().await;
     let request = incode_gateway::proto::v1::SubscribeRequest {
         start: earliest().map(|position| incode_gateway::proto::v1::StartPosition {
             position: Some(position),
@@ -122,7 +60,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once_in_order() {
     let mut next_id = 0usize;
 
     for round in 0..ROUNDS {
-        let mut process = spawn_gateway(data_dir.path()).await;
+        let mut process = GatewayProcess::spawn(data_dir.path(), &[]).await;
         let snapshot = acknowledged.lock().unwrap().clone();
         verify(&process, &snapshot).await;
 
@@ -171,7 +109,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once_in_order() {
         }
     }
 
-    let process = spawn_gateway(data_dir.path()).await;
+    let process = GatewayProcess::spawn(data_dir.path(), &[]).await;
     let snapshot = acknowledged.lock().unwrap().clone();
     let stored = verify(&process, &snapshot).await;
     let acked: usize = snapshot.iter().map(Vec::len).sum();

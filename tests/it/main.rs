@@ -2,11 +2,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth_common;
 mod common;
 mod crash;
 mod durability;
+mod oauth;
+mod secrets;
 mod service;
 mod simulate;
 mod subscribe;
 mod tail;
+mod telemetry;
+mod webhook_auth;
 mod webhooks;

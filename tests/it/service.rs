@@ -100,19 +100,25 @@ async fn the_public_listener_does_not_serve_grpc_and_the_internal_one_not_webhoo
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
+    // The internal listener answers HTTP/1.1 (for /metrics) but serves no webhook: at most a
+    // gRPC "unimplemented", and nothing is stored.
     let response = gateway
         .http
         .post(format!("http://{}/webhooks/incode", gateway.grpc_addr))
         .header("content-type", "application/json")
         .body(onboarding_body("a", "UNKNOWN"))
         .send()
-        .await;
-    // The internal listener speaks HTTP/2 gRPC only: an HTTP/1 webhook goes nowhere.
-    assert!(
-        response
-            .map(|r| r.status() != StatusCode::OK)
-            .unwrap_or(true)
-    );
+        .await
+        .unwrap();
+    let grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("success"), "{body}");
+    assert_eq!(grpc_status.as_deref(), Some("12"), "expected UNIMPLEMENTED");
+    let mut stream = gateway.subscribe(earliest(), no_filter()).await;
+    assert_eq!(expect_caught_up(&mut stream).await, 0);
 }
 
 #[tokio::test]

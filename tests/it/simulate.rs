@@ -483,3 +483,32 @@ async fn a_refused_token_request_stops_simulate_with_a_clear_error() {
         "nothing is sent without a token"
     );
 }
+
+#[tokio::test]
+async fn simulate_authenticates_at_the_gateways_token_endpoint() {
+    use crate::auth_common::{CLIENT_ID, CLIENT_SECRET, oauth_config};
+    let gateway = Gateway::start_with(oauth_config()).await;
+
+    let output = run(simulate(&gateway.base_url)
+        .args(["--count", "10", "--seed", "5", "--client-id", CLIENT_ID])
+        .env("INCODE_GATEWAY_SIMULATE_CLIENT_SECRET", CLIENT_SECRET))
+    .await;
+
+    assert!(output.status.success(), "{output:?}");
+    let report = summary(&output);
+    assert_eq!(report["acknowledged"], 10);
+    assert_eq!(report["answers"], json!({ "200": 10 }));
+    assert_eq!(report["tokens_obtained"], 1);
+    for printed in [&output.stdout, &output.stderr] {
+        assert!(!String::from_utf8_lossy(printed).contains(CLIENT_SECRET));
+    }
+    let mut stream = gateway.subscribe(earliest(), no_filter()).await;
+    assert_eq!(drain_until_caught_up(&mut stream).await.len(), 10);
+
+    // Without credentials every call is refused, retried once, and given up.
+    let output = run(simulate(&gateway.base_url).args(["--count", "2"])).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report = summary(&output);
+    assert_eq!(report["failed"], 2);
+    assert_eq!(report["answers"], json!({ "401": 4 }));
+}

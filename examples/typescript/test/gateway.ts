@@ -18,7 +18,11 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../.
  * Flags every test gateway is started with, besides its ports and data directory. The one place
  * to add a flag the gateway starts requiring.
  */
-export const GATEWAY_FLAGS: readonly string[] = ["--log-format", "json"];
+export const GATEWAY_FLAGS: readonly string[] = [
+  "--log-format",
+  "json",
+  "--allow-unauthenticated-webhooks",
+];
 
 /** The gateway binary: $INCODE_GATEWAY_BIN, or the debug build under $CARGO_TARGET_DIR or target/. */
 export function gatewayBinary(): string {

@@ -240,7 +240,8 @@ impl EventLog for EmbeddedLog {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(LogError::Closed);
         }
-        self.request(|reply| Request::Append(event, reply)).await
+        self.request(|reply| Request::Append(Box::new(event), reply))
+            .await
     }
 
     async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<v1::Event>>, LogError> {

@@ -24,7 +24,7 @@ type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 // Appends are nearly every request: boxing the event would add an allocation to each of them.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Request {
-    Append(NewEvent, Reply<AppendOutcome>),
+    Append(Box<NewEvent>, Reply<AppendOutcome>),
     Ack(ConsumerName, Sequence, Reply<Sequence>),
     Maintain(Reply<()>),
     Probe(Reply<()>),
@@ -105,7 +105,7 @@ impl Writer {
         let mut others = Vec::new();
         for request in batch.drain(..) {
             match request {
-                Request::Append(event, reply) => appends.push((event, reply)),
+                Request::Append(event, reply) => appends.push((*event, reply)),
                 Request::Ack(consumer, sequence, reply) => acks.push((consumer, sequence, reply)),
                 other => others.push(other),
             }

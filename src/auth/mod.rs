@@ -1,0 +1,158 @@
+//! Who may call the public listener: the OAuth clients Incode authenticates as, the access tokens
+//! they get, the guard every webhook call passes, and the throttle on failed client
+//! authentication.
+//!
+//! [`Auth`] is built once at start-up from the configuration ([`AuthSettings::from_config`]); the
+//! HTTP layer asks it to authenticate a client at the token endpoint
+//! ([`Auth::authenticate_client`]) and to check a webhook call ([`Auth::check_webhook`]), which
+//! yields the [`Authenticated`] proof that the webhook handlers require.
+
+mod clients;
+mod hash_command;
+mod secret;
+mod settings;
+mod throttle;
+mod token;
+mod webhook;
+
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use axum::http::HeaderMap;
+
+pub use clients::{
+    ClientConfig, ClientConfigError, ClientCredentials, ClientId, ClientRegistry, hash_secret,
+};
+pub use hash_command::{HashSecretError, hash_secret_command};
+pub use secret::Secret;
+pub use settings::{AuthSettings, AuthSetupError};
+pub use throttle::{FailureThrottle, ThrottleSettings, Throttled};
+pub use token::{
+    ALGORITHM, AUDIENCE, Claims, ISSUER, IssueError, IssuedToken, KeyError, LEEWAY, MIN_KEY_BYTES,
+    TokenError, TokenKey, TokenSettings, Tokens,
+};
+pub use webhook::{Authenticated, WebhookAuthError, WebhookHeader, WebhookHeaderError};
+
+/// Why client authentication at the token endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientAuthError {
+    /// The source failed too often lately.
+    #[error("too many failed client authentications from this address; retry later")]
+    Throttled(Throttled),
+    /// Unknown client, or a secret that is not one of its secrets.
+    #[error("client authentication failed")]
+    InvalidClient,
+    /// The verification task failed.
+    #[error("client authentication could not be completed")]
+    Internal(#[source] tokio::task::JoinError),
+}
+
+/// The authentication state of the public listener.
+#[derive(Debug)]
+pub struct Auth {
+    clients: ClientRegistry,
+    tokens: Tokens,
+    webhook_headers: Vec<WebhookHeader>,
+    throttle: FailureThrottle,
+}
+
+impl Auth {
+    /// Authentication as `settings` say. Refuses settings that leave the webhooks open unless
+    /// that is explicitly allowed, and then warns.
+    pub fn new(settings: AuthSettings) -> Result<Self, AuthSetupError> {
+        let clients = ClientRegistry::new(settings.clients)?;
+        if clients.is_empty() && settings.webhook_headers.is_empty() {
+            if !settings.allow_unauthenticated_webhooks {
+                return Err(AuthSetupError::NoWebhookAuth);
+            }
+            tracing::warn!(
+                "WEBHOOKS ARE NOT AUTHENTICATED: anyone who can reach the public listener can inject \
+                 events. Configure an OAuth client or a webhook header before exposing it"
+            );
+        }
+        if !clients.is_empty()
+            && let Some(header) = settings
+                .webhook_headers
+                .iter()
+                .find(|header| header.name() == axum::http::header::AUTHORIZATION)
+        {
+            return Err(AuthSetupError::HeaderConflictsWithBearer {
+                name: header.name().clone(),
+            });
+        }
+        tracing::info!(
+            oauth_clients = clients.len(),
+            webhook_headers = settings.webhook_headers.len(),
+            token_ttl = ?settings.tokens.ttl,
+            signing_key_id = settings.tokens.signing_key.id(),
+            verify_only_keys = settings.tokens.verify_only_keys.len(),
+            "webhook authentication configured"
+        );
+        Ok(Self {
+            clients,
+            tokens: Tokens::new(settings.tokens),
+            webhook_headers: settings.webhook_headers,
+            throttle: FailureThrottle::new(settings.throttle),
+        })
+    }
+
+    /// Authentication as the configuration says.
+    pub fn from_config(config: &crate::Config) -> Result<Self, AuthSetupError> {
+        Self::new(AuthSettings::from_config(config)?)
+    }
+
+    /// Issues and verifies access tokens.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Whether webhook calls need a bearer token (OAuth clients are configured).
+    pub fn requires_bearer_token(&self) -> bool {
+        !self.clients.is_empty()
+    }
+
+    /// The client one of `candidates` authenticates as. `candidates` are alternative readings of
+    /// one set of credentials; the whole call counts as one attempt for `source`'s throttle.
+    pub async fn authenticate_client(
+        self: Arc<Self>,
+        source: IpAddr,
+        candidates: Vec<ClientCredentials>,
+    ) -> Result<ClientId, ClientAuthError> {
+        self.throttle
+            .try_acquire(source, Instant::now())
+            .map_err(ClientAuthError::Throttled)?;
+        let auth = self.clone();
+        // Argon2 takes tens of milliseconds of CPU by design: keep it off the async workers.
+        let verified = tokio::task::spawn_blocking(move || {
+            candidates
+                .iter()
+                .find_map(|credentials| auth.clients.verify(credentials))
+        })
+        .await
+        .map_err(ClientAuthError::Internal)?;
+        match verified {
+            Some(client) => {
+                self.throttle.refund(source, Instant::now());
+                Ok(client)
+            }
+            None => Err(ClientAuthError::InvalidClient),
+        }
+    }
+
+    /// Checks a webhook call's headers: the bearer token when OAuth clients are configured (it
+    /// must have been issued to one of them), and every configured webhook header.
+    pub fn check_webhook(&self, headers: &HeaderMap) -> Result<Authenticated, WebhookAuthError> {
+        let client = if self.clients.is_empty() {
+            None
+        } else {
+            let token = webhook::bearer_token(headers)?;
+            let claims = self.tokens.verify(token)?;
+            let client = self
+                .clients
+                .get(&claims.sub)
+                .ok_or(TokenError::UnknownClient)?;
+            Some(client.clone())
+        };
+        webhook::check_headers(&self.webhook_headers, headers)?;
+        Ok(Authenticated::new(client))
+    }
+}

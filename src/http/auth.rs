@@ -1,0 +1,106 @@
+//! The webhook guard as axum sees it: [`Authenticated`] is an extractor, so a webhook handler
+//! that takes it (and only such a handler can store a notification) never runs for a call that
+//! fails the check. Refusals follow RFC 6750 §3.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+
+use super::{ApiError, AppState, oauth::REALM};
+use crate::auth::{Authenticated, WebhookAuthError};
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refused> {
+        let _span = tracing::info_span!(
+            "verify credentials",
+            otel.name = "webhook verify credentials"
+        )
+        .entered();
+        state.auth().check_webhook(&parts.headers).map_err(|error| {
+            // Unauthenticated callers choose the URL, so it is not a label: one series only.
+            state
+                .metrics()
+                .webhook("any", crate::metrics::WebhookOutcome::Unauthorized);
+            Refused(error)
+        })
+    }
+}
+
+/// A webhook call that failed the guard.
+#[derive(Debug)]
+pub struct Refused(WebhookAuthError);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let detail = self.0.to_string();
+        let (status, error, challenge) = match &self.0 {
+            // No credentials at all: a challenge without an error code (§3.1).
+            WebhookAuthError::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                Some(format!(r#"Bearer realm="{REALM}""#)),
+            ),
+            WebhookAuthError::AmbiguousAuthorization => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                Some(format!(
+                    r#"Bearer realm="{REALM}", error="invalid_request", error_description="{}""#,
+                    quotable(&detail)
+                )),
+            ),
+            WebhookAuthError::InvalidToken(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                Some(format!(
+                    r#"Bearer realm="{REALM}", error="invalid_token", error_description="{}""#,
+                    quotable(&detail)
+                )),
+            ),
+            // The caller is known (or no token is needed) but lacks the shared header.
+            WebhookAuthError::HeaderMismatch { .. } => {
+                (StatusCode::FORBIDDEN, "invalid_webhook_header", None)
+            }
+        };
+        let mut response = ApiError::new(status, error, detail).into_response();
+        if let Some(challenge) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+}
+
+/// `error_description` allows printable ASCII except `"` and `\` (RFC 6750 §3).
+fn quotable(text: &str) -> String {
+    text.chars()
+        .filter(|c| matches!(c, ' '..='~') && *c != '"' && *c != '\\')
+        .collect()
+}
+
+/// The address of the TCP peer, for per-source throttling. Served without connect info (as in
+/// handler tests), every request shares the unspecified address.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip()),
+        ))
+    }
+}

@@ -1,0 +1,458 @@
+//! The OAuth 2.0 token endpoint, `POST /oauth/token` (RFC 6749): the client credentials grant
+//! (§4.4), with the client authenticated by HTTP Basic (§2.3.1) as Incode does, or by
+//! `client_id` and `client_secret` in the body. Successes are §5.1, errors exactly §5.2, with the
+//! RFC's body shape `{"error":"…","error_description":"…"}` rather than the webhooks' one.
+
+use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{
+        State,
+        rejection::{BytesRejection, FailedToBufferBody},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use base64::{
+    Engine, alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
+use serde::Serialize;
+use tracing::Instrument;
+
+use super::{AppState, PeerIp};
+use crate::{
+    auth::{ClientAuthError, ClientCredentials, Secret},
+    error::error_chain,
+};
+
+/// The realm of the `WWW-Authenticate` challenges.
+pub(super) const REALM: &str = "incode-gateway";
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/oauth/token", post(token))
+}
+
+/// §5.1.
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+/// The `error` codes of §5.2, plus `slow_down` (registered by RFC 8628 for "wait before trying
+/// again") for throttled clients and `server_error` for our own failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    UnsupportedGrantType,
+    SlowDown,
+    ServerError,
+}
+
+impl ErrorCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::SlowDown => "slow_down",
+            Self::ServerError => "server_error",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest | Self::UnsupportedGrantType => StatusCode::BAD_REQUEST,
+            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::SlowDown => StatusCode::TOO_MANY_REQUESTS,
+            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error answer of the token endpoint.
+#[derive(Debug)]
+struct OAuthError {
+    code: ErrorCode,
+    description: Cow<'static, str>,
+    retry_after: Option<Duration>,
+}
+
+impl OAuthError {
+    fn new(code: ErrorCode, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, description)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.as_str(),
+            error_description: &self.description,
+        };
+        let mut response = (self.code.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        no_store(headers);
+        if self.code == ErrorCode::InvalidClient {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="incode-gateway""#),
+            );
+        }
+        if let Some(retry_after) = self.retry_after {
+            // Whole seconds, rounded up: never invite a retry that is still too early.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
+    }
+}
+
+/// Tokens and their errors must not be cached (§5.1).
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+async fn token(
+    State(state): State<AppState>,
+    PeerIp(source): PeerIp,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = tracing::info_span!(
+        "issue token",
+        otel.name = "oauth issue token",
+        oauth.outcome = tracing::field::Empty,
+    );
+    let result = issue(&state, source, &headers, body)
+        .instrument(span.clone())
+        .await;
+    let outcome = match &result {
+        Ok(_) => "issued",
+        Err(error) => error.code.as_str(),
+    };
+    span.record("oauth.outcome", outcome);
+    state.metrics().token_request(outcome);
+    match result {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn issue(
+    state: &AppState,
+    source: IpAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    require_form(headers)?;
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            OAuthError::invalid_request("the request body is too large")
+        }
+        _ => OAuthError::invalid_request("the request body could not be read"),
+    })?;
+    let params = Params::parse(&body)?;
+    match params.grant_type.as_deref() {
+        None => return Err(OAuthError::invalid_request("grant_type is missing")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                "only the client_credentials grant is supported",
+            ));
+        }
+    }
+    let candidates = client_credentials(headers, params)?;
+
+    let client = match Arc::clone(state.auth())
+        .authenticate_client(source, candidates)
+        .instrument(tracing::info_span!(
+            "authenticate client",
+            otel.name = "oauth authenticate client"
+        ))
+        .await
+    {
+        Ok(client) => client,
+        Err(ClientAuthError::InvalidClient) => {
+            tracing::info!(%source, "client authentication failed");
+            return Err(OAuthError::new(
+                ErrorCode::InvalidClient,
+                "client authentication failed",
+            ));
+        }
+        Err(ClientAuthError::Throttled(throttled)) => {
+            tracing::warn!(%source, retry_after = ?throttled.retry_after, "client authentication throttled");
+            return Err(OAuthError {
+                retry_after: Some(throttled.retry_after),
+                ..OAuthError::new(
+                    ErrorCode::SlowDown,
+                    "too many failed client authentications from this address; retry later",
+                )
+            });
+        }
+        Err(error @ ClientAuthError::Internal(_)) => {
+            tracing::error!(error = %error_chain(&error), "client authentication failed to run");
+            return Err(OAuthError::new(
+                ErrorCode::ServerError,
+                "the request failed; see the gateway's logs",
+            ));
+        }
+    };
+
+    let issued = state.auth().tokens().issue(&client).map_err(|error| {
+        tracing::error!(error = %error_chain(&error), "could not issue an access token");
+        OAuthError::new(
+            ErrorCode::ServerError,
+            "the request failed; see the gateway's logs",
+        )
+    })?;
+    tracing::info!(client_id = %client, token_id = %issued.token_id, expires_in = issued.expires_in, "access token issued");
+    let mut response = Json(TokenResponse {
+        access_token: issued.access_token.expose(),
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+    })
+    .into_response();
+    no_store(response.headers_mut());
+    Ok(response)
+}
+
+/// `application/x-www-form-urlencoded`, with any parameters (§4.4.2).
+fn require_form(headers: &HeaderMap) -> Result<(), OAuthError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| {
+            essence
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if is_form {
+        Ok(())
+    } else {
+        Err(OAuthError::invalid_request(
+            "Content-Type must be application/x-www-form-urlencoded",
+        ))
+    }
+}
+
+/// The body parameters this endpoint reads.
+#[derive(Debug, Default)]
+struct Params {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+}
+
+impl Params {
+    /// §3.1: parameters without a value count as omitted, none may appear twice, and unknown
+    /// ones (`scope` among them: this endpoint grants one fixed access) are ignored.
+    fn parse(body: &[u8]) -> Result<Self, OAuthError> {
+        fn set<T>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), OAuthError> {
+            if slot.replace(value).is_some() {
+                return Err(OAuthError::invalid_request(format!(
+                    "the {name} parameter is repeated"
+                )));
+            }
+            Ok(())
+        }
+        let mut params = Self::default();
+        for (name, value) in form_urlencoded::parse(body) {
+            if value.is_empty() {
+                continue;
+            }
+            match name.as_ref() {
+                "grant_type" => set(&mut params.grant_type, "grant_type", value.into_owned())?,
+                "client_id" => set(&mut params.client_id, "client_id", value.into_owned())?,
+                "client_secret" => set(
+                    &mut params.client_secret,
+                    "client_secret",
+                    Secret::new(value.into_owned()),
+                )?,
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// The credentials to try: HTTP Basic or the body, not both (§2.3).
+fn client_credentials(
+    headers: &HeaderMap,
+    params: Params,
+) -> Result<Vec<ClientCredentials>, OAuthError> {
+    let basic = basic_credentials(headers)?;
+    match (basic, params.client_id, params.client_secret) {
+        (Some(_), _, Some(_)) => Err(OAuthError::invalid_request(
+            "the client authenticated twice: with HTTP Basic and with client_secret in the body",
+        )),
+        (Some(candidates), Some(id), None) if !candidates.iter().any(|c| c.id == id) => Err(
+            OAuthError::invalid_request("client_id in the body differs from the HTTP Basic one"),
+        ),
+        (Some(candidates), _, None) => Ok(candidates),
+        (None, Some(id), secret) => Ok(vec![ClientCredentials {
+            id,
+            secret: secret.unwrap_or_default(),
+        }]),
+        (None, None, Some(_)) => Err(OAuthError::invalid_request("client_id is missing")),
+        (None, None, None) => Err(OAuthError::new(
+            ErrorCode::InvalidClient,
+            "client authentication is required (HTTP Basic)",
+        )),
+    }
+}
+
+/// Base64 with or without padding: some clients leave it out.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The credentials of an `Authorization: Basic` header, if there is one.
+///
+/// §2.3.1 has the client form-urlencode its id and secret before base64, so they are decoded
+/// that way. Many clients skip that step; for them, when decoding changes anything, the text as
+/// sent is tried too (a secret with `%` or `+` would otherwise never match).
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<Vec<ClientCredentials>>, OAuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                "the Authorization header is repeated",
+            ));
+        }
+        (Some(value), None) => value,
+    };
+    let malformed = || OAuthError::invalid_request("malformed HTTP Basic credentials");
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, encoded) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidClient,
+            "only HTTP Basic client authentication is supported",
+        ));
+    }
+    let decoded = BASE64
+        .decode(encoded.trim())
+        .map_err(|_| malformed())
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| malformed()))
+        .map(Secret::new)?;
+    let (id, secret) = decoded.expose().split_once(':').ok_or_else(malformed)?;
+
+    let mut candidates = Vec::with_capacity(2);
+    if let (Some(form_id), Some(form_secret)) = (form_decode(id), form_decode(secret)) {
+        candidates.push(ClientCredentials {
+            id: form_id,
+            secret: Secret::new(form_secret),
+        });
+    }
+    let as_sent = candidates
+        .first()
+        .is_none_or(|decoded| decoded.id != id || decoded.secret.expose() != secret);
+    if as_sent {
+        candidates.push(ClientCredentials {
+            id: id.to_owned(),
+            secret: Secret::new(secret),
+        });
+    }
+    Ok(Some(candidates))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value; `None` if it is not UTF-8 then.
+fn form_decode(text: &str) -> Option<String> {
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(Cow::into_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        );
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    fn pairs(candidates: &[ClientCredentials]) -> Vec<(&str, &str)> {
+        candidates
+            .iter()
+            .map(|c| (c.id.as_str(), c.secret.expose()))
+            .collect()
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded_and_tried_as_sent() {
+        let plain = basic_credentials(&basic("incode:s3cret")).unwrap().unwrap();
+        assert_eq!(pairs(&plain), [("incode", "s3cret")]);
+
+        let encoded = basic_credentials(&basic("my+client:p%40ss%3Aw+rd"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pairs(&encoded),
+            [("my client", "p@ss:w rd"), ("my+client", "p%40ss%3Aw+rd")]
+        );
+
+        // Only the first colon separates: an unencoded secret may contain more.
+        let colon = basic_credentials(&basic("a:b:c")).unwrap().unwrap();
+        assert_eq!(pairs(&colon), [("a", "b:c")]);
+    }
+
+    #[test]
+    fn malformed_basic_credentials_are_invalid_requests() {
+        for value in ["Basic !!!", "Basic bm9jb2xvbg==", "Basic //79"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            let error = basic_credentials(&headers).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{value}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(
+            basic_credentials(&headers).unwrap_err().code,
+            ErrorCode::InvalidClient
+        );
+    }
+
+    #[test]
+    fn parameters_follow_section_3_1() {
+        let params = Params::parse(b"grant_type=client_credentials&scope=&client_id=&x=1").unwrap();
+        assert_eq!(params.grant_type.as_deref(), Some("client_credentials"));
+        assert_eq!(params.client_id, None);
+        let error = Params::parse(b"grant_type=a&grant_type=b").unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert!(error.description.contains("grant_type"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The gateway's metrics: OpenTelemetry instruments, exported over OTLP when an endpoint is
+//! configured and always rendered as Prometheus text at `GET /metrics` on the internal listener.
+//!
+//! Each running gateway has its own meter provider, so two gateways in one process (as in the
+//! tests) never mix their numbers.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Histogram, MeterProvider, UpDownCounter},
+};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+use crate::log::SharedLog;
+
+/// Why metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The Prometheus exporter could not be built.
+    #[error("cannot build the Prometheus exporter")]
+    Prometheus(#[source] opentelemetry_sdk::error::OTelSdkError),
+    /// The OTLP exporter could not be built.
+    #[error("cannot build the OTLP metrics exporter")]
+    Otlp(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// What became of a webhook call, for `incode_gateway.webhooks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// Stored as a new event.
+    Accepted,
+    /// Recognised as a repeat and acknowledged.
+    Duplicate,
+    /// Refused for bad input; the reason says which.
+    Rejected(&'static str),
+    /// Refused for missing or bad credentials.
+    Unauthorized,
+    /// The log could not store it (answered 503).
+    Unavailable,
+}
+
+/// The gateway's instruments.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+    webhooks: Counter<u64>,
+    token_requests: Counter<u64>,
+    append_duration: Histogram<f64>,
+    events_appended: Counter<u64>,
+    subscribers: UpDownCounter<i64>,
+    events_delivered: Counter<u64>,
+    streams: Arc<StreamRegistry>,
+}
+
+/// The live subscription streams, for the lag gauge.
+#[derive(Default)]
+struct StreamRegistry {
+    next_id: AtomicU64,
+    streams: Mutex<HashMap<u64, (String, Arc<AtomicU64>)>>,
+}
+
+impl Metrics {
+    /// Instruments for a gateway over `log`. With `otlp`, metrics are also pushed to the OTLP
+    /// endpoint of the standard `OTEL_EXPORTER_OTLP_*` variables every `OTEL_METRIC_EXPORT_INTERVAL`.
+    pub fn new(log: SharedLog, otlp: bool) -> Result<Self, MetricsError> {
+        let registry = prometheus::Registry::new();
+        let prometheus = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .scope_info_enabled(false)
+            .build()
+            .map_err(MetricsError::Prometheus)?;
+        let mut builder = SdkMeterProvider::builder()
+            .with_reader(prometheus)
+            .with_resource(crate::telemetry::resource());
+        if otlp {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(MetricsError::Otlp)?;
+            builder = builder.with_periodic_exporter(exporter);
+        }
+        let provider = builder.build();
+        let meter = provider.meter("incode-gateway");
+
+        let streams = Arc::new(StreamRegistry::default());
+        let head_log = log.clone();
+        meter
+            .u64_observable_gauge("incode_gateway.log.head_sequence")
+            .with_description("Sequence of the newest stored event")
+            .with_callback(move |observer| observer.observe(head_log.bounds().head, &[]))
+            .build();
+        let lag_streams = streams.clone();
+        meter
+            .u64_observable_gauge("incode_gateway.subscriber.lag")
+            .with_description(
+                "Per subscription stream: events stored but not yet considered (head sequence minus the last delivered or skipped)",
+            )
+            .with_unit("{event}")
+            .with_callback(move |observer| {
+                let head = log.bounds().head;
+                let streams = lag_streams
+                    .streams
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for (id, (name, considered)) in streams.iter() {
+                    let lag = head.saturating_sub(considered.load(Ordering::Relaxed));
+                    observer.observe(
+                        lag,
+                        &[
+                            KeyValue::new("subscriber", name.clone()),
+                            KeyValue::new("stream", *id as i64),
+                        ],
+                    );
+                }
+            })
+            .build();
+
+        let inner = Inner {
+            webhooks: meter
+                .u64_counter("incode_gateway.webhooks")
+                .with_description("Webhook calls by notification kind and outcome")
+                .with_unit("{request}")
+                .build(),
+            token_requests: meter
+                .u64_counter("incode_gateway.token_requests")
+                .with_description("OAuth token requests by outcome")
+                .with_unit("{request}")
+                .build(),
+            append_duration: meter
+                .f64_histogram("incode_gateway.log.append.duration")
+                .with_description("Time to store an event durably (including deduplication)")
+                .with_unit("s")
+                .with_boundaries(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ])
+                .build(),
+            events_appended: meter
+                .u64_counter("incode_gateway.events.appended")
+                .with_description("Events stored in the log")
+                .with_unit("{event}")
+                .build(),
+            subscribers: meter
+                .i64_up_down_counter("incode_gateway.subscribers.active")
+                .with_description("Open subscription streams")
+                .with_unit("{stream}")
+                .build(),
+            events_delivered: meter
+                .u64_counter("incode_gateway.events.delivered")
+                .with_description("Events sent to subscribers")
+                .with_unit("{event}")
+                .build(),
+            provider,
+            registry,
+            streams,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Counts a webhook call.
+    pub fn webhook(&self, kind: &str, outcome: WebhookOutcome) {
+        let (outcome, reason) = match outcome {
+            WebhookOutcome::Accepted => ("accepted", None),
+            WebhookOutcome::Duplicate => ("duplicate", None),
+            WebhookOutcome::Rejected(reason) => ("rejected", Some(reason)),
+            WebhookOutcome::Unauthorized => ("unauthorized", None),
+            WebhookOutcome::Unavailable => ("unavailable", None),
+        };
+        let mut attributes = vec![
+            KeyValue::new("kind", kind.to_owned()),
+            KeyValue::new("outcome", outcome),
+        ];
+        if let Some(reason) = reason {
+            attributes.push(KeyValue::new("reason", reason));
+        }
+        self.inner.webhooks.add(1, &attributes);
+    }
+
+    /// Counts a token request (`issued`, or the OAuth error code).
+    pub fn token_request(&self, outcome: &'static str) {
+        self.inner
+            .token_requests
+            .add(1, &[KeyValue::new("outcome", outcome)]);
+    }
+
+    /// Records one append's duration, and the event when it was new.
+    pub fn appended(&self, duration: Duration, new_event: bool) {
+        self.inner
+            .append_duration
+            .record(duration.as_secs_f64(), &[]);
+        if new_event {
+            self.inner.events_appended.add(1, &[]);
+        }
+    }
+
+    /// Counts an event sent to a subscriber.
+    pub fn delivered(&self) {
+        self.inner.events_delivered.add(1, &[]);
+    }
+
+    /// Registers an open stream; the returned guard reports its progress and unregisters it
+    /// when dropped.
+    pub fn stream_opened(&self, subscriber: &str) -> StreamGuard {
+        let id = self.inner.streams.next_id.fetch_add(1, Ordering::Relaxed);
+        let considered = Arc::new(AtomicU64::new(0));
+        self.inner
+            .streams
+            .streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id, (subscriber.to_owned(), considered.clone()));
+        self.inner.subscribers.add(1, &[]);
+        StreamGuard {
+            metrics: self.clone(),
+            id,
+            considered,
+        }
+    }
+
+    /// The metrics as Prometheus text exposition.
+    pub fn render_prometheus(&self) -> String {
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        let families = self.inner.registry.gather();
+        if let Err(error) = prometheus::TextEncoder::new().encode(&families, &mut text) {
+            tracing::error!(%error, "cannot render metrics");
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// Pushes pending OTLP metrics and stops the exporters.
+    pub fn shutdown(&self) {
+        if let Err(error) = self.inner.provider.shutdown() {
+            tracing::debug!(%error, "metrics shutdown");
+        }
+    }
+}
+
+/// An open stream's registration; unregisters on drop.
+pub struct StreamGuard {
+    metrics: Metrics,
+    id: u64,
+    considered: Arc<AtomicU64>,
+}
+
+impl StreamGuard {
+    /// Records that every sequence up to `sequence` has been delivered or skipped.
+    pub fn considered(&self, sequence: u64) {
+        self.considered.store(sequence, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .inner
+            .streams
+            .streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
+        self.metrics.inner.subscribers.add(-1, &[]);
+    }
+}

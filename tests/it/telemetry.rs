@@ -1,0 +1,529 @@
+//! Telemetry as an operator and a subscriber see it: one trace from Incode's call to the
+//! delivery, and metrics that move by the right amounts.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use incode_gateway::proto::v1::{self, StartPosition, SubscribeRequest, start_position::Position};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value::Value as AnyValue,
+    trace::v1::{Span, span::SpanKind},
+};
+use reqwest::StatusCode;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{auth_common::*, common::*};
+
+/// An OTLP trace collector that keeps every span it receives.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    async fn start(&self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        address
+    }
+
+    /// Waits until the spans of `trace_id` satisfy `done`.
+    async fn wait_for(&self, trace_id: &[u8], done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let spans: Vec<Span> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|span| span.trace_id == trace_id)
+                .cloned()
+                .collect();
+            if done(&spans) {
+                return spans;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spans of the trace never arrived; got {:#?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let process = GatewayProcess::spawn_with(
+        data_dir.path(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_SERVICE_NAME", "incode-gateway-test"),
+            ("INCODE_GATEWAY_OAUTH_CLIENT_ID", CLIENT_ID),
+            ("INCODE_GATEWAY_OAUTH_CLIENT_SECRET", CLIENT_SECRET),
+            ("INCODE_GATEWAY_TOKEN_SIGNING_KEY", SIGNING_KEY),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/oauth/token", process.base_url))
+        .header("authorization", basic(CLIENT_ID, CLIENT_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+
+    let mut client = process.client().await;
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            start: Some(StartPosition {
+                position: Some(Position::Latest(v1::start_position::Latest {})),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let response = http
+        .post(format!(
+            "{}/webhooks/incode/onboarding-status",
+            process.base_url
+        ))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .body(onboarding_body("traced", "ONBOARDING_FINISHED"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let event = next_event(&mut stream).await;
+
+    let traceparent = event
+        .trace_context
+        .get("traceparent")
+        .expect("trace context");
+    let parts: Vec<_> = traceparent.split('-').collect();
+    assert_eq!(parts[1], trace_id, "the event continues Incode's trace");
+    let ingest_span_id = parts[2];
+
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let spans = collector
+        .wait_for(&trace_bytes, |spans| {
+            [
+                "POST /webhooks/incode/onboarding-status",
+                "ingest webhook",
+                "event_log append",
+                "send events",
+            ]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name))
+        })
+        .await;
+    let by_name: HashMap<_, _> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
+
+    let server = by_name["POST /webhooks/incode/onboarding-status"];
+    assert_eq!(server.kind(), SpanKind::Server);
+    assert_eq!(hex(&server.parent_span_id), caller_span);
+    assert_eq!(
+        attribute(server, "http.response.status_code"),
+        Some(&AnyValue::IntValue(200))
+    );
+    assert_eq!(
+        attribute(server, "http.route"),
+        Some(&AnyValue::StringValue(
+            "/webhooks/incode/onboarding-status".into()
+        ))
+    );
+
+    let ingest = by_name["ingest webhook"];
+    assert_eq!(ingest.parent_span_id, server.span_id);
+    assert_eq!(
+        hex(&ingest.span_id),
+        ingest_span_id,
+        "trace_context names the ingest span"
+    );
+
+    let append = by_name["event_log append"];
+    assert_eq!(append.parent_span_id, ingest.span_id);
+    assert_eq!(
+        attribute(append, "incode_gateway.event.sequence"),
+        Some(&AnyValue::IntValue(event.sequence as i64))
+    );
+    assert_eq!(
+        attribute(append, "incode_gateway.event.duplicate"),
+        Some(&AnyValue::BoolValue(false))
+    );
+
+    let delivery = by_name["send events"];
+    assert_eq!(delivery.kind(), SpanKind::Producer);
+    assert_eq!(delivery.parent_span_id, ingest.span_id);
+    assert_eq!(
+        attribute(delivery, "messaging.message.id"),
+        Some(&AnyValue::StringValue(event.id.clone()))
+    );
+    assert_eq!(delivery.links.len(), 1, "linked to the Subscribe call");
+
+    // Nothing in any span carries the request body's identifiers beyond what is documented,
+    // and no span records headers.
+    for span in &spans {
+        for kv in &span.attributes {
+            assert!(
+                !kv.key.contains("header"),
+                "{} records {}",
+                span.name,
+                kv.key
+            );
+        }
+    }
+}
+
+/// Prometheus samples: (name, sorted labels) -> value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// Parses Prometheus text.
+fn parse_metrics(text: &str) -> Samples {
+    let mut samples = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let mut labels: Vec<(String, String)> = rest
+                    .trim_end_matches('}')
+                    .split("\",")
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap();
+                        (k.to_owned(), v.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                labels.sort();
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), Vec::new()),
+        };
+        samples.insert((name, labels), value.parse().unwrap());
+    }
+    samples
+}
+
+fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut labels: Vec<_> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labels.sort();
+    samples
+        .iter()
+        .find(|((n, l), _)| {
+            n == name && labels.iter().all(|label| l.contains(label)) && l.len() >= labels.len()
+        })
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_webhooks_appends_and_deliveries() {
+    let gateway = Gateway::start().await;
+    let mut stream = gateway.subscribe(earliest(), no_filter()).await;
+    assert_eq!(expect_caught_up(&mut stream).await, 0);
+
+    let path = "/webhooks/incode/onboarding-status";
+    for i in 0..3 {
+        gateway
+            .notify(path, &onboarding_body(&format!("m-{i}"), "UNKNOWN"))
+            .await;
+    }
+    gateway
+        .notify(path, &onboarding_body("m-0", "UNKNOWN"))
+        .await; // duplicate
+    gateway
+        .notify(
+            "/webhooks/incode/watchlist-updated",
+            r#"{"interviewId":"w","ref":"r","search_id":"s"}"#,
+        )
+        .await;
+    let (status, _) = gateway.post_json(path, "{broken").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = gateway
+        .post_json(path, r#"{"onboardingStatus":"UNKNOWN"}"#)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for _ in 0..4 {
+        next_event(&mut stream).await;
+    }
+
+    let response = gateway
+        .http
+        .get(format!("http://{}/metrics", gateway.grpc_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    let samples = parse_metrics(&text);
+    let webhooks = "incode_gateway_webhooks_total";
+    let check = |name: &str, labels: &[(&str, &str)], expected: f64| {
+        assert_eq!(
+            sample(&samples, name, labels),
+            expected,
+            "{name} {labels:?} in\n{text}"
+        );
+    };
+    check(
+        webhooks,
+        &[("kind", "onboarding-status"), ("outcome", "accepted")],
+        3.0,
+    );
+    check(
+        webhooks,
+        &[("kind", "onboarding-status"), ("outcome", "duplicate")],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[("kind", "watchlist-updated"), ("outcome", "accepted")],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[
+            ("kind", "onboarding-status"),
+            ("outcome", "rejected"),
+            ("reason", "invalid_json"),
+        ],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[
+            ("kind", "onboarding-status"),
+            ("outcome", "rejected"),
+            ("reason", "missing_field"),
+        ],
+        1.0,
+    );
+    check("incode_gateway_events_appended_total", &[], 4.0);
+    check("incode_gateway_log_append_duration_seconds_count", &[], 5.0);
+    check("incode_gateway_events_delivered_total", &[], 4.0);
+    check("incode_gateway_subscribers_active", &[], 1.0);
+    check("incode_gateway_log_head_sequence", &[], 4.0);
+    check(
+        "incode_gateway_subscriber_lag",
+        &[("subscriber", "anonymous")],
+        0.0,
+    );
+
+    // The internal listener only: the public one has no /metrics.
+    let public = gateway
+        .http
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+
+    drop(stream);
+    // The stream is released at once; the gauge follows.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = gateway
+            .http
+            .get(format!("http://{}/metrics", gateway.grpc_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(
+            &parse_metrics(&text),
+            "incode_gateway_subscribers_active",
+            &[],
+        ) == 0.0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream never released:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_token_requests_and_refused_webhooks() {
+    let gateway = Gateway::start_with(oauth_config()).await;
+    let token = fetch_token(&gateway).await;
+    let (status, _, _) = token_request(
+        &gateway,
+        &gateway.http,
+        Some(&basic(CLIENT_ID, "wrong")),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = post_webhook(&gateway, None, &[], &onboarding_body("x", "UNKNOWN")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let bearer = format!("Bearer {token}");
+    let (status, _, _) = post_webhook(
+        &gateway,
+        Some(&bearer),
+        &[],
+        &onboarding_body("x", "UNKNOWN"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let text = gateway
+        .http
+        .get(format!("http://{}/metrics", gateway.grpc_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse_metrics(&text);
+    let check = |name: &str, labels: &[(&str, &str)], expected: f64| {
+        assert_eq!(
+            sample(&samples, name, labels),
+            expected,
+            "{name} {labels:?} in\n{text}"
+        );
+    };
+    check(
+        "incode_gateway_token_requests_total",
+        &[("outcome", "issued")],
+        1.0,
+    );
+    check(
+        "incode_gateway_token_requests_total",
+        &[("outcome", "invalid_client")],
+        1.0,
+    );
+    check(
+        "incode_gateway_webhooks_total",
+        &[("outcome", "unauthorized")],
+        1.0,
+    );
+    check(
+        "incode_gateway_webhooks_total",
+        &[("outcome", "accepted")],
+        1.0,
+    );
+    assert!(!text.contains(&token) && !text.contains(CLIENT_SECRET));
+}
+
+/// An unreachable collector slows nothing down, and SIGTERM still ends the process cleanly
+/// after the exporter gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_neither_blocks_requests_nor_shutdown() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", unused.local_addr().unwrap());
+    drop(unused);
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut process = GatewayProcess::spawn(
+        data_dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let response = http
+            .post(format!(
+                "{}/webhooks/incode/onboarding-status",
+                process.base_url
+            ))
+            .header("content-type", "application/json")
+            .body(onboarding_body(&format!("u-{i}"), "UNKNOWN"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let pid = process.child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(PATIENCE, process.child.wait())
+        .await
+        .expect("the gateway did not stop after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
