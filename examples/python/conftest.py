@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from typing import Optional
 
 import pytest
 
@@ -22,6 +23,15 @@ PROTO = REPO / "proto"
 # Flags every test gateway is started with, besides its ports and data directory. The one place
 # to add a flag the gateway starts requiring.
 GATEWAY_FLAGS = ["--log-format", "json", "--allow-unauthenticated-webhooks"]
+
+# Tracing on, so that events carry the W3C trace context of the webhook that brought them. The
+# collector address is a closed port: spans are dropped, quickly.
+GATEWAY_ENV = {
+    "RUST_LOG": "info",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    "OTEL_EXPORTER_OTLP_TIMEOUT": "100",
+    "OTEL_METRICS_EXPORTER": "none",
+}
 
 # How long to wait for something that should happen promptly.
 PATIENCE = 10
@@ -88,7 +98,7 @@ class Gateway:
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "RUST_LOG": "info"},
+            env={**os.environ, **GATEWAY_ENV},
         )
         lines: queue.Queue = queue.Queue()
         # Reads the gateway's log for as long as it runs, so that it never blocks on a full pipe.
@@ -115,20 +125,20 @@ class Gateway:
             lines.put(line)
         lines.put(None)
 
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    def post(self, path: str, body: bytes, headers: Optional[dict] = None) -> tuple[int, bytes]:
         """Posts a JSON body as Incode does; returns the status and the answer."""
         request = urllib.request.Request(
             self.public_url + path,
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **(headers or {})},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=PATIENCE) as response:
             return response.status, response.read()
 
-    def notify(self, path: str, notification: dict) -> None:
+    def notify(self, path: str, notification: dict, headers: Optional[dict] = None) -> None:
         """Posts a notification and checks that the gateway acknowledged it."""
-        status, answer = self.post(path, json.dumps(notification).encode())
+        status, answer = self.post(path, json.dumps(notification).encode(), headers)
         assert (status, json.loads(answer)) == (200, {"success": True})
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from conftest import HERE, PATIENCE
 
 UUID_V7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$")
+TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$")
 
 
 def interview_id() -> str:
@@ -86,6 +87,7 @@ def test_receives_every_notification_with_every_field_intact(subscriber, gateway
     assert sequences == sorted(sequences) and sequences[0] > 0 and len(set(sequences)) == 4
     for event in events:
         assert UUID_V7.match(event.id), event.id
+        assert TRACEPARENT.match(event.trace_context["traceparent"]), event.trace_context
         received_at = event.received_at.ToDatetime(tzinfo=datetime.timezone.utc)
         assert abs(received_at - started_at) < datetime.timedelta(seconds=30)
     finished, unknown_status, watchlist, unrecognized = events
@@ -162,34 +164,41 @@ def test_the_example_fails_clearly_when_the_gateway_is_unreachable(subscriber, s
     assert "subscription failed: UNAVAILABLE" in result.stderr
 
 
-def test_an_event_is_handled_in_a_child_span_of_the_ingest_span(subscriber):
-    from incode.gateway.v1 import events_pb2
+def test_the_subscriber_continues_the_trace_of_the_webhook(subscriber, gateway):
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    # Incode's call arrives inside a trace (here: one the test makes up).
+    trace_id = secrets.token_hex(16)
+    session = interview_id()
+    gateway.notify(
+        "/webhooks/incode/onboarding-status",
+        {"interviewId": session, "onboardingStatus": "ONBOARDING_FINISHED"},
+        headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+    )
+    with subscriber.open_channel(gateway.grpc_addr) as channel:
+        stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
+        (event,) = stored_events(stub, subscriber.subscribe_request(interview_ids=[session]))
+    # The gateway's ingest span, a child of Incode's call, is what the event names.
+    version, event_trace_id, ingest_span_id, flags = event.trace_context["traceparent"].split("-")
+    assert event_trace_id == trace_id
+
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace_id, parent_span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    event = events_pb2.Event(
-        sequence=7,
-        id="0190a5b2-0000-7000-8000-000000000000",
-        type=events_pb2.EVENT_TYPE_ONBOARDING_STATUS_CHANGED,
-        trace_context={"traceparent": f"00-{trace_id}-{parent_span_id}-01"},
-    )
-
     with subscriber.event_span(event, tracer=provider.get_tracer("test")):
         active = trace.get_current_span().get_span_context()
 
-    assert format(active.trace_id, "032x") == trace_id, "the handler runs inside the continued trace"
+    assert format(active.trace_id, "032x") == trace_id, "the handler runs inside the same trace"
     (span,) = exporter.get_finished_spans()
-    assert format(span.context.trace_id, "032x") == trace_id
-    assert format(span.parent.span_id, "016x") == parent_span_id
+    assert format(span.parent.span_id, "016x") == ingest_span_id
+    assert span.parent.is_remote
     assert span.kind == trace.SpanKind.CONSUMER
     assert span.name == "process EVENT_TYPE_ONBOARDING_STATUS_CHANGED"
-    assert span.attributes["incode_gateway.sequence"] == "7"
+    assert span.attributes["incode_gateway.sequence"] == str(event.sequence)
+    assert span.attributes["messaging.message.id"] == event.id
 
 
 def test_events_are_handled_without_opentelemetry(subscriber, monkeypatch):

@@ -24,6 +24,17 @@ export const GATEWAY_FLAGS: readonly string[] = [
   "--allow-unauthenticated-webhooks",
 ];
 
+/**
+ * Tracing on, so that events carry the W3C trace context of the webhook that brought them. The
+ * collector address is a closed port: spans are dropped, quickly.
+ */
+export const GATEWAY_ENV: Readonly<Record<string, string>> = {
+  RUST_LOG: "info",
+  OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:9",
+  OTEL_EXPORTER_OTLP_TIMEOUT: "100",
+  OTEL_METRICS_EXPORTER: "none",
+};
+
 /** The gateway binary: $INCODE_GATEWAY_BIN, or the debug build under $CARGO_TARGET_DIR or target/. */
 export function gatewayBinary(): string {
   if (process.env.INCODE_GATEWAY_BIN) {
@@ -58,7 +69,7 @@ export class Gateway {
         dataDir,
         ...GATEWAY_FLAGS,
       ],
-      { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "info" } },
+      { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...GATEWAY_ENV } },
     );
     const exited = once(child, "exit").then(([code]) => {
       throw new Error(`the gateway exited with ${String(code)} before listening`);
@@ -93,10 +104,10 @@ export class Gateway {
   }
 
   /** Posts a notification as Incode does and checks that the gateway acknowledged it. */
-  async notify(webhookPath: string, body: unknown): Promise<void> {
+  async notify(webhookPath: string, body: unknown, headers: Record<string, string> = {}): Promise<void> {
     const response = await fetch(`${this.publicUrl}${webhookPath}`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...headers },
       body: JSON.stringify(body),
     });
     const answer = await response.text();

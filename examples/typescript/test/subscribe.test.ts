@@ -11,7 +11,6 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
-import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { context, propagation, trace, SpanKind } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
@@ -23,7 +22,6 @@ import {
 } from "@opentelemetry/sdk-trace-base";
 
 import {
-  EventSchema,
   EventType,
   OnboardingStatus,
   type Event,
@@ -132,6 +130,7 @@ describe("TypeScript client", () => {
         assert.ok(event.sequence > events[index - 1]!.sequence, "in sequence order");
       }
       assert.match(event.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      assert.match(event.traceContext.traceparent ?? "", /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
       assert.ok(event.receivedAt !== undefined);
       const receivedAt = timestampDate(event.receivedAt).getTime();
       assert.ok(receivedAt >= startedAt - 5_000 && receivedAt <= Date.now() + 5_000);
@@ -221,36 +220,41 @@ describe("TypeScript client", () => {
       },
     );
   });
-});
 
-describe("trace continuation", () => {
-  test("an event is handled in a child span of the gateway's ingest span", async () => {
+  test("the subscriber continues the trace of the webhook", async () => {
+    // Incode's call arrives inside a trace (here: one the test makes up).
+    const traceId = randomBytes(16).toString("hex");
+    const id = interviewId();
+    await gateway.notify(
+      "/webhooks/incode/onboarding-status",
+      { interviewId: id, onboardingStatus: "ONBOARDING_FINISHED" },
+      { traceparent: `00-${traceId}-${randomBytes(8).toString("hex")}-01` },
+    );
+    const [event] = await storedEvents(client, subscribeRequest({ interviewIds: [id] }));
+    assert.ok(event !== undefined);
+    // The gateway's ingest span, a child of Incode's call, is what the event names.
+    const [, eventTraceId, ingestSpanId] = (event.traceContext.traceparent ?? "").split("-");
+    assert.equal(eventTraceId, traceId);
+
+    // What an application's OpenTelemetry setup (e.g. the Node SDK) registers.
     const exporter = new InMemorySpanExporter();
     const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
-    // What an application's OpenTelemetry setup (e.g. the Node SDK) registers.
     assert.ok(context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable()));
     assert.ok(trace.setGlobalTracerProvider(provider));
     assert.ok(propagation.setGlobalPropagator(new W3CTraceContextPropagator()));
     try {
-      const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
-      const parentSpanId = "00f067aa0ba902b7";
-      const event = create(EventSchema, {
-        sequence: 7n,
-        id: "0190a5b2-0000-7000-8000-000000000000",
-        type: EventType.ONBOARDING_STATUS_CHANGED,
-        traceContext: { traceparent: `00-${traceId}-${parentSpanId}-01` },
-      });
+      const active = await withEventSpan(event, () => trace.getActiveSpan()?.spanContext().traceId);
 
-      const answer = await withEventSpan(event, () => trace.getActiveSpan()?.spanContext().traceId);
-
-      assert.equal(answer, traceId, "the handler runs inside the continued trace");
+      assert.equal(active, traceId, "the handler runs inside the same trace");
       const [span] = exporter.getFinishedSpans();
       assert.ok(span !== undefined);
       assert.equal(span.spanContext().traceId, traceId);
-      assert.equal(span.parentSpanContext?.spanId, parentSpanId);
+      assert.equal(span.parentSpanContext?.spanId, ingestSpanId);
+      assert.equal(span.parentSpanContext?.isRemote, true);
       assert.equal(span.kind, SpanKind.CONSUMER);
       assert.equal(span.name, "process EVENT_TYPE_ONBOARDING_STATUS_CHANGED");
-      assert.equal(span.attributes["incode_gateway.sequence"], "7");
+      assert.equal(span.attributes["incode_gateway.sequence"], event.sequence.toString());
+      assert.equal(span.attributes["messaging.message.id"], event.id);
     } finally {
       trace.disable();
       propagation.disable();
