@@ -21,8 +21,6 @@ use crate::{
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
 /// Work for the writer thread.
-// Appends are nearly every request: boxing the event would add an allocation to each of them.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum Request {
     Append(Box<NewEvent>, Reply<AppendOutcome>),
     Ack(ConsumerName, Sequence, Reply<Sequence>),
