@@ -1,7 +1,8 @@
 //! The gateway's configuration: one typed struct, read from command-line flags and their
 //! `INCODE_GATEWAY_*` environment equivalents. `incode-gateway serve --help` lists every key with
 //! its default; this file is the one place they are defined. Authentication settings may also
-//! come from a TOML file ([`file`]); flags and environment override it.
+//! come from a TOML file ([`file`]); flags and environment override it. The tools' options
+//! (`tail`, `simulate`) are defined beside the tools, in [`crate::tools`].
 
 pub mod file;
 
@@ -30,7 +31,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "made once at start-up")]
+#[allow(clippy::large_enum_variant, reason = "made once at start-up")]
 pub enum Command {
     /// Run the gateway (the default).
     Serve(Config),
@@ -38,6 +39,10 @@ pub enum Command {
     /// --oauth-client-secret. The secret is read from standard input, or prompted for without
     /// echo on a terminal, so that it stays out of the shell history.
     HashSecret,
+    /// Subscribe to a gateway and print its events as JSON lines.
+    Tail(crate::tools::tail::TailArgs),
+    /// Play Incode: obtain a token and post notifications to a gateway, with Incode's retry.
+    Simulate(crate::tools::simulate::SimulateArgs),
 }
 
 impl Cli {
@@ -45,7 +50,9 @@ impl Cli {
     pub fn into_config(self) -> Config {
         match self.command {
             Some(Command::Serve(config)) => config,
-            Some(Command::HashSecret) | None => self.serve,
+            Some(Command::HashSecret | Command::Tail(_) | Command::Simulate(_)) | None => {
+                self.serve
+            }
         }
     }
 
@@ -244,7 +251,7 @@ impl Config {
     /// loopback ports, webhooks open to anyone, and no data directory: set `data_dir` (a
     /// temporary directory) before running with it. Meant for tests and embedding.
     pub fn for_tests() -> Self {
-        let mut config = Cli::parse_from(["incode-gateway"]).into_config();
+        let mut config = Cli::parse_from(["incode-gateway"]).serve;
         config.public_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.internal_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.storage = StorageKind::Embedded;

@@ -17,6 +17,8 @@
 //! - [`telemetry`]: logs, OpenTelemetry traces and W3C trace-context propagation.
 //! - [`metrics`]: the gateway's instruments, exported over OTLP and as Prometheus text.
 //! - [`proto`]: code generated from `proto/`.
+//! - [`tools`]: the binary's tools for people: `tail` (print events as JSON lines) and
+//!   `simulate` (play Incode against a gateway).
 
 pub mod auth;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod telemetry;
+pub mod tools;
 
 pub use config::Config;
 pub use server::run;

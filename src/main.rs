@@ -1,19 +1,26 @@
 //! The `incode-gateway` binary: parses the configuration, installs logging and signal handling,
-//! and runs the gateway (or `hash-secret`).
+//! and runs the gateway (or `hash-secret`, `tail`, `simulate`).
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use incode_gateway::config::{Cli, Command};
+use incode_gateway::{
+    config::{Cli, Command},
+    tools,
+};
 use tokio::net::TcpListener;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let config = match Cli::parse().into_command() {
         Command::Serve(config) => config,
         Command::HashSecret => {
             incode_gateway::auth::hash_secret_command()?;
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
+        Command::Tail(args) => return Ok(tools::tail::main(args).await),
+        Command::Simulate(args) => return Ok(tools::simulate::main(args).await),
     };
     let telemetry = incode_gateway::telemetry::init(config.log_format)?;
 
@@ -32,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let result = incode_gateway::run(config, public, internal, shutdown_signal()).await;
     telemetry.shutdown();
     result?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on the first SIGINT (Ctrl-C) or SIGTERM.

@@ -1,0 +1,158 @@
+"""Fixtures: stubs generated from proto/ with grpcio-tools, and the real gateway binary running on
+ephemeral loopback ports with a temporary data directory."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pathlib
+import queue
+import subprocess
+import sys
+import threading
+import urllib.request
+from typing import Optional
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+PROTO = REPO / "proto"
+
+# Flags every test gateway is started with, besides its ports and data directory. The one place
+# to add a flag the gateway starts requiring.
+GATEWAY_FLAGS = ["--log-format", "json", "--allow-unauthenticated-webhooks"]
+
+# Tracing on, so that events carry the W3C trace context of the webhook that brought them. The
+# collector address is a closed port: spans are dropped, quickly.
+GATEWAY_ENV = {
+    "RUST_LOG": "info",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    "OTEL_EXPORTER_OTLP_TIMEOUT": "100",
+    "OTEL_METRICS_EXPORTER": "none",
+}
+
+# How long to wait for something that should happen promptly.
+PATIENCE = 10
+
+
+def gateway_binary() -> pathlib.Path:
+    """$INCODE_GATEWAY_BIN, or the debug build under $CARGO_TARGET_DIR or target/."""
+    if os.environ.get("INCODE_GATEWAY_BIN"):
+        return pathlib.Path(os.environ["INCODE_GATEWAY_BIN"])
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    return target / "debug" / "incode-gateway"
+
+
+@pytest.fixture(scope="session")
+def stubs_dir(tmp_path_factory) -> pathlib.Path:
+    """Generates the Python stubs from proto/, as a Python team would, and puts them on sys.path."""
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("stubs")
+    protos = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
+    well_known = str(pathlib.Path(protoc.__file__).parent / "_proto")
+    status = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"--proto_path={PROTO}",
+            f"--proto_path={well_known}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            *protos,
+        ]
+    )
+    assert status == 0, "generating the stubs failed"
+    sys.path.insert(0, str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def subscriber(stubs_dir):
+    """The example module, importable once the stubs exist."""
+    sys.path.insert(0, str(HERE))
+    return importlib.import_module("subscriber")
+
+
+class Gateway:
+    """The gateway binary, started with ``serve`` on ephemeral ports."""
+
+    def __init__(self, data_dir: pathlib.Path):
+        binary = gateway_binary()
+        if not binary.exists():
+            pytest.fail(f"{binary} does not exist: build it with `cargo build` first")
+        self.process = subprocess.Popen(
+            [
+                str(binary),
+                "serve",
+                "--public-addr",
+                "127.0.0.1:0",
+                "--internal-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(data_dir),
+                *GATEWAY_FLAGS,
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **GATEWAY_ENV},
+        )
+        lines: queue.Queue = queue.Queue()
+        # Reads the gateway's log for as long as it runs, so that it never blocks on a full pipe.
+        threading.Thread(target=self._pump, args=(lines,), daemon=True).start()
+        while True:
+            try:
+                line = lines.get(timeout=PATIENCE)
+            except queue.Empty:
+                self.stop()
+                pytest.fail("the gateway did not report its addresses in time")
+            if line is None:
+                pytest.fail(f"the gateway exited with {self.process.wait()} before listening")
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("message") == "incode-gateway listening":
+                self.public_url = f"http://{record['public']}"
+                self.grpc_addr = record["internal"]
+                return
+
+    def _pump(self, lines: queue.Queue) -> None:
+        for line in self.process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    def post(self, path: str, body: bytes, headers: Optional[dict] = None) -> tuple[int, bytes]:
+        """Posts a JSON body as Incode does; returns the status and the answer."""
+        request = urllib.request.Request(
+            self.public_url + path,
+            data=body,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=PATIENCE) as response:
+            return response.status, response.read()
+
+    def notify(self, path: str, notification: dict, headers: Optional[dict] = None) -> None:
+        """Posts a notification and checks that the gateway acknowledged it."""
+        status, answer = self.post(path, json.dumps(notification).encode(), headers)
+        assert (status, json.loads(answer)) == (200, {"success": True})
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=PATIENCE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    gateway = Gateway(tmp_path_factory.mktemp("data"))
+    yield gateway
+    gateway.stop()
