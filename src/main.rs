@@ -11,6 +11,11 @@ use incode_gateway::{
 };
 use tokio::net::TcpListener;
 
+/// The request path allocates many small, short-lived objects (JSON maps, protobuf messages);
+/// mimalloc serves those markedly faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let config = match Cli::parse().into_command() {

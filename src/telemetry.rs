@@ -25,6 +25,7 @@ use tracing_subscriber::{
         FmtContext, FormatEvent, FormatFields,
         format::{self, Writer},
     },
+    Layer, Registry,
     prelude::*,
     registry::LookupSpan,
 };
@@ -113,38 +114,38 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
         None
     };
     // Each layer has its own filter. The log layer sees events only (formatting every span's
-    // fields for lines that are never written would cost more than the request itself), so
-    // without an OpenTelemetry layer no span is enabled at all and spans cost nothing.
-    let otel = tracer_provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(SERVICE_NAME))
-            .with_filter(env_filter())
-    });
-    let events_only = filter::filter_fn(|metadata| metadata.is_event());
-    let registry = tracing_subscriber::registry().with(otel);
-    match format {
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(WithTraceIds {
-                        inner: format::Format::default(),
-                        json: false,
-                    })
-                    .with_filter(env_filter().and(events_only)),
-            )
-            .try_init()?,
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .event_format(WithTraceIds {
-                        inner: format::Format::default().json().flatten_event(true),
-                        json: true,
-                    })
-                    .with_filter(env_filter().and(events_only)),
-            )
-            .try_init()?,
+    // fields for lines that are never written would cost more than the request itself), and the
+    // OpenTelemetry layer is absent unless traces are exported, so by default no span is enabled
+    // at all and spans cost nothing.
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    if let Some(provider) = &tracer_provider {
+        layers.push(Box::new(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(SERVICE_NAME))
+                .with_filter(env_filter()),
+        ));
     }
+    let events_only = filter::filter_fn(|metadata| metadata.is_event());
+    layers.push(match format {
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt::layer()
+                .event_format(WithTraceIds {
+                    inner: format::Format::default(),
+                    json: false,
+                })
+                .with_filter(env_filter().and(events_only)),
+        ),
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .event_format(WithTraceIds {
+                    inner: format::Format::default().json().flatten_event(true),
+                    json: true,
+                })
+                .with_filter(env_filter().and(events_only)),
+        ),
+    });
+    tracing_subscriber::registry().with(layers).try_init()?;
     Ok(Telemetry { tracer_provider })
 }
 
