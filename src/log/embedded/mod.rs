@@ -231,8 +231,11 @@ impl EmbeddedLog {
     }
 }
 
-/// Page cache of the database.
-const CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// Page cache of the database. Recent events are served from the in-memory tail, so the cache
+/// mostly holds B-tree pages being written and pages read by catching-up subscribers; a larger
+/// cache made replay slower (each new cache page is fresh memory the kernel must zero) without
+/// making anything else faster.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Requests that may wait for the writer before senders wait too.
 const QUEUE_CAPACITY: usize = 16 * 1024;
 
