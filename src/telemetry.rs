@@ -19,13 +19,12 @@ use opentelemetry::{
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Layer, Registry,
     filter::{self, FilterExt},
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::{self, Writer},
     },
-    Layer, Registry,
     prelude::*,
     registry::LookupSpan,
 };
