@@ -258,6 +258,8 @@ pub struct GatewayProcess {
     pub child: tokio::process::Child,
     pub base_url: String,
     pub grpc_url: String,
+    /// Every line the process wrote to standard output after it started listening.
+    pub output: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -304,11 +306,18 @@ impl GatewayProcess {
         .await
         .expect("the gateway did not start in time");
         // Keep draining its output so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
         Self {
             child,
             base_url: format!("http://{}", listening["public"].as_str().unwrap()),
             grpc_url: format!("http://{}", listening["internal"].as_str().unwrap()),
+            output,
         }
     }
 

@@ -170,6 +170,7 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
         .wait_for(&trace_bytes, |spans| {
             [
                 "POST /webhooks/incode/onboarding-status",
+                "webhook verify credentials",
                 "ingest webhook",
                 "event_log append",
                 "send events",
@@ -222,9 +223,53 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
     );
     assert_eq!(delivery.links.len(), 1, "linked to the Subscribe call");
 
-    // Nothing in any span carries the request body's identifiers beyond what is documented,
-    // and no span records headers.
-    for span in &spans {
+    let verify = by_name["webhook verify credentials"];
+    assert_eq!(verify.parent_span_id, server.span_id);
+
+    // A log line written inside a traced request carries its trace and span ids.
+    let rejected = http
+        .post(format!(
+            "{}/webhooks/incode/onboarding-status",
+            process.base_url
+        ))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejected.status(), StatusCode::BAD_REQUEST);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let line = loop {
+        let found = process
+            .output
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|line| line.contains("request rejected"))
+            .cloned();
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line for the rejection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["trace_id"], trace_id, "{line}");
+    assert_eq!(record["span_id"].as_str().map(str::len), Some(16), "{line}");
+
+    // No span of any trace records headers, the token or the client secret.
+    let all_spans = collector.spans.lock().unwrap().clone();
+    assert!(
+        all_spans.iter().any(|s| s.name == "oauth issue token"),
+        "the token request is traced too"
+    );
+    let signature = token.rsplit('.').next().unwrap();
+    for span in &all_spans {
         for kv in &span.attributes {
             assert!(
                 !kv.key.contains("header"),
@@ -232,6 +277,15 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
                 span.name,
                 kv.key
             );
+            let value = format!("{:?}", kv.value);
+            for secret in [token.as_str(), signature, CLIENT_SECRET, SIGNING_KEY] {
+                assert!(
+                    !value.contains(secret),
+                    "{} leaks a secret in {}",
+                    span.name,
+                    kv.key
+                );
+            }
         }
     }
 }
