@@ -98,3 +98,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Whether `name` is 1 to `max_len` ASCII letters, digits, `-`, `_` or `.`: the alphabet of
+/// every name a caller picks (notification kinds, consumers), safe in URLs, logs and labels.
+pub fn is_plain_name(name: &str, max_len: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_len
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}

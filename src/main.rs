@@ -41,37 +41,14 @@ async fn main() -> anyhow::Result<ExitCode> {
             )
         })?;
 
-    let result = incode_gateway::run(config, public, internal, shutdown_signal()).await;
+    let result = incode_gateway::run(
+        config,
+        public,
+        internal,
+        incode_gateway::server::shutdown_signal(),
+    )
+    .await;
     telemetry.shutdown();
     result?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown requested");
 }

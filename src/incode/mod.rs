@@ -40,12 +40,7 @@ impl KindName {
 
     /// Parses a kind name from a URL path segment.
     pub fn parse(name: &str) -> Result<Self, DecodeError> {
-        let valid = !name.is_empty()
-            && name.len() <= Self::MAX_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if valid {
+        if crate::error::is_plain_name(name, Self::MAX_LEN) {
             Ok(Self(name.to_owned()))
         } else {
             Err(DecodeError::InvalidKind)

@@ -28,27 +28,7 @@ pub(crate) fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM. If the handlers cannot be installed it
-/// never completes: the default disposition (terminate) still applies.
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
 pub(crate) async fn interrupted() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    crate::server::shutdown_signal().await;
 }
