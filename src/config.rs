@@ -99,7 +99,7 @@ pub struct Config {
     pub max_events: Option<u64>,
 
     /// How often retention and the expiry of deduplication keys run.
-    #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
     pub maintenance_interval: Duration,
 
     /// Most appends committed together in one transaction and fsync (group commit); `1`
@@ -117,7 +117,7 @@ pub struct Config {
     pub max_body_bytes: usize,
 
     /// How long a subscription stream may stay silent before a heartbeat is sent.
-    #[arg(long, env = "INCODE_GATEWAY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "INCODE_GATEWAY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_positive_duration)]
     pub heartbeat_interval: Duration,
 
     /// On SIGINT/SIGTERM, how long to wait for in-flight requests and streams to finish before
@@ -246,6 +246,15 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 
+/// A duration that must not be zero (an interval of nothing would spin).
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(Duration::ZERO) => Err("must be longer than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 impl Config {
     /// The defaults, as `serve` with no flags would have them, with both listeners on ephemeral
     /// loopback ports, webhooks open to anyone, and no data directory: set `data_dir` (a
@@ -267,5 +276,40 @@ impl Config {
         options.max_events = self.max_events;
         options.max_commit_batch = usize::try_from(self.max_commit_batch).unwrap_or(usize::MAX);
         options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = Cli::parse_from(["incode-gateway"]).serve;
+        assert_eq!(config.public_addr, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        assert_eq!(
+            config.internal_addr,
+            SocketAddr::from(([0, 0, 0, 0], 50051))
+        );
+        assert_eq!(config.storage, StorageKind::Embedded);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.dedup_window, Duration::from_secs(24 * 3600));
+        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(config.max_body_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn intervals_must_not_be_zero() {
+        for flag in ["--heartbeat-interval", "--maintenance-interval"] {
+            let error = Cli::try_parse_from(["incode-gateway", flag, "0s"]).unwrap_err();
+            assert!(error.to_string().contains("longer than zero"), "{error}");
+        }
+        let parsed = Cli::try_parse_from(["incode-gateway", "--heartbeat-interval", "250ms"]);
+        assert_eq!(
+            parsed.unwrap().serve.heartbeat_interval,
+            Duration::from_millis(250)
+        );
     }
 }

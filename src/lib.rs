@@ -11,7 +11,8 @@
 //! - [`http`]: the public listener (axum): the OAuth token endpoint, webhooks and health.
 //! - [`log`]: the event log trait (append with deduplication, read from a position, wait for
 //!   new events) and its backends.
-//! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health and reflection.
+//! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health, reflection and
+//!   `GET /metrics`.
 //! - [`server`]: [`run`], which wires the log and both listeners together until shutdown.
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
 //! - [`telemetry`]: logs, OpenTelemetry traces and W3C trace-context propagation.
