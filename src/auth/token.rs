@@ -215,6 +215,47 @@ pub struct Tokens {
     encoding: EncodingKey,
     decoding: HashMap<String, DecodingKey>,
     validation: Validation,
+    verified: VerifiedTokens,
+}
+
+/// Tokens whose signature and claims were already checked, by the SHA-256 of their exact text.
+///
+/// Incode sends the same token with every notification until it expires, so verifying it once
+/// spares a base64 decode, two JSON parses and an HMAC per request. Only the exact text that
+/// passed verification hits, and expiry is still checked on every use. Bounded: when full it is
+/// emptied (a miss only costs one verification).
+#[derive(Default)]
+struct VerifiedTokens(std::sync::Mutex<HashMap<[u8; 32], Claims>>);
+
+impl VerifiedTokens {
+    const CAPACITY: usize = 4096;
+
+    fn get(&self, digest: &[u8; 32]) -> Option<Claims> {
+        let cache = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.get(digest).cloned()
+    }
+
+    fn insert(&self, digest: [u8; 32], claims: &Claims) {
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.len() >= Self::CAPACITY {
+            cache.clear();
+        }
+        cache.insert(digest, claims.clone());
+    }
+
+    fn remove(&self, digest: &[u8; 32]) {
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.remove(digest);
+    }
 }
 
 impl fmt::Debug for Tokens {
@@ -249,6 +290,7 @@ impl Tokens {
             encoding: EncodingKey::from_secret(&settings.signing_key.bytes),
             decoding,
             validation,
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -286,6 +328,15 @@ impl Tokens {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong);
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_seconds(SystemTime::now()).unwrap_or(0);
+        if let Some(claims) = self.verified.get(&digest) {
+            if claims.exp.saturating_add(LEEWAY.as_secs()) < now {
+                self.verified.remove(&digest);
+                return Err(TokenError::Expired);
+            }
+            return Ok(claims);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != ALGORITHM {
             return Err(TokenError::WrongAlgorithm);
@@ -295,10 +346,10 @@ impl Tokens {
         let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(classify)?
             .claims;
-        let now = unix_seconds(SystemTime::now()).unwrap_or(0);
         if claims.iat > now.saturating_add(LEEWAY.as_secs()) {
             return Err(TokenError::IssuedInFuture);
         }
+        self.verified.insert(digest, &claims);
         Ok(claims)
     }
 }
@@ -341,6 +392,32 @@ mod tests {
 
     fn client() -> ClientId {
         ClientId::parse("incode").unwrap()
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_but_its_expiry_still_applies() {
+        let tokens = tokens(key(KEY), Vec::new());
+        let issued = tokens.issue(&client()).unwrap();
+        let token = issued.access_token.expose();
+        let first = tokens.verify(token).unwrap();
+        assert_eq!(tokens.verify(token).unwrap(), first);
+
+        // A remembered token past its expiry (and the leeway) is refused and forgotten.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let expired = Claims {
+            exp: first.iat.saturating_sub(LEEWAY.as_secs() + 1),
+            ..first.clone()
+        };
+        tokens.verified.insert(digest, &expired);
+        assert!(matches!(tokens.verify(token), Err(TokenError::Expired)));
+        // Forgotten: the next use verifies the text again, which is still valid.
+        assert_eq!(tokens.verify(token).unwrap(), first);
+
+        // A different text, even one signature byte off, is never a hit.
+        let mut tampered = token.to_owned();
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(tokens.verify(&tampered).is_err());
     }
 
     #[test]
