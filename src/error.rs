@@ -87,13 +87,19 @@ pub fn grpc_status<E: ServiceError>(error: &E) -> tonic::Status {
     }
 }
 
-/// Formats an error with its whole `source()` chain, for logs.
+/// Formats an error with its whole `source()` chain, for logs and people, leaving out a cause
+/// that repeats the one before it word for word (transport errors often wrap their own kind).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
+    let mut previous = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let message = cause.to_string();
+        if message != previous {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        previous = message;
         source = cause.source();
     }
     text

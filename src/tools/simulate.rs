@@ -342,7 +342,10 @@ pub async fn main(args: SimulateArgs) -> ExitCode {
         Ok(summary) if summary.failed > 0 => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("incode-gateway simulate: {}", super::describe(&error));
+            eprintln!(
+                "incode-gateway simulate: {}",
+                crate::error::error_chain(&error)
+            );
             ExitCode::FAILURE
         }
     }
@@ -711,7 +714,7 @@ impl Incode {
                 Err(error) => {
                     return Delivery {
                         attempts: Vec::new(),
-                        token_error: Some(super::describe(&error)),
+                        token_error: Some(crate::error::error_chain(&error)),
                     };
                 }
             }

@@ -171,7 +171,7 @@ pub async fn main(args: TailArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("incode-gateway tail: {}", super::describe(&error));
+            eprintln!("incode-gateway tail: {}", crate::error::error_chain(&error));
             ExitCode::FAILURE
         }
     }

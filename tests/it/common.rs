@@ -94,6 +94,11 @@ impl Gateway {
         format!("{}{}", self.base_url, path)
     }
 
+    /// A GET on the public listener; returns the status and the parsed JSON answer.
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        answer(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
     /// Posts a JSON body as Incode does; returns the status and the parsed JSON answer.
     pub async fn post_json(&self, path: &str, body: &str) -> (StatusCode, Value) {
         let response = self

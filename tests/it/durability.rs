@@ -139,28 +139,12 @@ async fn a_failing_disk_answers_503_and_acknowledges_nothing() {
     assert_eq!(body["error"], "unavailable");
     let detail = body["detail"].as_str().unwrap();
     assert!(!detail.contains("injected"), "internals leak: {detail}");
-    let (status, ready) = answer(
-        gateway
-            .http
-            .get(gateway.url("/readyz"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, ready) = gateway.get_json("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
 
     // Incode's retry succeeds once the disk is back, and stores the event exactly once.
     switch.set_failing(false);
-    let (status, _) = answer(
-        gateway
-            .http
-            .get(gateway.url("/readyz"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = gateway.get_json("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     gateway.notify(PATH, &lost).await;
     gateway.notify(PATH, &lost).await;
@@ -186,15 +170,7 @@ async fn a_closed_log_answers_503() {
         .post_json(PATH, &onboarding_body("late", "UNKNOWN"))
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let (status, _) = answer(
-        gateway
-            .http
-            .get(gateway.url("/readyz"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = gateway.get_json("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 

@@ -15,28 +15,12 @@ use crate::common::*;
 #[tokio::test]
 async fn http_health_endpoints_answer() {
     let gateway = Gateway::start().await;
-    let (status, body) = answer(
-        gateway
-            .http
-            .get(gateway.url("/healthz"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = gateway.get_json("/healthz").await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ok"))
     );
-    let (status, body) = answer(
-        gateway
-            .http
-            .get(gateway.url("/readyz"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = gateway.get_json("/readyz").await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ready"))

@@ -21,7 +21,7 @@ mod writer;
 use std::{
     collections::VecDeque,
     fs::OpenOptions,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -132,17 +132,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl EmbeddedLog {
     /// Opens (creating on first start) the log in `data_dir`.
     pub fn open(data_dir: &Path, options: Options) -> Result<Self, LogError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| LogError::Open {
-            path: data_dir.to_owned(),
-            source: source.into(),
-        })?;
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
             redb::Builder::new()
                 .set_cache_size(CACHE_BYTES)
                 .create(&path)
         });
-        Self::open_with(data_dir.join(FILE_NAME), opener, options)
+        Self::open_with(data_dir, opener, options)
     }
 
     /// Like [`EmbeddedLog::open`], with writes failing while `switch` is on: for testing how the
@@ -152,27 +148,28 @@ impl EmbeddedLog {
         options: Options,
         switch: FaultSwitch,
     ) -> Result<Self, LogError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| LogError::Open {
-            path: data_dir.to_owned(),
-            source: source.into(),
-        })?;
         let path = data_dir.join(FILE_NAME);
-        let file_path = path.clone();
         let opener: Opener = Box::new(move || {
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&file_path)?;
+                .open(&path)?;
             redb::Builder::new()
                 .set_cache_size(CACHE_BYTES)
                 .create_with_backend(FaultyBackend::new(file, switch.clone())?)
         });
-        Self::open_with(path, opener, options)
+        Self::open_with(data_dir, opener, options)
     }
 
-    fn open_with(path: PathBuf, opener: Opener, options: Options) -> Result<Self, LogError> {
+    /// Creates `data_dir` if needed and opens the database through `opener`.
+    fn open_with(data_dir: &Path, opener: Opener, options: Options) -> Result<Self, LogError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| LogError::Open {
+            path: data_dir.to_owned(),
+            source: source.into(),
+        })?;
+        let path = data_dir.join(FILE_NAME);
         let open_error = |source: redb::Error| LogError::Open {
             path: path.clone(),
             source: source.into(),
