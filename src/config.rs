@@ -81,8 +81,9 @@ pub struct Config {
     )]
     pub internal_addr: SocketAddr,
 
-    /// Where events are stored: `embedded` (durable, on local disk under --data-dir) or
-    /// `memory` (lost on restart; for trying things out).
+    /// Where events are stored: `embedded` (durable, on local disk under --data-dir), `nats`
+    /// (a replicated NATS JetStream stream shared by several gateway replicas) or `memory` (lost
+    /// on restart; for trying things out).
     #[arg(long, env = "INCODE_GATEWAY_STORAGE", value_enum, default_value_t = StorageKind::Embedded)]
     pub storage: StorageKind,
 
@@ -98,9 +99,14 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_MAX_EVENTS")]
     pub max_events: Option<u64>,
 
-    /// How often retention and the expiry of deduplication keys run.
+    /// How often the embedded log applies retention and forgets expired deduplication keys.
     #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
     pub maintenance_interval: Duration,
+
+    /// Most durable consumers that `Ack` may create; acks of new names beyond it are refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_CONSUMERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_consumers: u32,
 
     /// Most appends committed together in one transaction and fsync (group commit); `1`
     /// commits every append on its own.
@@ -137,6 +143,104 @@ pub struct Config {
     /// How callers of the public listener authenticate.
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    /// The NATS JetStream backend (`--storage nats`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// Where the NATS backend finds its servers and stream, and how it authenticates. Used only with
+/// `--storage nats`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "NATS JetStream (--storage nats)")]
+pub struct NatsArgs {
+    /// NATS server URLs, comma-separated (`nats://host:4222`, or `tls://` for TLS); the client
+    /// fails over between them.
+    #[arg(
+        long = "nats-url",
+        env = "INCODE_GATEWAY_NATS_URL",
+        value_name = "URL,...",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub urls: Vec<String>,
+
+    /// The JetStream stream of events (created if missing); its subject is `<stream>.events`,
+    /// and the state bucket beside it `<stream>_STATE`.
+    #[arg(
+        long = "nats-stream",
+        env = "INCODE_GATEWAY_NATS_STREAM",
+        default_value = "INCODE_EVENTS"
+    )]
+    pub stream: String,
+
+    /// Replicas of the stream: 1, or 3 in a three-node cluster.
+    #[arg(long = "nats-replicas", env = "INCODE_GATEWAY_NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+
+    /// How long a webhook waits for JetStream to store its event (retrying timeouts and leader
+    /// elections with the same message id) before it is answered 503.
+    #[arg(long = "nats-publish-timeout", env = "INCODE_GATEWAY_NATS_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub publish_timeout: Duration,
+
+    /// How long start-up waits for NATS before giving up.
+    #[arg(long = "nats-connect-timeout", env = "INCODE_GATEWAY_NATS_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(
+        long = "nats-credentials",
+        env = "INCODE_GATEWAY_NATS_CREDENTIALS",
+        value_name = "FILE"
+    )]
+    pub credentials: Option<PathBuf>,
+
+    /// A NATS user name, with --nats-password.
+    #[arg(long = "nats-user", env = "INCODE_GATEWAY_NATS_USER")]
+    pub user: Option<String>,
+
+    /// The NATS user's password. Prefer the environment variable: flags show in the process
+    /// list.
+    #[arg(
+        long = "nats-password",
+        env = "INCODE_GATEWAY_NATS_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<Secret>,
+
+    /// A NATS authentication token. Prefer the environment variable.
+    #[arg(
+        long = "nats-token",
+        env = "INCODE_GATEWAY_NATS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<Secret>,
+
+    /// CA certificates (PEM) that sign the NATS servers' certificates; TLS is then required.
+    #[arg(
+        long = "nats-tls-ca",
+        env = "INCODE_GATEWAY_NATS_TLS_CA",
+        value_name = "FILE"
+    )]
+    pub tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for NATS servers that verify clients, with --nats-tls-key.
+    #[arg(
+        long = "nats-tls-cert",
+        env = "INCODE_GATEWAY_NATS_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The key (PEM) of --nats-tls-cert.
+    #[arg(
+        long = "nats-tls-key",
+        env = "INCODE_GATEWAY_NATS_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Authentication of the public listener: the OAuth clients Incode uses at `/oauth/token`, the
@@ -229,6 +333,8 @@ pub struct AuthArgs {
 pub enum StorageKind {
     /// Durable, in a redb file under `--data-dir`.
     Embedded,
+    /// Durable and replicated, in a NATS JetStream stream shared by several gateways.
+    Nats,
     /// In memory; lost on restart.
     Memory,
 }
@@ -274,7 +380,42 @@ impl Config {
         let mut options = crate::log::embedded::Options::new(self.dedup_window);
         options.retention = self.retention;
         options.max_events = self.max_events;
+        options.maintenance_interval = self.maintenance_interval;
         options.max_commit_batch = usize::try_from(self.max_commit_batch).unwrap_or(usize::MAX);
+        options
+    }
+
+    /// Options of the memory log.
+    pub fn memory_log_options(&self) -> crate::log::memory::MemoryOptions {
+        crate::log::memory::MemoryOptions {
+            dedup_window: self.dedup_window,
+            retention: self.retention,
+            max_events: self.max_events,
+        }
+    }
+
+    /// Options of the NATS log.
+    pub fn nats_log_options(&self) -> crate::log::nats::NatsOptions {
+        let nats = &self.nats;
+        let mut options =
+            crate::log::nats::NatsOptions::new(nats.urls.clone(), nats.stream.clone());
+        options.replicas = usize::from(nats.replicas);
+        options.dedup_window = self.dedup_window;
+        options.retention = self.retention;
+        options.max_events = self.max_events;
+        options.publish_timeout = nats.publish_timeout;
+        options.connect_timeout = nats.connect_timeout;
+        options.auth = crate::log::nats::NatsAuth {
+            credentials_file: nats.credentials.clone(),
+            user: nats.user.clone(),
+            password: nats.password.clone(),
+            token: nats.token.clone(),
+        };
+        options.tls = crate::log::nats::NatsTls {
+            ca_file: nats.tls_ca.clone(),
+            cert_file: nats.tls_cert.clone(),
+            key_file: nats.tls_key.clone(),
+        };
         options
     }
 }

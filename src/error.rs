@@ -23,6 +23,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// A position beyond what exists.
     OutOfRange,
+    /// A quota is used up (too many consumers).
+    ResourceExhausted,
     /// A dependency (the event log) cannot serve now; retrying later may succeed.
     Unavailable,
     /// A bug or an unexpected condition.
@@ -40,6 +42,7 @@ impl ErrorCode {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::OutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType | Self::MethodNotAllowed => tonic::Code::Unimplemented,
             Self::NotFound => tonic::Code::NotFound,
             Self::OutOfRange => tonic::Code::OutOfRange,
+            Self::ResourceExhausted => tonic::Code::ResourceExhausted,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
         }

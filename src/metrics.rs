@@ -100,7 +100,7 @@ impl Metrics {
         meter
             .u64_observable_gauge("incode_gateway.log.head_sequence")
             .with_description("Sequence of the newest stored event")
-            .with_callback(move |observer| observer.observe(head_log.bounds().head, &[]))
+            .with_callback(move |observer| observer.observe(head_log.known_head(), &[]))
             .build();
         let lag_streams = streams.clone();
         meter
@@ -110,7 +110,7 @@ impl Metrics {
             )
             .with_unit("{event}")
             .with_callback(move |observer| {
-                let head = log.bounds().head;
+                let head = log.known_head();
                 let streams = lag_streams
                     .streams
                     .lock()

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     error::{ErrorCode, ServiceError, grpc_status},
-    log::{ConsumerName, InvalidConsumerName, LogError, SharedLog},
+    log::{ConsumerName, Cursors, InvalidConsumerName, LogError, SharedLog},
     metrics::Metrics,
     proto::v1::{self, event_stream_service_server::EventStreamService, start_position::Position},
     telemetry,
@@ -31,6 +31,7 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// The `EventStreamService` implementation.
 pub struct EventStream {
     log: SharedLog,
+    cursors: Cursors,
     metrics: Metrics,
     settings: GrpcSettings,
     shutdown: CancellationToken,
@@ -40,12 +41,14 @@ impl EventStream {
     /// Serves subscriptions over `log`; streams end when `shutdown` is cancelled.
     pub fn new(
         log: SharedLog,
+        cursors: Cursors,
         metrics: Metrics,
         settings: GrpcSettings,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             log,
+            cursors,
             metrics,
             settings,
             shutdown,
@@ -59,12 +62,12 @@ impl EventStream {
     ) -> Result<Start, StartError> {
         let position = match (position, consumer) {
             (None, Some(consumer)) => {
-                let cursor = self.log.cursor(consumer).await?.unwrap_or(0);
+                let cursor = self.cursors.get(consumer).await?.unwrap_or(0);
                 Some(Position::AfterSequence(cursor))
             }
             (position, _) => position,
         };
-        let bounds = self.log.bounds();
+        let bounds = self.log.bounds().await?;
         let from_past = |next| Start {
             next,
             announce_caught_up: true,
@@ -89,7 +92,15 @@ impl EventStream {
                 if since > SystemTime::now() + CLOCK_SKEW {
                     return Err(StartError::FutureTime);
                 }
-                Ok(from_past(self.log.sequence_at(since).await?))
+                let next = self.log.sequence_at(since).await?;
+                // Retention keeps no times of removed events: when the oldest stored event is
+                // younger than `since` asks for, some removed ones may have been received after
+                // it, and the stream says so with a gap rather than skip them silently.
+                if next == bounds.first && bounds.has_removed() {
+                    Ok(from_past(1))
+                } else {
+                    Ok(from_past(next))
+                }
             }
         }
     }
@@ -157,7 +168,7 @@ impl EventStreamService for EventStream {
             span,
             trace_deliveries: self.settings.trace_deliveries,
         };
-        Ok(Response::new(Box::pin(subscription.into_stream())))
+        Ok(Response::new(Box::pin(subscription.into_stream().await?)))
     }
 
     async fn ack(
@@ -169,7 +180,12 @@ impl EventStreamService for EventStream {
         let request = request.into_inner();
         let consumer = parse_consumer(&request.consumer)?
             .ok_or_else(|| Status::invalid_argument("consumer is required"))?;
-        let head = self.log.bounds().head;
+        let head = self
+            .log
+            .bounds()
+            .await
+            .map_err(|error| grpc_status(&error))?
+            .head;
         if request.sequence > head {
             return Err(Status::out_of_range(format!(
                 "sequence {} is beyond the newest stored event ({head})",
@@ -177,7 +193,7 @@ impl EventStreamService for EventStream {
             )));
         }
         let sequence = self
-            .log
+            .cursors
             .ack(&consumer, request.sequence)
             .await
             .map_err(|error| grpc_status(&error))?;

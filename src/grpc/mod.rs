@@ -16,7 +16,7 @@ pub use event_stream::EventStream;
 pub use filter::{Filter, FilterError};
 
 use crate::{
-    log::SharedLog,
+    log::{Cursors, SharedLog},
     metrics::Metrics,
     proto::v1::{self, event_stream_service_server::EventStreamServiceServer},
 };
@@ -37,6 +37,7 @@ pub struct GrpcSettings {
 pub fn serve(
     listener: TcpListener,
     log: SharedLog,
+    cursors: Cursors,
     metrics: Metrics,
     settings: GrpcSettings,
     shutdown: CancellationToken,
@@ -49,8 +50,10 @@ pub fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let log_for_health = log.clone();
     let event_stream = EventStreamServiceServer::new(EventStream::new(
         log,
+        cursors,
         metrics.clone(),
         settings,
         shutdown.clone(),
@@ -63,9 +66,15 @@ pub fn serve(
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(async move {
+        // Serving from the start, as the log was open; the readiness task follows it from here.
         health_reporter
             .set_serving::<EventStreamServiceServer<EventStream>>()
             .await;
+        tokio::spawn(report_readiness(
+            log_for_health,
+            health_reporter,
+            shutdown.clone(),
+        ));
         tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(Routes::from(routes))
@@ -82,4 +91,40 @@ async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
         )],
         metrics.render_prometheus(),
     )
+}
+
+/// Keeps `grpc.health.v1` in step with the event log: `SERVING` while it can take events,
+/// `NOT_SERVING` while it cannot (a failing disk, NATS unreachable or without a stream leader).
+async fn report_readiness(
+    log: SharedLog,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    const EVERY: Duration = Duration::from_secs(1);
+    let mut ready = Some(true);
+    loop {
+        let now_ready = log.check_ready().await.is_ok();
+        if ready != Some(now_ready) {
+            let status = if now_ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            if now_ready {
+                reporter
+                    .set_serving::<EventStreamServiceServer<EventStream>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<EventStreamServiceServer<EventStream>>()
+                    .await;
+            }
+            ready = Some(now_ready);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
 }

@@ -124,7 +124,7 @@ pub enum TailError {
         /// The gateway's message.
         message: String,
     },
-    /// The gateway ended the stream (it is shutting down).
+    /// The gateway ended the stream (it is shutting down, or gone).
     #[error("the gateway ended the stream{}", resume_hint(*.cursor))]
     Ended {
         /// Every event up to this sequence has been considered.
@@ -192,7 +192,17 @@ pub async fn run(args: &TailArgs, out: &mut impl Write) -> Result<(), TailError>
 
     let mut printed = 0_u64;
     let mut cursor = None;
-    while let Some(message) = stream.message().await? {
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            // The gateway ends streams with UNAVAILABLE when it shuts down.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tracing::debug!(message = status.message(), "stream ended");
+                break;
+            }
+            Err(status) => return Err(status.into()),
+        };
         match message.response {
             Some(Response::Event(event)) => {
                 let line = json.to_json(&event)?;

@@ -4,9 +4,12 @@
 
 mod auth_common;
 mod common;
+mod conformance;
 mod crash;
 mod durability;
+mod nats_server;
 mod oauth;
+mod scale_out;
 mod secrets;
 mod service;
 mod simulate;
