@@ -9,7 +9,7 @@ use crate::{
     auth::{Auth, AuthSetupError},
     config::{Config, StorageKind},
     error::error_chain,
-    grpc::{self, GrpcSettings},
+    grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{EmbeddedLog, MemoryLog, SharedLog},
     metrics::{Metrics, MetricsError},
@@ -22,6 +22,13 @@ pub enum ServerError {
     /// The authentication settings are not usable (or leave the webhooks open).
     #[error("the authentication settings are not usable")]
     Auth(#[from] AuthSetupError),
+    /// The internal listener's TLS or subscriber settings are not usable, or leave it open on
+    /// the network.
+    #[error("the internal listener settings are not usable")]
+    Internal(#[from] SetupError),
+    /// The internal listener's address could not be read.
+    #[error("cannot read the internal listener's address")]
+    InternalAddr(#[source] std::io::Error),
     /// The event log could not be opened.
     #[error("could not open the event log")]
     OpenLog(#[source] crate::log::LogError),
@@ -65,8 +72,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     // Configuration mistakes are reported before anything touches the disk.
     let auth = Arc::new(Auth::from_config(&config)?);
+    let security = internal_security(&config, &internal)?;
     let log = open_log(&config)?;
-    serve(config, auth, log, public, internal, shutdown).await
+    serve(config, auth, security, log, public, internal, shutdown).await
 }
 
 /// [`run`] over an already opened log.
@@ -78,12 +86,20 @@ pub async fn run_with_log(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let auth = Arc::new(Auth::from_config(&config)?);
-    serve(config, auth, log, public, internal, shutdown).await
+    let security = internal_security(&config, &internal)?;
+    serve(config, auth, security, log, public, internal, shutdown).await
+}
+
+/// The internal listener's access policy and TLS, checked against the address it is bound to.
+fn internal_security(config: &Config, internal: &TcpListener) -> Result<Security, ServerError> {
+    let bound = internal.local_addr().map_err(ServerError::InternalAddr)?;
+    Ok(Security::from_config(config, bound)?)
 }
 
 async fn serve(
     config: Config,
     auth: Arc<Auth>,
+    security: Security,
     log: SharedLog,
     public: TcpListener,
     internal: TcpListener,
@@ -120,10 +136,8 @@ async fn serve(
         internal,
         log.clone(),
         metrics.clone(),
-        GrpcSettings {
-            heartbeat_interval: config.heartbeat_interval,
-            trace_deliveries: telemetry::traces_enabled(),
-        },
+        GrpcSettings::from_config(&config, telemetry::traces_enabled()),
+        security,
         token.clone(),
     )?;
 
