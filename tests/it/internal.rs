@@ -1241,3 +1241,150 @@ fn transport_flags_parse_and_zero_turns_keepalives_off() {
         assert!(error.contains(bad[0]), "{error}");
     }
 }
+
+// ---- The tail tool ----
+
+fn tail(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BINARY);
+    command
+        .arg("tail")
+        .args(args)
+        .env_remove("INCODE_GATEWAY_TAIL_ADDR")
+        .env_remove("INCODE_GATEWAY_TAIL_TOKEN")
+        .env_remove("INCODE_GATEWAY_TAIL_CA")
+        .env_remove("INCODE_GATEWAY_TAIL_CERT")
+        .env_remove("INCODE_GATEWAY_TAIL_KEY")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run_tail(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    tokio::time::timeout(PATIENCE, tail(args, env).output())
+        .await
+        .expect("tail did not exit in time")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tail_connects_with_tls_a_client_certificate_and_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("gateway CA");
+    let clients = TestCa::new("subscribers CA");
+    let files = TlsFiles::new(&ca.server(), Some(&clients));
+    let mut config = token_config(dir.path());
+    config.internal.internal_tls_cert = Some(files.cert());
+    config.internal.internal_tls_key = Some(files.key());
+    config.internal.internal_client_ca = Some(files.client_ca());
+    let gateway = Gateway::start_with(config).await;
+    gateway
+        .notify(WEBHOOK, &onboarding_body("tail-tls", "ONBOARDING_FINISHED"))
+        .await;
+
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let billing = clients.client("billing");
+    let ca_file = write("ca.pem", &ca.pem);
+    let cert_file = write("billing.pem", &billing.cert_pem);
+    let key_file = write("billing.key", &billing.key_pem);
+    let addr = format!("https://{}", gateway.grpc_addr);
+    let args = [
+        "--addr",
+        &addr,
+        "--ca",
+        &ca_file,
+        "--cert",
+        &cert_file,
+        "--key",
+        &key_file,
+        "--consumer",
+        "billing-eu",
+        "--max-events",
+        "1",
+    ];
+
+    let output = run_tail(&args, &[("INCODE_GATEWAY_TAIL_TOKEN", BILLING_TOKEN)]).await;
+    assert!(output.status.success(), "{output:?}");
+    let event: serde_json::Value =
+        serde_json::from_slice(output.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(
+        event["onboardingStatusChanged"]["interviewId"], "tail-tls",
+        "{event}"
+    );
+
+    // A wrong token: a clear error that does not repeat it.
+    let output = run_tail(&args, &[("INCODE_GATEWAY_TAIL_TOKEN", WRONG_TOKEN)]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    assert!(!stderr.contains(WRONG_TOKEN), "{stderr}");
+
+    // Another subscriber's consumer.
+    let mut others = args.to_vec();
+    others[9] = "payments";
+    let output = run_tail(&others, &[]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+
+    // Without the client certificate.
+    let output = run_tail(&args[..4], &[("INCODE_GATEWAY_TAIL_TOKEN", BILLING_TOKEN)]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("client certificate"), "{stderr}");
+
+    // TLS options need an https:// address; --cert needs --key.
+    let plain = format!("http://{}", gateway.grpc_addr);
+    let output = run_tail(&["--addr", &plain, "--ca", &ca_file], &[]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("https://"), "{stderr}");
+    let output = run_tail(&["--addr", &addr, "--cert", &cert_file], &[]).await;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--key"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn tail_authenticates_with_a_token_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("gateway CA");
+    let files = TlsFiles::new(&ca.server(), None);
+    let mut config = token_config(dir.path());
+    config.internal.internal_tls_cert = Some(files.cert());
+    config.internal.internal_tls_key = Some(files.key());
+    let gateway = Gateway::start_with(config).await;
+    gateway
+        .notify(
+            WEBHOOK,
+            &onboarding_body("tail-token", "ONBOARDING_FINISHED"),
+        )
+        .await;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca_file.to_string_lossy().into_owned();
+    let addr = format!("https://localhost:{}", gateway.grpc_addr.port());
+    let args = [
+        "--addr",
+        &addr,
+        "--ca",
+        &ca_file,
+        "--from",
+        "earliest",
+        "--max-events",
+        "1",
+    ];
+    let mut with_token = args.to_vec();
+    with_token.extend(["--token", PAYMENTS_TOKEN]);
+    let output = run_tail(&with_token, &[]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("tail-token"));
+
+    let output = run_tail(&args, &[]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+}
