@@ -79,7 +79,7 @@ impl Access {
         headers: &HeaderMap,
     ) -> Result<Caller, Refusal> {
         if !self.is_enforced() {
-            return Ok(Caller(Kind::Unrestricted));
+            return Ok(Caller::new(Kind::Unrestricted));
         }
         let by_certificate = if self.client_certificates {
             let leaf = certificates
@@ -92,7 +92,7 @@ impl Access {
                     .iter()
                     .find(|name| is_plain_name(name, super::identity::MAX_NAME_LEN))
                     .map_or_else(|| "unnamed-certificate".to_owned(), Clone::clone);
-                return Ok(Caller(Kind::Certificate(Arc::from(name))));
+                return Ok(Caller::new(Kind::Certificate(Arc::from(name))));
             }
             let subscriber = self
                 .subscribers
@@ -117,9 +117,9 @@ impl Access {
                 Err(Refusal::CertificateAndTokenDisagree)
             }
             (Some(subscriber), _) | (None, Some(subscriber)) => {
-                Ok(Caller(Kind::Subscriber(subscriber)))
+                Ok(Caller::new(Kind::Subscriber(subscriber)))
             }
-            (None, None) => Ok(Caller(Kind::Anonymous {
+            (None, None) => Ok(Caller::new(Kind::Anonymous {
                 may_read: self.anonymous_reads,
             })),
         }
@@ -151,9 +151,12 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&[u8]>, Refusal> {
     Ok(Some(token))
 }
 
-/// Who made a call, once authenticated. Cheap to clone.
+/// Who made a call, once authenticated, and from where. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Caller(Kind);
+pub struct Caller {
+    kind: Kind,
+    peer: Option<SocketAddr>,
+}
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -168,15 +171,19 @@ enum Kind {
 }
 
 impl Caller {
-    /// A caller that may do everything (no policy configured); for embedding and tests.
-    pub fn unrestricted() -> Self {
-        Self(Kind::Unrestricted)
+    fn new(kind: Kind) -> Self {
+        Self { kind, peer: None }
+    }
+
+    /// The client's address, when known.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     /// The identity's name for logs, spans and metrics: a subscriber's or certificate's name,
     /// or `anonymous`. Never a credential.
     pub fn name(&self) -> &str {
-        match &self.0 {
+        match &self.kind {
             Kind::Certificate(name) => name,
             Kind::Subscriber(subscriber) => subscriber.name(),
             Kind::Unrestricted | Kind::Anonymous { .. } => ANONYMOUS,
@@ -185,7 +192,7 @@ impl Caller {
 
     /// May it subscribe without a consumer (every event, from any position)?
     pub fn authorize_stream(&self) -> Result<(), Refusal> {
-        match &self.0 {
+        match &self.kind {
             Kind::Unrestricted | Kind::Certificate(_) => Ok(()),
             Kind::Subscriber(subscriber) if subscriber.may_read_stream() => Ok(()),
             Kind::Subscriber(_) => Err(Refusal::StreamNotAllowed),
@@ -197,7 +204,7 @@ impl Caller {
     /// May it use and acknowledge the durable consumer or consumer group `name` (validated by
     /// the caller)? Consumers and groups share one namespace, so both ask here.
     pub fn authorize_consumer(&self, name: &str) -> Result<(), Refusal> {
-        match &self.0 {
+        match &self.kind {
             Kind::Unrestricted | Kind::Certificate(_) => Ok(()),
             Kind::Subscriber(subscriber) if subscriber.may_use_consumer(name) => Ok(()),
             Kind::Subscriber(_) => Err(Refusal::ConsumerNotAllowed {
@@ -210,7 +217,7 @@ impl Caller {
     /// May it use server reflection and `GET /metrics`? Any identity may; a caller without
     /// credentials only where anonymous reads are allowed.
     pub fn authorize_introspection(&self) -> Result<(), Refusal> {
-        match &self.0 {
+        match &self.kind {
             Kind::Anonymous { may_read: false } => Err(Refusal::CredentialsRequired),
             _ => Ok(()),
         }
@@ -319,6 +326,7 @@ pub(super) async fn guard(
     }
     let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
     let certificates = tls.and_then(TlsConnectInfo::peer_certs);
+    let peer = remote_addr(request.extensions());
     let caller = state
         .access
         .authenticate(
@@ -334,12 +342,12 @@ pub(super) async fn guard(
             }
         });
     match caller {
-        Ok(caller) => {
+        Ok(mut caller) => {
+            caller.peer = peer;
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(refusal) => {
-            let peer = remote_addr(request.extensions());
             refused(&state.metrics, &refusal, None, path, peer);
             if path == "/metrics" {
                 http_refusal(&refusal)
@@ -428,7 +436,7 @@ fn refusal_status(
     method: &str,
 ) -> tonic::Status {
     let path = format!("{EVENT_STREAM_PREFIX}{method}");
-    refused(metrics, refusal, Some(caller), &path, None);
+    refused(metrics, refusal, Some(caller), &path, caller.peer());
     tonic::Status::new(refusal.error_code().grpc_code(), refusal.to_string())
 }
 

@@ -248,25 +248,6 @@ impl Security {
             reload_interval: args.internal_tls_reload_interval,
         })
     }
-
-    /// No TLS and no restriction: what a loopback listener with nothing configured gets.
-    pub fn open() -> Self {
-        Self {
-            access: Arc::new(Access::new(Subscribers::default(), false, false)),
-            tls: None,
-            reload_interval: Duration::from_secs(5),
-        }
-    }
-
-    /// The access policy.
-    pub fn access(&self) -> &Access {
-        &self.access
-    }
-
-    /// Whether the listener speaks TLS.
-    pub fn tls(&self) -> bool {
-        self.tls.is_some()
-    }
 }
 
 /// Whether `ip` is a loopback address (an IPv4-mapped one too).

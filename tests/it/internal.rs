@@ -842,7 +842,11 @@ async fn spans_and_logs_name_the_subscriber_and_never_a_token() {
     assert!(
         refusals
             .iter()
-            .any(|r| r["reason"] == "consumer_not_allowed" && r["subscriber"] == "billing"),
+            .any(|r| r["reason"] == "consumer_not_allowed"
+                && r["subscriber"] == "billing"
+                && r["peer"]
+                    .as_str()
+                    .is_some_and(|peer| peer.starts_with("127.0.0.1:"))),
         "{refusals:?}"
     );
     assert!(
