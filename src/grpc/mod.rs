@@ -308,6 +308,8 @@ pub fn serve(
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .add_routes(Routes::from(routes));
     let tcp = incoming::tcp(listener, limits.tcp_keepalive);
+    // Installed now, before anyone is served, so that a SIGHUP from then on reloads.
+    let hangup = security.tls.as_ref().map(|_| tls::hangup_signal());
     Ok(async move {
         health_reporter
             .set_serving::<EventStreamServiceServer<EventStream>>()
@@ -318,6 +320,7 @@ pub fn serve(
                 tokio::spawn(tls::watch(
                     tls.clone(),
                     security.reload_interval,
+                    hangup.flatten(),
                     shutdown.clone(),
                 ));
                 let incoming = incoming::tls(tcp, tls, shutdown);

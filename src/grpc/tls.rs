@@ -247,12 +247,16 @@ impl ReloadingTls {
     }
 }
 
-/// Reloads `tls` when its files change (checked every `interval`) and on SIGHUP, until
-/// `shutdown`.
-pub async fn watch(tls: Arc<ReloadingTls>, interval: Duration, shutdown: CancellationToken) {
+/// Reloads `tls` when its files change (checked every `interval`) and on SIGHUP (`hangup`,
+/// from [`hangup_signal`]), until `shutdown`.
+pub async fn watch(
+    tls: Arc<ReloadingTls>,
+    interval: Duration,
+    mut hangup: Hangup,
+    shutdown: CancellationToken,
+) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hangup = hangup_signal();
     loop {
         let force = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -279,13 +283,17 @@ pub async fn watch(tls: Arc<ReloadingTls>, interval: Duration, shutdown: Cancell
     }
 }
 
+/// A SIGHUP listener, if one could be installed.
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub type Hangup = Option<tokio::signal::unix::Signal>;
+/// No SIGHUP outside Unix.
 #[cfg(not(unix))]
-type Hangup = Option<()>;
+pub type Hangup = Option<()>;
 
+/// Starts listening for SIGHUP. Call it before the listener serves anyone: from then on a SIGHUP
+/// no longer terminates the process.
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub fn hangup_signal() -> Hangup {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(error) => {
@@ -295,8 +303,9 @@ fn hangup_signal() -> Hangup {
     }
 }
 
+/// Starts listening for SIGHUP (nothing to listen for outside Unix).
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
+pub fn hangup_signal() -> Hangup {
     None
 }
 
