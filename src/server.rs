@@ -25,7 +25,7 @@ pub enum ServerError {
     /// The internal listener's TLS or subscriber settings are not usable, or leave it open on
     /// the network.
     #[error("the internal listener settings are not usable")]
-    Internal(#[from] SetupError),
+    InternalListener(#[from] SetupError),
     /// The internal listener's address could not be read.
     #[error("cannot read the internal listener's address")]
     InternalAddr(#[source] std::io::Error),

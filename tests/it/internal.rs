@@ -451,7 +451,10 @@ async fn inconsistent_internal_settings_are_refused_with_a_clear_error() {
         "[[subscribers]]\nname = \"billing\"\ntokens = [\"short-secret\"]\n",
     ));
     let error = Gateway::start_with(config).await.stop().await.unwrap_err();
-    assert!(matches!(error, ServerError::Internal(_)), "{error:?}");
+    assert!(
+        matches!(error, ServerError::InternalListener(_)),
+        "{error:?}"
+    );
 }
 
 // ---- TLS ----
