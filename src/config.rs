@@ -73,11 +73,14 @@ pub struct Config {
     )]
     pub public_addr: SocketAddr,
 
-    /// Address of the internal listener (gRPC subscriptions, gRPC health and reflection).
+    /// Address of the internal listener (gRPC subscriptions, gRPC health and reflection,
+    /// metrics). Loopback by default: on any other address `serve` refuses to start unless
+    /// subscribers are authenticated (mutual TLS or tokens) or
+    /// --allow-unauthenticated-subscribers is given.
     #[arg(
         long,
         env = "INCODE_GATEWAY_INTERNAL_ADDR",
-        default_value = "0.0.0.0:50051"
+        default_value = "127.0.0.1:50051"
     )]
     pub internal_addr: SocketAddr,
 
@@ -135,8 +138,9 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// A TOML file with OAuth clients, token keys and webhook headers (format in the README).
-    /// Flags and environment variables override what it says.
+    /// A TOML file with OAuth clients, token keys, webhook headers and the internal listener's
+    /// subscribers (format in the README and docs/internal-listener.md). Flags and environment
+    /// variables override what it says.
     #[arg(long = "config", env = "INCODE_GATEWAY_CONFIG", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
@@ -147,6 +151,10 @@ pub struct Config {
     /// The NATS JetStream backend (`--storage nats`).
     #[command(flatten)]
     pub nats: NatsArgs,
+
+    /// TLS, subscriber authentication and transport limits of the internal listener.
+    #[command(flatten)]
+    pub internal: InternalListenerArgs,
 }
 
 /// Where the NATS backend finds its servers and stream, and how it authenticates. Used only with
@@ -241,6 +249,106 @@ pub struct NatsArgs {
         value_name = "FILE"
     )]
     pub tls_key: Option<PathBuf>,
+}
+
+/// The internal listener: TLS (reloaded when the files change or on SIGHUP), mutual TLS, who may
+/// subscribe without credentials, and HTTP/2 and TCP limits. Subscriber identities (names,
+/// tokens, the consumers each may use) are `[[subscribers]]` in the --config file. See
+/// docs/internal-listener.md.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Internal listener")]
+pub struct InternalListenerArgs {
+    /// PEM certificate chain of the internal listener (server certificate first). With
+    /// --internal-tls-key, the listener speaks TLS only.
+    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_TLS_CERT", value_name = "FILE")]
+    pub internal_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --internal-tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_TLS_KEY", value_name = "FILE")]
+    pub internal_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that sign subscribers' client certificates: turns on mutual TLS.
+    /// Every call then needs a client certificate signed by one of them, except gRPC health
+    /// checks.
+    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_CLIENT_CA", value_name = "FILE")]
+    pub internal_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes (they are also reloaded on SIGHUP).
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_TLS_RELOAD_INTERVAL",
+        default_value = "5s",
+        value_parser = parse_positive_duration
+    )]
+    pub internal_tls_reload_interval: Duration,
+
+    /// Let the internal listener start on a non-loopback address although nothing
+    /// authenticates subscribers: anyone who can reach it can then read every event and move
+    /// every durable consumer.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_SUBSCRIBERS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_unauthenticated_subscribers: bool,
+
+    /// With subscribers configured, still let callers without credentials subscribe without a
+    /// consumer (the plain stream), and use reflection and /metrics. Durable consumers always
+    /// need a subscriber identity.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_ALLOW_ANONYMOUS_READS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_anonymous_reads: bool,
+
+    /// Most concurrent streams (calls) a client may open on one HTTP/2 connection.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_MAX_CONCURRENT_STREAMS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub internal_max_concurrent_streams: u32,
+
+    /// How often an HTTP/2 PING is sent to each client to find dead connections; `0s` turns it
+    /// off.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_HTTP2_KEEPALIVE_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub internal_http2_keepalive_interval: Duration,
+
+    /// How long an unanswered HTTP/2 keepalive PING waits before the connection is closed.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_HTTP2_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        value_parser = parse_positive_duration
+    )]
+    pub internal_http2_keepalive_timeout: Duration,
+
+    /// Idle time before TCP keepalive probes start on internal connections; `0s` turns them
+    /// off.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_TCP_KEEPALIVE",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub internal_tcp_keepalive: Duration,
+
+    /// Largest gRPC request message accepted, in bytes (decoded); larger ones are refused with
+    /// OUT_OF_RANGE.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_MAX_MESSAGE_BYTES",
+        default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u32).range(1024..)
+    )]
+    pub internal_max_message_bytes: u32,
 }
 
 /// Authentication of the public listener: the OAuth clients Incode uses at `/oauth/token`, the
@@ -432,8 +540,13 @@ mod tests {
         assert_eq!(config.public_addr, SocketAddr::from(([0, 0, 0, 0], 8080)));
         assert_eq!(
             config.internal_addr,
-            SocketAddr::from(([0, 0, 0, 0], 50051))
+            SocketAddr::from(([127, 0, 0, 1], 50051))
         );
+        assert_eq!(config.internal.internal_tls_cert, None);
+        assert!(!config.internal.allow_unauthenticated_subscribers);
+        assert!(!config.internal.allow_anonymous_reads);
+        assert_eq!(config.internal.internal_max_concurrent_streams, 256);
+        assert_eq!(config.internal.internal_max_message_bytes, 1024 * 1024);
         assert_eq!(config.storage, StorageKind::Embedded);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.dedup_window, Duration::from_secs(24 * 3600));

@@ -9,7 +9,7 @@ use crate::{
     auth::{Auth, AuthSetupError},
     config::{Config, StorageKind},
     error::error_chain,
-    grpc::{self, GrpcSettings},
+    grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
         Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage, embedded::OpenError, nats::NatsOpenError,
@@ -24,6 +24,13 @@ pub enum ServerError {
     /// The authentication settings are not usable (or leave the webhooks open).
     #[error("the authentication settings are not usable")]
     Auth(#[from] AuthSetupError),
+    /// The internal listener's TLS or subscriber settings are not usable, or leave it open on
+    /// the network.
+    #[error("the internal listener settings are not usable")]
+    InternalListener(#[from] SetupError),
+    /// The internal listener's address could not be read.
+    #[error("cannot read the internal listener's address")]
+    InternalAddr(#[source] std::io::Error),
     /// The embedded event log could not be opened.
     #[error("could not open the event log")]
     OpenEmbedded(#[from] OpenError),
@@ -72,8 +79,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     // Configuration mistakes are reported before anything touches the disk.
     let auth = Arc::new(Auth::from_config(&config)?);
+    let security = internal_security(&config, &internal)?;
     let storage = open_storage(&config).await?;
-    serve(config, auth, storage, public, internal, shutdown).await
+    serve(config, auth, security, storage, public, internal, shutdown).await
 }
 
 /// [`run`] over already opened storage.
@@ -85,12 +93,20 @@ pub async fn run_with_storage(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let auth = Arc::new(Auth::from_config(&config)?);
-    serve(config, auth, storage, public, internal, shutdown).await
+    let security = internal_security(&config, &internal)?;
+    serve(config, auth, security, storage, public, internal, shutdown).await
+}
+
+/// The internal listener's access policy and TLS, checked against the address it is bound to.
+fn internal_security(config: &Config, internal: &TcpListener) -> Result<Security, ServerError> {
+    let bound = internal.local_addr().map_err(ServerError::InternalAddr)?;
+    Ok(Security::from_config(config, bound)?)
 }
 
 async fn serve(
     config: Config,
     auth: Arc<Auth>,
+    security: Security,
     storage: Storage,
     public: TcpListener,
     internal: TcpListener,
@@ -127,10 +143,8 @@ async fn serve(
         log.clone(),
         cursors,
         metrics.clone(),
-        GrpcSettings {
-            heartbeat_interval: config.heartbeat_interval,
-            trace_deliveries: telemetry::traces_enabled(),
-        },
+        GrpcSettings::from_config(&config, telemetry::traces_enabled()),
+        security,
         token.clone(),
     )?;
 

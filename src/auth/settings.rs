@@ -113,7 +113,10 @@ impl AuthSettings {
     }
 
     fn resolve(args: &AuthArgs, file: ConfigFile) -> Result<Self, AuthSetupError> {
-        let ConfigFile { oauth, webhooks } = file;
+        // `[[subscribers]]` belongs to the internal listener (crate::grpc).
+        let ConfigFile {
+            oauth, webhooks, ..
+        } = file;
 
         // The client given by flags replaces a file client with the same id.
         let mut clients: Vec<ClientConfig> = oauth
@@ -268,6 +271,7 @@ mod tests {
                 headers: [("X-A".to_owned(), Secret::new("file"))].into(),
                 allow_unauthenticated: false,
             },
+            subscribers: Vec::new(),
         }
     }
 

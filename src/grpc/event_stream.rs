@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
-    GrpcSettings,
+    GrpcSettings, access,
     filter::Filter,
     subscription::{Start, Subscription},
 };
@@ -143,18 +143,27 @@ impl EventStreamService for EventStream {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let span = rpc_span("Subscribe", request.metadata());
+        let caller = access::caller_of(&request)?;
+        span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
+        let consumer = parse_consumer(&request.consumer)?;
+        span.in_scope(|| access::authorize_subscribe(&caller, consumer.as_ref(), &self.metrics))?;
         let filter = Filter::try_from(request.filter.unwrap_or_default())
             .map_err(|error| grpc_status(&error))?;
-        let consumer = parse_consumer(&request.consumer)?;
         let position = request.start.and_then(|start| start.position);
         let start = self
             .resolve_start(position, consumer.as_ref())
             .await
             .map_err(|error| grpc_status(&error))?;
-        let subscriber = consumer.as_ref().map_or("anonymous", ConsumerName::as_str);
+        let subscriber = caller.name();
+        let consumer_name = consumer.as_ref().map(ConsumerName::as_str);
         span.in_scope(|| {
-            tracing::info!(next = start.next, subscriber, "subscription started");
+            tracing::info!(
+                next = start.next,
+                subscriber,
+                consumer = consumer_name,
+                "subscription started"
+            );
         });
         let subscription = Subscription {
             log: self.log.clone(),
@@ -162,7 +171,7 @@ impl EventStreamService for EventStream {
             filter,
             heartbeat_interval: self.settings.heartbeat_interval,
             shutdown: self.shutdown.clone(),
-            stream_metrics: self.metrics.stream_opened(subscriber),
+            stream_metrics: self.metrics.stream_opened(subscriber, consumer_name),
             metrics: self.metrics.clone(),
             consumer,
             span,
@@ -177,9 +186,12 @@ impl EventStreamService for EventStream {
     ) -> Result<Response<v1::AckResponse>, Status> {
         let span = rpc_span("Ack", request.metadata());
         let _entered = span.enter();
+        let caller = access::caller_of(&request)?;
+        span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
         let consumer = parse_consumer(&request.consumer)?
             .ok_or_else(|| Status::invalid_argument("consumer is required"))?;
+        access::authorize_ack(&caller, &consumer, &self.metrics)?;
         let head = self
             .log
             .bounds()
@@ -197,6 +209,7 @@ impl EventStreamService for EventStream {
             .ack(&consumer, request.sequence)
             .await
             .map_err(|error| grpc_status(&error))?;
+        self.metrics.acked(caller.name());
         Ok(Response::new(v1::AckResponse { sequence }))
     }
 }
@@ -212,6 +225,7 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
         rpc.system = "grpc",
         rpc.service = SERVICE,
         rpc.method = method,
+        incode_gateway.subscriber = tracing::field::Empty,
     );
     let parent = telemetry::extract_from_headers(&metadata.clone().into_headers());
     let _ = span.set_parent(parent);

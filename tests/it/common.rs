@@ -285,10 +285,20 @@ impl GatewayProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn_on("127.0.0.1:0", data_dir, args, env).await
+    }
+
+    /// Like [`GatewayProcess::spawn_with`], with the internal listener on `internal_addr`.
+    pub async fn spawn_on(
+        internal_addr: &str,
+        data_dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
             .args(["serve", "--public-addr", "127.0.0.1:0"])
-            .args(["--internal-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--internal-addr", internal_addr, "--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
