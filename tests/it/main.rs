@@ -9,6 +9,7 @@ mod crash;
 mod durability;
 mod internal;
 mod nats_server;
+mod nats_setup;
 mod oauth;
 mod pki;
 mod scale_out;
