@@ -619,6 +619,23 @@ impl StateStore for NatsLog {
     }
 }
 
+fn bounds_of(state: &stream::State) -> Bounds {
+    let head = state.last_sequence;
+    // An empty new stream reports 0 as its first sequence; one emptied by retention reports
+    // `last + 1`.
+    Bounds {
+        first: state.first_sequence.clamp(1, head + 1),
+        head,
+    }
+}
+
+fn nanos_since_epoch(time: SystemTime) -> i128 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => i128::try_from(since.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,22 +651,5 @@ mod tests {
             redacted_servers(&servers),
             "nats://***@nats-1:4222,tls://***@nats-2:4222,nats-3:4222"
         );
-    }
-}
-
-fn bounds_of(state: &stream::State) -> Bounds {
-    let head = state.last_sequence;
-    // An empty new stream reports 0 as its first sequence; one emptied by retention reports
-    // `last + 1`.
-    Bounds {
-        first: state.first_sequence.clamp(1, head + 1),
-        head,
-    }
-}
-
-fn nanos_since_epoch(time: SystemTime) -> i128 {
-    match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(since) => i128::try_from(since.as_nanos()).unwrap_or(i128::MAX),
-        Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
     }
 }
