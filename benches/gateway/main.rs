@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo bench --bench gateway -- [--duration 10] [--connections 64] [--rate 1000]
 //!     [--fanout 1,100,1000] [--catch-up-events 1000000]
-//!     [--only ingest,e2e,fanout,catchup,nats] [--json]
+//!     [--only ingest,e2e,fanout,catchup,group,nats] [--json]
 //! ```
 //!
 //! Every scenario prints as it finishes; `--json` adds one JSON document at the end.
@@ -12,6 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // A benchmark stops at the first failure.
 
 mod gateway;
+mod group;
 mod load;
 mod nats;
 // Shared with the integration tests, which use more of it.

@@ -68,6 +68,9 @@ pub async fn run(settings: &Settings) -> Value {
     if settings.runs("catchup") {
         report.insert("catch_up".into(), catch_up(settings).await);
     }
+    if settings.runs("group") {
+        report.insert("group".into(), crate::group::run(settings).await);
+    }
     if settings.runs("nats") {
         report.insert("nats".into(), crate::nats::run(settings).await);
     }

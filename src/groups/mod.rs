@@ -333,40 +333,12 @@ impl Groups {
             Some(partition) => partition,
             None => self.partition_of_stored(group, sequence).await?,
         };
-        let state = &self.inner.state;
-        let key = records::partition_key(group.as_str(), partition);
-        let cursor = loop {
-            let stored = state.get(&key).await?;
-            let (record, expected) = match &stored {
-                Some(stored) => (
-                    records::decode::<PartitionRecord>(&key, stored)?,
-                    Some(stored.revision),
-                ),
-                None => (PartitionRecord::default(), None),
-            };
-            if record.owner.as_deref() != Some(member) {
-                return Err(GroupError::NotOwner {
-                    group: group.clone(),
-                    partition,
-                    member: member.to_owned(),
-                });
-            }
-            if sequence <= record.cursor {
-                break record.cursor;
-            }
-            let updated = PartitionRecord {
-                cursor: sequence,
-                ..record
-            };
-            if let PutOutcome::Stored(_) =
-                state.put(&key, records::encode(&updated), expected).await?
-            {
-                break sequence;
-            }
+        let cursor = match &local {
+            // Acks of one partition are written one after the other, each write taking every
+            // ack that arrived meanwhile (group commit for acks).
+            Some(session) => session.commit_ack(partition, sequence).await?,
+            None => write_ack(&self.inner.state, group, partition, member, sequence).await?,
         };
-        if let Some(session) = local {
-            session.acked(partition, cursor);
-        }
         Ok((partition, cursor))
     }
 
@@ -409,6 +381,44 @@ impl Groups {
             ReadItem::Gap { .. } | ReadItem::CaughtUp(_) => {
                 Err(GroupError::EventNotStored { sequence })
             }
+        }
+    }
+}
+
+/// Moves `partition`'s cursor to `sequence` if `member` owns it; the cursor after the write.
+async fn write_ack(
+    state: &SharedState,
+    group: &GroupName,
+    partition: u32,
+    member: &str,
+    sequence: Sequence,
+) -> Result<Sequence, GroupError> {
+    let key = records::partition_key(group.as_str(), partition);
+    loop {
+        let stored = state.get(&key).await?;
+        let (record, expected) = match &stored {
+            Some(stored) => (
+                records::decode::<PartitionRecord>(&key, stored)?,
+                Some(stored.revision),
+            ),
+            None => (PartitionRecord::default(), None),
+        };
+        if record.owner.as_deref() != Some(member) {
+            return Err(GroupError::NotOwner {
+                group: group.clone(),
+                partition,
+                member: member.to_owned(),
+            });
+        }
+        if sequence <= record.cursor {
+            return Ok(record.cursor);
+        }
+        let updated = PartitionRecord {
+            cursor: sequence,
+            ..record
+        };
+        if let PutOutcome::Stored(_) = state.put(&key, records::encode(&updated), expected).await? {
+            return Ok(sequence);
         }
     }
 }

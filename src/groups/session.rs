@@ -43,6 +43,10 @@ pub struct Session {
     settings: GroupSettings,
     metrics: Metrics,
     progress: Mutex<Progress>,
+    /// Per partition, the acks being written.
+    acks: Mutex<std::collections::HashMap<u32, AckLane>>,
+    /// Woken when a lane's write completes.
+    ack_written: Notify,
     /// Woken when the assignment changes or an ack frees room.
     changed: Notify,
     stop: CancellationToken,
@@ -59,6 +63,17 @@ struct Progress {
     /// Where the stream must read again from, after partitions were gained.
     rewind: Option<Sequence>,
     last_renewed: Instant,
+}
+
+/// The acks of one partition: what is wanted, what is written, whether a write is under way.
+#[derive(Debug, Default)]
+struct AckLane {
+    wanted: Sequence,
+    written: Sequence,
+    writing: bool,
+    /// The last write failed: acks up to this sequence failed with it.
+    failed_up_to: Sequence,
+    failed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +122,8 @@ impl Session {
                 rewind: None,
                 last_renewed: Instant::now(),
             }),
+            acks: Mutex::new(std::collections::HashMap::new()),
+            ack_written: Notify::new(),
             changed: Notify::new(),
             stop: CancellationToken::new(),
             gauges,
@@ -208,6 +225,78 @@ impl Session {
     /// The partition of an event this member holds unacknowledged.
     pub(super) fn in_flight_partition(&self, sequence: Sequence) -> Option<u32> {
         self.progress().in_flight.get(&sequence).copied()
+    }
+
+    /// Acknowledges `sequence` of `partition` for this member: joins the write under way for the
+    /// partition, or writes itself, taking every ack that arrived meanwhile. The partition's
+    /// cursor after the write.
+    pub(super) async fn commit_ack(
+        &self,
+        partition: u32,
+        sequence: Sequence,
+    ) -> Result<Sequence, GroupError> {
+        loop {
+            let written = self.ack_written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let target = {
+                let mut lanes = self
+                    .acks
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let lane = lanes.entry(partition).or_default();
+                lane.wanted = lane.wanted.max(sequence);
+                if lane.written >= sequence {
+                    return Ok(lane.written);
+                }
+                if lane.failed && sequence <= lane.failed_up_to {
+                    return Err(GroupError::NotOwner {
+                        group: self.group.clone(),
+                        partition,
+                        member: self.member_id.clone(),
+                    });
+                }
+                if lane.writing {
+                    None
+                } else {
+                    lane.writing = true;
+                    Some(lane.wanted)
+                }
+            };
+            let Some(target) = target else {
+                written.await;
+                continue;
+            };
+            let result =
+                super::write_ack(&self.state, &self.group, partition, &self.member_id, target)
+                    .await;
+            {
+                let mut lanes = self
+                    .acks
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let lane = lanes.entry(partition).or_default();
+                lane.writing = false;
+                match &result {
+                    Ok(cursor) => {
+                        lane.written = lane.written.max(*cursor);
+                        lane.failed = false;
+                    }
+                    // Acks waiting on this write fail with it; after a storage failure they
+                    // try again themselves.
+                    Err(GroupError::NotOwner { .. }) => {
+                        lane.failed_up_to = target;
+                        lane.failed = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.ack_written.notify_waiters();
+            match result {
+                Ok(cursor) => self.acked(partition, cursor),
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// An ack moved `partition`'s cursor to `cursor`.

@@ -407,6 +407,68 @@ async fn a_stale_members_ack_is_refused(env: Env) {
     }
 }
 
+/// The value of the Prometheus series `name` whose labels include `labels`; fails when missing.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.split(['{', ' ']).next() == Some(name)
+                && labels.iter().all(|label| line.contains(label))
+        })
+        .and_then(|line| line.rsplit_once(' '))
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_metrics_show_members_partitions_lag_and_redeliveries() {
+    let env = Env::embedded().await;
+    let gateway = &env.gateways[0];
+    let a = Member::join("a", gateway, gateway, "metered").await;
+    settled(&[&a]).await;
+    a.acking.store(false, Ordering::SeqCst);
+    env.post("metered", 24, 1).await;
+    all_received(&[&a], 24).await;
+    let b = Member::join("b", gateway, gateway, "metered").await;
+    settled(&[&a, &b]).await;
+    // b gets a's unacknowledged events of the partitions that moved to it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while b.received().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing redelivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let text = gateway
+        .http
+        .get(format!("http://{}/metrics", gateway.grpc_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let group = "group=\"metered\"";
+    assert_eq!(metric(&text, "incode_gateway_group_members", &[group]), 2.0);
+    let a_partitions = metric(
+        &text,
+        "incode_gateway_group_partitions",
+        &[group, &format!("member=\"{}\"", a.member_id())],
+    );
+    let b_partitions = metric(
+        &text,
+        "incode_gateway_group_partitions",
+        &[group, &format!("member=\"{}\"", b.member_id())],
+    );
+    assert_eq!(a_partitions + b_partitions, f64::from(PARTITIONS));
+    assert!(a_partitions > 0.0 && b_partitions > 0.0);
+    // Nothing is acknowledged: the group trails the head by every event.
+    assert_eq!(metric(&text, "incode_gateway_group_lag", &[group]), 24.0);
+    assert!(metric(&text, "incode_gateway_group_redeliveries_total", &[group]) >= 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_group_requests_are_refused() {
     let gateway = Gateway::start().await;
