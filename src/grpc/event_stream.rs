@@ -14,6 +14,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     GrpcSettings, access,
+    encoded::{EncodedResponse, server::event_stream_service_server::EventStreamService},
     filter::Filter,
     group_subscription::GroupSubscription,
     subscription::{Start, Subscription},
@@ -23,7 +24,7 @@ use crate::{
     groups::{GroupName, Groups, JoinOptions},
     log::{ConsumerName, Cursors, InvalidConsumerName, LogError, SharedLog},
     metrics::Metrics,
-    proto::v1::{self, event_stream_service_server::EventStreamService, start_position::Position},
+    proto::v1::{self, start_position::Position},
     telemetry,
 };
 
@@ -145,7 +146,7 @@ impl ServiceError for StartError {
     }
 }
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<EncodedResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventStreamService for EventStream {

@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
+use super::encoded::EncodedResponse;
 use crate::{
     error::grpc_status,
     groups::{Claim, Member},
-    log::{LogReader, ReadItem, Sequence, SharedLog},
+    log::{LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
     metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
 };
@@ -42,7 +43,7 @@ struct State {
     reader: Option<Box<dyn LogReader>>,
     /// The next sequence to look at.
     position: Sequence,
-    buffer: VecDeque<Arc<v1::Event>>,
+    buffer: VecDeque<Arc<LoggedEvent>>,
     /// The assignment generation last sent.
     announced: Option<u64>,
     announce_caught_up: bool,
@@ -57,7 +58,7 @@ struct State {
 
 impl GroupSubscription {
     /// The member's stream of messages.
-    pub fn into_stream(self) -> impl Stream<Item = Result<v1::SubscribeResponse, Status>> + Send {
+    pub fn into_stream(self) -> impl Stream<Item = Result<EncodedResponse, Status>> + Send {
         let position = self.member.session().resume_from();
         let state = State {
             log: self.log,
@@ -88,7 +89,7 @@ impl GroupSubscription {
 }
 
 impl State {
-    async fn next_message(&mut self) -> Option<Result<v1::SubscribeResponse, Status>> {
+    async fn next_message(&mut self) -> Option<Result<EncodedResponse, Status>> {
         if self.finished {
             return None;
         }
@@ -134,7 +135,7 @@ impl State {
                             break;
                         };
                         self.metrics.delivered();
-                        return Some(Ok(respond(Response::Event(Arc::unwrap_or_clone(event)))));
+                        return Some(Ok(EncodedResponse::event(&event)));
                     }
                 }
             }
@@ -195,22 +196,20 @@ impl State {
         }
     }
 
-    fn end_for_shutdown(&mut self) -> Option<Result<v1::SubscribeResponse, Status>> {
+    fn end_for_shutdown(&mut self) -> Option<Result<EncodedResponse, Status>> {
         self.finished = true;
         Some(Err(Status::unavailable(
             "the gateway is shutting down; subscribe to the group again",
         )))
     }
 
-    fn heartbeat(&self) -> v1::SubscribeResponse {
+    fn heartbeat(&self) -> EncodedResponse {
         respond(Response::Heartbeat(v1::Heartbeat {
             sequence: self.position.saturating_sub(1),
         }))
     }
 }
 
-fn respond(response: Response) -> v1::SubscribeResponse {
-    v1::SubscribeResponse {
-        response: Some(response),
-    }
+fn respond(response: Response) -> EncodedResponse {
+    EncodedResponse::message(response)
 }

@@ -9,6 +9,7 @@
 //! - `incoming`: the accept loops (TCP, then TLS handshakes).
 
 pub mod access;
+mod encoded;
 mod event_stream;
 mod filter;
 mod group_subscription;
@@ -29,7 +30,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+pub use encoded::EncodedResponse;
 pub use event_stream::{EventStream, Sources};
+
+use encoded::server::event_stream_service_server::EventStreamServiceServer;
 pub use filter::{Filter, FilterError};
 
 use self::{
@@ -44,7 +48,7 @@ use crate::{
     },
     log::SharedLog,
     metrics::Metrics,
-    proto::v1::{self, event_stream_service_server::EventStreamServiceServer},
+    proto::v1,
 };
 
 /// Settings of the internal listener.
