@@ -20,6 +20,7 @@ mod nats;
 #[path = "../../tests/it/nats_server.rs"]
 mod nats_server;
 mod scenarios;
+mod wrk;
 
 use std::time::Duration;
 

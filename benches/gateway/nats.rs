@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use crate::{
     Settings,
     gateway::GatewayProcess,
-    load::{self, Target},
+    load::Target,
     nats_server::{NatsCluster, NatsServer},
-    scenarios::{PATH, body, print_load},
+    scenarios::{PATH, body, measure},
 };
 
 /// Bytes of each raw message: about the size of an encoded event.
@@ -77,7 +77,13 @@ async fn compare(settings: &Settings, name: &str, urls: &str, replicas: u8) -> V
         .await
         .unwrap();
 
-    load::closed_loop(target.clone(), settings.connections, Duration::from_secs(1)).await;
+    measure(
+        &target,
+        &format!("warm-{replicas}"),
+        settings.connections,
+        Duration::from_secs(1),
+    )
+    .await;
     raw_publish(&jetstream, settings.connections, Duration::from_secs(1), 0).await;
     let mut rounds = Vec::new();
     for round in 1..=2u64 {
@@ -89,12 +95,18 @@ async fn compare(settings: &Settings, name: &str, urls: &str, replicas: u8) -> V
         )
         .await;
         println!("  {name}: round {round} raw JetStream publish-with-ack {raw:>9.0} msg/s");
-        let real = load::closed_loop(target.clone(), settings.connections, settings.duration).await;
-        print_load(&format!("{name}: round {round} gateway"), &real);
+        let real = measure(
+            &target,
+            &format!("nats-{replicas}-{round}"),
+            settings.connections,
+            settings.duration,
+        )
+        .await;
+        real.print(&format!("{name}: round {round} gateway"));
         rounds.push((raw, real));
     }
     let raw_rate = rounds.iter().map(|(raw, _)| raw).sum::<f64>() / 2.0;
-    let gateway_rate = rounds.iter().map(|(_, real)| real.rate()).sum::<f64>() / 2.0;
+    let gateway_rate = rounds.iter().map(|(_, real)| real.rate).sum::<f64>() / 2.0;
     let ratio = gateway_rate / raw_rate;
     println!(
         "  {name}: gateway / raw JetStream: {ratio:.2}{}",
@@ -109,8 +121,9 @@ async fn compare(settings: &Settings, name: &str, urls: &str, replicas: u8) -> V
         "raw_msgs_per_second": raw_rate.round(),
         "gateway_rps": gateway_rate.round(),
         "ratio": (ratio * 1000.0).round() / 1000.0,
-        "gateway_p50_ms": rounds[1].1.percentile_ms(0.5),
-        "gateway_p99_ms": rounds[1].1.percentile_ms(0.99),
+        "generator": crate::scenarios::generator(),
+        "gateway_p50_ms": rounds[1].1.p50_ms,
+        "gateway_p99_ms": rounds[1].1.p99_ms,
     })
 }
 

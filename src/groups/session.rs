@@ -62,6 +62,9 @@ struct Progress {
     generation: u64,
     /// Where the stream must read again from, after partitions were gained.
     rewind: Option<Sequence>,
+    /// Partitions let go of locally after the session expired, which the store may still name
+    /// this member the owner of: looked at until settled.
+    stale: BTreeSet<u32>,
     last_renewed: Instant,
 }
 
@@ -120,6 +123,7 @@ impl Session {
                 members: 0,
                 generation: 0,
                 rewind: None,
+                stale: BTreeSet::new(),
                 last_renewed: Instant::now(),
             }),
             acks: Mutex::new(std::collections::HashMap::new()),
@@ -361,6 +365,8 @@ impl Session {
             return;
         }
         tracing::warn!(group = %self.group, member = %self.member_id, "group member expired; letting go of its partitions");
+        let expired: Vec<u32> = progress.owned.keys().copied().collect();
+        progress.stale.extend(expired);
         progress.owned.clear();
         progress.in_flight.clear();
         progress.generation += 1;
@@ -380,11 +386,20 @@ impl Session {
             })
         };
         let live: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+        // Only the partitions this member holds or should hold need a look.
+        let held: BTreeSet<u32> = {
+            let progress = self.progress();
+            let stale = progress.stale.iter().copied();
+            progress.owned.keys().copied().chain(stale).collect()
+        };
         let mut changed = false;
         for partition in 0..self.partitions {
-            changed |= self.settle(partition, wanted(partition), &live).await?;
+            if wanted(partition) || held.contains(&partition) {
+                changed |= self.settle(partition, wanted(partition), &live).await?;
+            }
         }
         let mut progress = self.progress();
+        progress.stale.clear();
         if progress.members != count {
             progress.members = count;
             changed = true;
