@@ -280,9 +280,17 @@ pub fn serve(
     tonic_reflection::server::Error,
 > {
     let limits = settings.limits;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both protocol versions: `v1`, and `v1alpha`, the only one older tools and
+    // Python's grpcio-reflection speak.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(limits.max_message_bytes);
+    let reflection = reflection()
         .build_v1()?
         .max_decoding_message_size(limits.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -298,6 +306,7 @@ pub fn serve(
     };
     let routes = Routes::new(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(event_stream)
         .into_axum_router()
         .route("/metrics", get(render_metrics).with_state(metrics))
