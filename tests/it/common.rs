@@ -261,6 +261,27 @@ pub fn interview_id(event: &v1::Event) -> &str {
     }
 }
 
+/// The gateway binary, with none of the caller's `INCODE_GATEWAY_*` (or `OTEL_*`) variables: a
+/// test says every setting its process gets, and an exported variable in the shell that runs the
+/// suite changes nothing.
+pub fn binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"));
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("INCODE_GATEWAY_") || text.starts_with("OTEL_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
+/// [`binary`], for tokio.
+pub fn binary_async() -> tokio::process::Command {
+    let mut command = tokio::process::Command::from(binary());
+    command.kill_on_drop(true);
+    command
+}
+
 /// The gateway binary running as a child process, for what only a real process can show
 /// (crashes, signals, environment configuration).
 pub struct GatewayProcess {
@@ -296,7 +317,7 @@ impl GatewayProcess {
         env: &[(&str, &str)],
     ) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
+        let mut child = binary_async()
             .args(["serve", "--public-addr", "127.0.0.1:0"])
             .args(["--internal-addr", internal_addr, "--log-format", "json"])
             .arg("--data-dir")

@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod crash;
 mod durability;
+mod environment;
 mod internal;
 mod nats_server;
 mod oauth;

@@ -26,18 +26,12 @@ use crate::common::*;
 
 /// `incode-gateway simulate --url <url> --summary json`, with none of its variables inherited.
 fn simulate(url: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_incode-gateway"));
+    let mut command = binary_async();
     command
         .args(["simulate", "--url", url, "--summary", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("INCODE_GATEWAY_SIMULATE_") {
-            command.env_remove(name);
-        }
-    }
+        .stderr(Stdio::piped());
     command
 }
 
