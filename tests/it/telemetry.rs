@@ -322,19 +322,22 @@ fn parse_metrics(text: &str) -> Samples {
     samples
 }
 
+/// The value of the one series of `name` that has (at least) these labels. A missing series
+/// fails the test, as does an ambiguous choice: a metric that disappears must not read as zero.
 fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut labels: Vec<_> = labels
+    let wanted: Vec<_> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    labels.sort();
-    samples
+    let matching: Vec<_> = samples
         .iter()
-        .find(|((n, l), _)| {
-            n == name && labels.iter().all(|label| l.contains(label)) && l.len() >= labels.len()
-        })
-        .map(|(_, v)| *v)
-        .unwrap_or(0.0)
+        .filter(|((n, l), _)| n == name && wanted.iter().all(|label| l.contains(label)))
+        .collect();
+    match matching[..] {
+        [(_, value)] => *value,
+        [] => panic!("no series {name} {labels:?} in {:#?}", samples.keys()),
+        _ => panic!("{name} {labels:?} matches several series: {matching:?}"),
+    }
 }
 
 #[tokio::test]
@@ -367,6 +370,9 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
     for _ in 0..4 {
         next_event(&mut stream).await;
     }
+    // A stream that starts at the live tail has nothing to catch up on: no lag, before it has
+    // sent anything.
+    let live = gateway.subscribe(latest(), no_filter()).await;
 
     let response = gateway
         .http
@@ -427,13 +433,15 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
     check("incode_gateway_events_appended_total", &[], 4.0);
     check("incode_gateway_log_append_duration_seconds_count", &[], 5.0);
     check("incode_gateway_events_delivered_total", &[], 4.0);
-    check("incode_gateway_subscribers_active", &[], 1.0);
+    check("incode_gateway_subscribers_active", &[], 2.0);
     check("incode_gateway_log_head_sequence", &[], 4.0);
-    check(
-        "incode_gateway_subscriber_lag",
-        &[("subscriber", "anonymous")],
-        0.0,
-    );
+    for stream in ["0", "1"] {
+        check(
+            "incode_gateway_subscriber_lag",
+            &[("subscriber", "anonymous"), ("stream", stream)],
+            0.0,
+        );
+    }
 
     // The internal listener only: the public one has no /metrics.
     let public = gateway
@@ -445,7 +453,8 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
     assert_eq!(public.status(), StatusCode::NOT_FOUND);
 
     drop(stream);
-    // The stream is released at once; the gauge follows.
+    drop(live);
+    // The streams are released at once; the gauge follows.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let text = gateway
