@@ -64,7 +64,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once_in_order() {
         let snapshot = acknowledged.lock().unwrap().clone();
         verify(&process, &snapshot).await;
 
-        let http = reqwest::Client::new();
+        let http = http_client();
         let mut writers = Vec::new();
         for (writer, retry) in unanswered.iter_mut().enumerate() {
             let http = http.clone();

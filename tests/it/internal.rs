@@ -1147,7 +1147,7 @@ async fn sighup_reloads_the_certificate() {
     assert!(status.success());
     wait_for_certificate(addr, &[&old_ca, &new_ca], &new.der).await;
 
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(format!("{}{WEBHOOK}", process.base_url))
         .header("content-type", "application/json")
         .body(onboarding_body("after-sighup", "ONBOARDING_FINISHED"))

@@ -8,6 +8,7 @@ mod conformance;
 mod crash;
 mod durability;
 mod environment;
+mod gated;
 mod internal;
 mod nats_server;
 mod oauth;

@@ -112,7 +112,7 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let token: serde_json::Value = http
         .post(format!("{}/oauth/token", process.base_url))
         .header("authorization", basic(CLIENT_ID, CLIENT_SECRET))
@@ -563,7 +563,7 @@ async fn an_unreachable_collector_neither_blocks_requests_nor_shutdown() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     for i in 0..20 {
         let response = http
             .post(format!(
