@@ -49,6 +49,8 @@ fn summary(output: &Output) -> Value {
 /// One request the stand-in received.
 #[derive(Debug, Clone)]
 struct Recorded {
+    /// When it arrived.
+    at: Instant,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -160,6 +162,7 @@ async fn webhook(
         let mut records = state.records.lock().unwrap();
         let first_time = !records.webhooks.iter().any(|r| r.body == body);
         records.webhooks.push(Recorded {
+            at: Instant::now(),
             path: uri.path().to_owned(),
             headers: headers.clone(),
             body,
@@ -201,6 +204,7 @@ async fn token_endpoint(
 ) -> Response {
     let mut records = state.records.lock().unwrap();
     records.token_requests.push(Recorded {
+        at: Instant::now(),
         path: uri.path().to_owned(),
         headers,
         body,
@@ -371,10 +375,11 @@ async fn a_200_that_is_not_json_is_retried_once_then_given_up() {
 
 #[tokio::test]
 async fn a_timed_out_call_is_retried() {
-    let fake = FakeGateway::start(Behaviour::SlowFirst(Duration::from_secs(5)), None).await;
+    // The first call is never answered; the retry has the whole timeout, ample on any machine.
+    let fake = FakeGateway::start(Behaviour::SlowFirst(Duration::from_secs(3600)), None).await;
 
     let output =
-        run(simulate(&fake.url).args(["--count", "3", "--concurrency", "3", "--timeout", "300ms"]))
+        run(simulate(&fake.url).args(["--count", "3", "--concurrency", "3", "--timeout", "2s"]))
             .await;
 
     assert!(output.status.success(), "{output:?}");
@@ -387,16 +392,18 @@ async fn a_timed_out_call_is_retried() {
 
 #[tokio::test]
 async fn simulate_obtains_tokens_as_incode_does_and_renews_them_before_they_expire() {
+    // simulate renews a tenth of the lifetime early: 500 ms for a 5 s token, time enough for one
+    // token request on any machine. The run lasts longer than one token.
     let settings = TokenSettings {
         client_id: "incode:client",
         client_secret: "s3cr3t p@ss/word",
-        expires_in: 1.0,
+        expires_in: 5.0,
         refuse: false,
     };
     let fake = FakeGateway::start(Behaviour::Ok, Some(settings.clone())).await;
 
     let output = run(simulate(&fake.url)
-        .args(["--count", "6", "--rate", "4", "--concurrency", "1"])
+        .args(["--count", "33", "--rate", "6", "--concurrency", "1"])
         .args(["--client-id", settings.client_id])
         .env(
             "INCODE_GATEWAY_SIMULATE_CLIENT_SECRET",
@@ -408,13 +415,19 @@ async fn simulate_obtains_tokens_as_incode_does_and_renews_them_before_they_expi
     let summary = summary(&output);
     assert_eq!(
         summary["answers"],
-        json!({ "200": 6 }),
+        json!({ "200": 33 }),
         "every notification carried a valid bearer"
     );
     let token_requests = fake.token_requests();
     assert!(
         token_requests.len() >= 2,
-        "a 1 s token is renewed during a 1.25 s run"
+        "a 5 s token is renewed during a run of more than 5 s"
+    );
+    let first_expired_at = token_requests[0].at + Duration::from_secs(5);
+    assert!(
+        token_requests[1].at < first_expired_at,
+        "renewed {:?} after the first token expired",
+        token_requests[1].at - first_expired_at
     );
     assert_eq!(summary["tokens_obtained"], token_requests.len());
     let basic = format!(
