@@ -157,6 +157,63 @@ async fn a_failing_disk_answers_503_and_acknowledges_nothing() {
     assert_eq!(ids, [(1, "before".to_owned()), (2, "during".to_owned())]);
 }
 
+/// A gateway over an embedded log whose storage fails as `switch` says.
+async fn gateway_with_faults(config: Config) -> (Gateway, FaultSwitch) {
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = config;
+    config.data_dir = data_dir.path().to_owned();
+    let switch = FaultSwitch::new();
+    let log = EmbeddedLog::open_with_faults(
+        data_dir.path(),
+        config.embedded_log_options(),
+        switch.clone(),
+    )
+    .unwrap();
+    let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(Arc::new(log))).await;
+    (gateway, switch)
+}
+
+/// When only the fsync fails, the event's data is in the file but not durable: the webhook is
+/// answered 503 and no subscriber, live or catching up, ever sees the event. Incode's retry is
+/// then stored as a new event.
+#[tokio::test]
+async fn a_failed_fsync_answers_503_and_nothing_is_delivered() {
+    let (gateway, switch) = gateway_with_faults(Config::for_tests()).await;
+    gateway
+        .notify(PATH, &onboarding_body("before", "UNKNOWN"))
+        .await;
+    let mut live = gateway.subscribe(earliest(), no_filter()).await;
+    assert_eq!(interview_id(&next_event(&mut live).await), "before");
+    assert_eq!(expect_caught_up(&mut live).await, 1);
+
+    switch.set_failing_syncs(true);
+    let unsynced = onboarding_body("unsynced", "UNKNOWN");
+    let (status, body) = gateway.post_json(PATH, &unsynced).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    switch.set_failing_syncs(false);
+
+    // The storage comes back (the next write reopens it), and later events flow.
+    gateway
+        .notify(PATH, &onboarding_body("after", "UNKNOWN"))
+        .await;
+    assert_eq!(interview_id(&next_event(&mut live).await), "after");
+    let mut replay = gateway.subscribe(earliest(), no_filter()).await;
+    let stored: Vec<_> = drain_until_caught_up(&mut replay)
+        .await
+        .iter()
+        .map(|e| (e.sequence, interview_id(e).to_owned()))
+        .collect();
+    assert_eq!(stored, [(1, "before".to_owned()), (2, "after".to_owned())]);
+
+    // Incode's retry of the refused notification is stored, once.
+    gateway.notify(PATH, &unsynced).await;
+    gateway.notify(PATH, &unsynced).await;
+    let event = next_event(&mut live).await;
+    assert_eq!((event.sequence, interview_id(&event)), (3, "unsynced"));
+    gateway.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_closed_log_answers_503() {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());

@@ -177,6 +177,127 @@ async fn a_failed_log_recovers_without_anyone_asking() {
     assert!(log.shared.database().is_ok());
 }
 
+/// Waits (at most 10 s) until `ready` holds.
+async fn until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: never");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Appends `count` events while the commit before them is held in its sync, and returns how
+/// many syncs they took once it is let go, beyond the held commit's.
+async fn syncs_for_queued_appends(max_commit_batch: usize, count: usize) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = FaultSwitch::new();
+    let mut options = options();
+    options.max_commit_batch = max_commit_batch;
+    let log = Arc::new(EmbeddedLog::open_with_faults(dir.path(), options, switch.clone()).unwrap());
+    let before = switch.syncs();
+    log.append(new_event("alone")).await.unwrap();
+    let per_commit = switch.syncs() - before;
+    assert!(per_commit >= 1, "a commit syncs");
+
+    // The writer is held in the sync of one commit while `count` appends queue up behind it.
+    switch.hold_syncs(true);
+    let held = {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(new_event("held")).await })
+    };
+    until("the writer waits in a sync", || switch.held_syncs() == 1).await;
+    let queued: Vec<_> = (0..count)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(new_event(&format!("queued-{i}"))).await })
+        })
+        .collect();
+    until("every append is queued", || {
+        log.requests.capacity() == QUEUE_CAPACITY - count
+    })
+    .await;
+    let before = switch.syncs();
+    switch.hold_syncs(false);
+    assert_eq!(held.await.unwrap().unwrap(), AppendOutcome::Appended(2));
+    let mut sequences = Vec::new();
+    for append in queued {
+        sequences.push(append.await.unwrap().unwrap().sequence());
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (3..3 + count as u64).collect::<Vec<_>>());
+    assert_eq!(log.bounds().await.unwrap().head, 2 + count as u64);
+    let syncs = switch.syncs() - before;
+    // The held commit's own syncs, then the queued appends'.
+    assert_eq!(
+        syncs % per_commit,
+        0,
+        "{syncs} syncs, {per_commit} per commit"
+    );
+    syncs / per_commit - 1
+}
+
+/// Group commit: appends that queue while a commit is being made share the next transaction
+/// and its fsync, however many there are; with a batch of 1, each has its own.
+#[tokio::test]
+async fn appends_that_wait_for_a_commit_share_the_next_one() {
+    assert_eq!(syncs_for_queued_appends(1024, 50).await, 1);
+    assert_eq!(syncs_for_queued_appends(1024, 1).await, 1);
+    assert_eq!(syncs_for_queued_appends(20, 50).await, 3);
+    assert_eq!(syncs_for_queued_appends(1, 10).await, 10);
+}
+
+/// A commit whose fsync fails leaves its data in the file (the system's cache), looking
+/// committed. It was answered as failed, so the reopened log must not hold it: a reader would
+/// otherwise deliver an event Incode was told was not stored, under a sequence a crash before
+/// the data reached the disk would give to another event.
+#[tokio::test]
+async fn an_append_whose_sync_failed_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = FaultSwitch::new();
+    let log = EmbeddedLog::open_with_faults(dir.path(), options(), switch.clone()).unwrap();
+    log.append(new_event("before")).await.unwrap();
+
+    switch.set_failing_syncs(true);
+    assert!(matches!(
+        log.append(new_event("during")).await,
+        Err(LogError::Unavailable(_))
+    ));
+    assert_eq!(log.bounds().await.unwrap().head, 1);
+    switch.set_failing_syncs(false);
+    log.check_ready().await.unwrap();
+
+    assert_eq!(log.bounds().await.unwrap().head, 1);
+    let stored = read_all(&log, 1).await;
+    assert_eq!(
+        stored.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["before"]
+    );
+    // Incode's retry is a new event, not a duplicate of one never acknowledged.
+    assert_eq!(
+        log.append(new_event("during")).await.unwrap(),
+        AppendOutcome::Appended(2)
+    );
+    assert_eq!(
+        log.append(new_event("after")).await.unwrap(),
+        AppendOutcome::Appended(3)
+    );
+    let ids: Vec<_> = read_all(&log, 1)
+        .await
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(ids, ["before", "during", "after"]);
+    log.close().await.unwrap();
+    // And so it stays on disk.
+    let log = EmbeddedLog::open(dir.path(), options()).unwrap();
+    let ids: Vec<_> = read_all(&log, 1)
+        .await
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(ids, ["before", "during", "after"]);
+}
+
 #[tokio::test]
 async fn format_1_cursors_are_moved_into_the_state_table() {
     let dir = tempfile::tempdir().unwrap();
