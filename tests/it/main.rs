@@ -16,6 +16,7 @@ mod pki;
 mod scale_out;
 mod secrets;
 mod service;
+mod shutdown;
 mod simulate;
 mod subscribe;
 mod tail;
