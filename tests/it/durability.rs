@@ -214,6 +214,56 @@ async fn a_failed_fsync_answers_503_and_nothing_is_delivered() {
     gateway.stop().await.unwrap();
 }
 
+/// After a storage failure ends, the gateway recovers by itself (the log probes the disk every
+/// second, and the gRPC health status checks it as often): nobody calls /readyz and no webhook
+/// comes, only subscribers, which never write, yet those who need the disk are served again.
+#[tokio::test]
+async fn a_failed_disk_recovers_without_anyone_asking() {
+    let (gateway, switch) = gateway_with_faults(Config::for_tests()).await;
+    gateway
+        .notify(PATH, &onboarding_body("before", "UNKNOWN"))
+        .await;
+    let mut client = gateway.client().await;
+    let ack = AckRequest {
+        consumer: "billing".into(),
+        sequence: 1,
+    };
+    client.ack(ack).await.unwrap();
+
+    switch.set_failing(true);
+    let (status, _) = gateway
+        .post_json(PATH, &onboarding_body("refused", "UNKNOWN"))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The consumer's cursor is on disk: it cannot be resumed while the storage is down.
+    let status = gateway
+        .try_subscribe_as("billing", None, no_filter())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    switch.set_failing(false);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut resumed = loop {
+        match gateway.try_subscribe_as("billing", None, no_filter()).await {
+            Ok(stream) => break stream,
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the storage never recovered by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(expect_caught_up(&mut resumed).await, 1);
+    let (status, _) = gateway.get_json("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    gateway
+        .notify(PATH, &onboarding_body("after", "UNKNOWN"))
+        .await;
+    assert_eq!(interview_id(&next_event(&mut resumed).await), "after");
+}
+
 #[tokio::test]
 async fn a_closed_log_answers_503() {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
