@@ -158,3 +158,62 @@ async fn acknowledged_events_survive_sigkill_exactly_once_in_order() {
     assert_eq!(distinct.len(), acked);
     eprintln!("{ROUNDS} crashes: {acked} acknowledged, {stored} stored");
 }
+
+/// A durable consumer's cursor is stored when `Ack` answers: SIGKILL right after it loses
+/// nothing, and the consumer resumes after the acknowledged sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_consumers_cursor_survives_sigkill() {
+    use incode_gateway::proto::v1::{AckRequest, SubscribeRequest};
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut process = GatewayProcess::spawn(data_dir.path(), &[]).await;
+    let http = http_client();
+    for n in 1..=5 {
+        let response = http
+            .post(format!(
+                "{}/webhooks/incode/onboarding-status",
+                process.base_url
+            ))
+            .header("content-type", "application/json")
+            .body(onboarding_body(&format!("c-{n}"), "UNKNOWN"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    for (acked, expected) in [(3, vec![4, 5]), (5, vec![])] {
+        let answer = process
+            .client()
+            .await
+            .ack(AckRequest {
+                consumer: "billing".into(),
+                sequence: acked,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.sequence, acked);
+        process.child.start_kill().unwrap();
+        process.child.wait().await.unwrap();
+
+        process = GatewayProcess::spawn(data_dir.path(), &[]).await;
+        let request = SubscribeRequest {
+            consumer: "billing".into(),
+            ..Default::default()
+        };
+        let mut stream = process
+            .client()
+            .await
+            .subscribe(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let sequences: Vec<_> = drain_until_caught_up(&mut stream)
+            .await
+            .iter()
+            .map(|event| event.sequence)
+            .collect();
+        assert_eq!(sequences, expected, "after acking {acked} and a SIGKILL");
+    }
+}
