@@ -5,6 +5,7 @@
 mod auth_common;
 mod common;
 mod conformance;
+mod contract;
 mod crash;
 mod durability;
 mod environment;

@@ -84,6 +84,15 @@ async fn since_starts_at_the_first_event_received_at_or_after_the_time() {
     assert_eq!(next_event(&mut stream).await.sequence, 4);
     assert_eq!(expect_caught_up(&mut stream).await, 4);
 
+    // Nothing was removed: a time before everything starts at the first event, with no gap.
+    let mut stream = gateway
+        .subscribe(
+            Some(Position::Since(SystemTime::UNIX_EPOCH.into())),
+            no_filter(),
+        )
+        .await;
+    assert_eq!(next_event(&mut stream).await.sequence, 1);
+
     let future = SystemTime::now() + Duration::from_secs(3600);
     let status = gateway
         .try_subscribe(Some(Position::Since(future.into())), no_filter())
