@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod contract;
 mod crash;
+mod documented_errors;
 mod durability;
 mod environment;
 mod gated;
