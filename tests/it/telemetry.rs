@@ -340,6 +340,30 @@ fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
+/// Every `kind` label value of the webhook counter, but those that are `{kind}`s of URLs, is
+/// named in the README's row for the metric.
+fn assert_kinds_documented(samples: &Samples, url_kinds: &[&str]) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|line| line.starts_with("| `incode_gateway_webhooks_total` |"))
+        .expect("the README documents incode_gateway_webhooks_total");
+    for ((name, labels), _) in samples {
+        if name != "incode_gateway_webhooks_total" {
+            continue;
+        }
+        for (key, value) in labels {
+            if key == "kind" && !url_kinds.contains(&value.as_str()) {
+                assert!(
+                    row.contains(&format!("`{value}`")),
+                    "kind {value} is not documented in {row}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_webhooks_appends_and_deliveries() {
     let gateway = Gateway::start().await;
@@ -367,7 +391,21 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
         .post_json(path, r#"{"onboardingStatus":"UNKNOWN"}"#)
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    for _ in 0..4 {
+    // The single URL and kinds of their own.
+    gateway
+        .notify("/webhooks/incode", r#"{"interviewId":"u"}"#)
+        .await;
+    let (status, _) = gateway.post_json("/webhooks/incode", "{broken").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    gateway
+        .notify(
+            "/webhooks/incode/document-expired",
+            r#"{"interviewId":"d"}"#,
+        )
+        .await;
+    let (status, _) = gateway.post_json("/webhooks/incode/bad%20kind", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for _ in 0..6 {
         next_event(&mut stream).await;
     }
     // A stream that starts at the live tail has nothing to catch up on: no lag, before it has
@@ -430,11 +468,40 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
         ],
         1.0,
     );
-    check("incode_gateway_events_appended_total", &[], 4.0);
-    check("incode_gateway_log_append_duration_seconds_count", &[], 5.0);
-    check("incode_gateway_events_delivered_total", &[], 4.0);
+    check(
+        webhooks,
+        &[("kind", "unknown"), ("outcome", "accepted")],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[
+            ("kind", "detect"),
+            ("outcome", "rejected"),
+            ("reason", "invalid_json"),
+        ],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[("kind", "document-expired"), ("outcome", "accepted")],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[
+            ("kind", "invalid"),
+            ("outcome", "rejected"),
+            ("reason", "invalid_kind"),
+        ],
+        1.0,
+    );
+    check("incode_gateway_events_appended_total", &[], 6.0);
+    check("incode_gateway_log_append_duration_seconds_count", &[], 7.0);
+    check("incode_gateway_events_delivered_total", &[], 6.0);
     check("incode_gateway_subscribers_active", &[], 2.0);
-    check("incode_gateway_log_head_sequence", &[], 4.0);
+    check("incode_gateway_log_head_sequence", &[], 6.0);
+    assert_kinds_documented(&samples, &["document-expired"]);
     for stream in ["0", "1"] {
         check(
             "incode_gateway_subscriber_lag",
@@ -535,9 +602,10 @@ async fn metrics_count_token_requests_and_refused_webhooks() {
     );
     check(
         "incode_gateway_webhooks_total",
-        &[("outcome", "unauthorized")],
+        &[("kind", "any"), ("outcome", "unauthorized")],
         1.0,
     );
+    assert_kinds_documented(&samples, &[]);
     check(
         "incode_gateway_webhooks_total",
         &[("outcome", "accepted")],
