@@ -658,3 +658,39 @@ async fn an_unreachable_collector_neither_blocks_requests_nor_shutdown() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Text log lines written to a pipe (a file, a log collector) carry no ANSI colour codes.
+#[tokio::test]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    use tokio::io::AsyncBufReadExt;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut child = binary_async()
+        .args(["serve", "--public-addr", "127.0.0.1:0"])
+        .args(["--internal-addr", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--allow-unauthenticated-webhooks", "--data-dir"])
+        .arg(data_dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut read = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let listening = line.contains("incode-gateway listening");
+            read.push(line);
+            if listening {
+                return;
+            }
+        }
+        panic!("the gateway exited before listening: {read:#?}");
+    })
+    .await
+    .expect("the gateway did not start in time");
+    assert!(read.len() > 1, "{read:#?}");
+    for line in &read {
+        assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+        assert!(line.contains("INFO") || line.contains("WARN"), "{line:?}");
+    }
+}
