@@ -512,10 +512,128 @@ async fn simulate_authenticates_at_the_gateways_token_endpoint() {
     let mut stream = gateway.subscribe(earliest(), no_filter()).await;
     assert_eq!(drain_until_caught_up(&mut stream).await.len(), 10);
 
-    // Without credentials every call is refused, retried once, and given up.
+    // Without credentials every call is refused, retried once, and given up, and simulate says
+    // what it lacks.
     let output = run(simulate(&gateway.base_url).args(["--count", "2"])).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let report = summary(&output);
     assert_eq!(report["failed"], 2);
     assert_eq!(report["answers"], json!({ "401": 4 }));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--client-id") && stderr.contains("INCODE_GATEWAY_SIMULATE_CLIENT_SECRET"),
+        "{stderr}"
+    );
+}
+
+/// The README's `simulate` commands work, as written, against the gateway its "Run it" starts
+/// (with the README's demo client). Only the URL (the ports are ephemeral here) and the number
+/// of notifications are changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_simulate_commands_work_against_the_readmes_gateway() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands = shell_commands(&readme);
+    let serve = commands
+        .iter()
+        .find(|(_, words)| {
+            words.first().is_some_and(|w| w == "cargo") && words.contains(&"run".to_owned())
+        })
+        .expect("the README starts a gateway with cargo run");
+    assert!(
+        serve
+            .0
+            .iter()
+            .any(|(name, _)| name == "INCODE_GATEWAY_OAUTH_CLIENT_ID"),
+        "the README's gateway has an OAuth client: {serve:?}"
+    );
+    let data_dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, &str)> = serve
+        .0
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let gateway = GatewayProcess::spawn_with(data_dir.path(), &[], &env).await;
+
+    let simulations: Vec<_> = commands
+        .iter()
+        .filter(|(_, words)| {
+            words.starts_with(&["incode-gateway".to_owned(), "simulate".to_owned()])
+        })
+        .collect();
+    assert!(!simulations.is_empty(), "no simulate command in the README");
+    for (env, words) in simulations {
+        let mut args = words[2..].to_vec();
+        // The README's gateway listens on 8080; this one on an ephemeral port. And fewer
+        // notifications will do.
+        for arg in &mut args {
+            if arg.starts_with("http://localhost:8080") || arg.starts_with("http://127.0.0.1:8080")
+            {
+                *arg = gateway.base_url.clone();
+            }
+        }
+        match args.iter().position(|arg| arg == "--count") {
+            Some(flag) => args[flag + 1] = "20".to_owned(),
+            None => args.extend(["--count".to_owned(), "20".to_owned()]),
+        }
+        let output = run(binary_async()
+            .arg("simulate")
+            .args(&args)
+            .args(["--summary", "json"])
+            .envs(
+                env.iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            )
+            .env("INCODE_GATEWAY_SIMULATE_URL", &gateway.base_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()))
+        .await;
+        assert!(output.status.success(), "{words:?}: {output:?}");
+        assert_eq!(summary(&output)["acknowledged"], 20, "{words:?}");
+    }
+}
+
+/// The commands of the `sh` blocks of a Markdown text, with their leading `NAME=value`
+/// assignments apart: (assignments, words). Continuation lines are joined, comments dropped;
+/// words are split on spaces (the commands this is used on quote nothing).
+fn shell_commands(markdown: &str) -> Vec<(Vec<(String, String)>, Vec<String>)> {
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let line = line.split(" #").next().unwrap_or("").trim_end();
+        if let Some(continued) = line.strip_suffix('\\') {
+            pending.push_str(continued);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        let command = std::mem::take(&mut pending);
+        let mut env = Vec::new();
+        let mut words = Vec::new();
+        for word in command.split_whitespace() {
+            match word.split_once('=') {
+                Some((name, value))
+                    if words.is_empty()
+                        && !name.is_empty()
+                        && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') =>
+                {
+                    env.push((name.to_owned(), value.to_owned()));
+                }
+                _ => words.push(word.to_owned()),
+            }
+        }
+        if !words.is_empty() {
+            commands.push((env, words));
+        }
+    }
+    commands
 }
