@@ -594,10 +594,13 @@ async fn the_readmes_simulate_commands_work_against_the_readmes_gateway() {
     }
 }
 
+/// `NAME=value` assignments, and the words of the command they apply to.
+type ShellCommand = (Vec<(String, String)>, Vec<String>);
+
 /// The commands of the `sh` blocks of a Markdown text, with their leading `NAME=value`
 /// assignments apart: (assignments, words). Continuation lines are joined, comments dropped;
 /// words are split on spaces (the commands this is used on quote nothing).
-fn shell_commands(markdown: &str) -> Vec<(Vec<(String, String)>, Vec<String>)> {
+fn shell_commands(markdown: &str) -> Vec<ShellCommand> {
     let mut commands = Vec::new();
     let mut in_sh = false;
     let mut pending = String::new();

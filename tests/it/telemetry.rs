@@ -349,7 +349,7 @@ fn assert_kinds_documented(samples: &Samples, url_kinds: &[&str]) {
         .lines()
         .find(|line| line.starts_with("| `incode_gateway_webhooks_total` |"))
         .expect("the README documents incode_gateway_webhooks_total");
-    for ((name, labels), _) in samples {
+    for (name, labels) in samples.keys() {
         if name != "incode_gateway_webhooks_total" {
             continue;
         }
