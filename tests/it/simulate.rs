@@ -22,7 +22,10 @@ use incode_gateway::proto::v1;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, process::Command};
 
-use crate::common::*;
+use crate::{
+    common::*,
+    docs_examples::{readme_gateway, shell_commands},
+};
 
 /// `incode-gateway simulate --url <url> --summary json`, with none of its variables inherited.
 fn simulate(url: &str) -> Command {
@@ -534,26 +537,8 @@ async fn the_readmes_simulate_commands_work_against_the_readmes_gateway() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let commands = shell_commands(&readme);
-    let serve = commands
-        .iter()
-        .find(|(_, words)| {
-            words.first().is_some_and(|w| w == "cargo") && words.contains(&"run".to_owned())
-        })
-        .expect("the README starts a gateway with cargo run");
-    assert!(
-        serve
-            .0
-            .iter()
-            .any(|(name, _)| name == "INCODE_GATEWAY_OAUTH_CLIENT_ID"),
-        "the README's gateway has an OAuth client: {serve:?}"
-    );
     let data_dir = tempfile::tempdir().unwrap();
-    let env: Vec<(&str, &str)> = serve
-        .0
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    let gateway = GatewayProcess::spawn_with(data_dir.path(), &[], &env).await;
+    let gateway = readme_gateway(data_dir.path()).await;
 
     let simulations: Vec<_> = commands
         .iter()
@@ -592,51 +577,4 @@ async fn the_readmes_simulate_commands_work_against_the_readmes_gateway() {
         assert!(output.status.success(), "{words:?}: {output:?}");
         assert_eq!(summary(&output)["acknowledged"], 20, "{words:?}");
     }
-}
-
-/// `NAME=value` assignments, and the words of the command they apply to.
-type ShellCommand = (Vec<(String, String)>, Vec<String>);
-
-/// The commands of the `sh` blocks of a Markdown text, with their leading `NAME=value`
-/// assignments apart: (assignments, words). Continuation lines are joined, comments dropped;
-/// words are split on spaces (the commands this is used on quote nothing).
-fn shell_commands(markdown: &str) -> Vec<ShellCommand> {
-    let mut commands = Vec::new();
-    let mut in_sh = false;
-    let mut pending = String::new();
-    for line in markdown.lines() {
-        if line.starts_with("```") {
-            in_sh = line == "```sh";
-            continue;
-        }
-        if !in_sh {
-            continue;
-        }
-        let line = line.split(" #").next().unwrap_or("").trim_end();
-        if let Some(continued) = line.strip_suffix('\\') {
-            pending.push_str(continued);
-            pending.push(' ');
-            continue;
-        }
-        pending.push_str(line);
-        let command = std::mem::take(&mut pending);
-        let mut env = Vec::new();
-        let mut words = Vec::new();
-        for word in command.split_whitespace() {
-            match word.split_once('=') {
-                Some((name, value))
-                    if words.is_empty()
-                        && !name.is_empty()
-                        && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') =>
-                {
-                    env.push((name.to_owned(), value.to_owned()));
-                }
-                _ => words.push(word.to_owned()),
-            }
-        }
-        if !words.is_empty() {
-            commands.push((env, words));
-        }
-    }
-    commands
 }
