@@ -43,7 +43,7 @@ async fn reads_from_disk_and_from_the_tail_agree() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = options();
     options.tail_capacity = 4;
-    let log = EmbeddedLog::open(dir.path(), options).unwrap();
+    let log = EmbeddedLog::open(dir.path(), options.clone()).unwrap();
     for i in 0..10 {
         log.append(new_event(&format!("e{i}"))).await.unwrap();
     }
@@ -54,7 +54,23 @@ async fn reads_from_disk_and_from_the_tail_agree() {
     assert_eq!(sequences(&from_disk), [2, 3, 4, 5, 6, 7, 8, 9, 10]);
     let from_tail = log.shared.read(7, 100).await.unwrap();
     assert_eq!(sequences(&from_tail), [7, 8, 9, 10]);
-    // The same events either way, field for field.
+    // Each read took the path it should: the tail hands out its own events, the disk new ones.
+    let tail: Vec<_> = lock(&log.shared.tail).iter().cloned().collect();
+    for (read, kept) in from_tail.iter().zip(&tail) {
+        assert!(
+            Arc::ptr_eq(read, kept),
+            "{} not from the tail",
+            read.sequence
+        );
+    }
+    for read in &from_disk {
+        assert!(
+            !tail.iter().any(|kept| Arc::ptr_eq(read, kept)),
+            "{} not from disk",
+            read.sequence
+        );
+    }
+    // The same events either way, field for field, and each the one appended.
     for event in &from_tail {
         let on_disk = from_disk
             .iter()
@@ -63,7 +79,25 @@ async fn reads_from_disk_and_from_the_tail_agree() {
         assert_eq!(**on_disk, **event);
         assert!(event.received_at.is_some());
     }
+    let ids: Vec<_> = from_disk.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"]);
     assert!(log.shared.read(11, 5).await.unwrap().is_empty());
+
+    // After a restart the tail is empty and everything comes from disk, unchanged.
+    let before_restart: Vec<v1::Event> = from_disk.iter().map(|e| (**e).clone()).collect();
+    log.close().await.unwrap();
+    drop(log);
+    let log = EmbeddedLog::open(dir.path(), options).unwrap();
+    assert!(lock(&log.shared.tail).is_empty());
+    let after_restart: Vec<v1::Event> = log
+        .shared
+        .read(2, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (**e).clone())
+        .collect();
+    assert_eq!(after_restart, before_restart);
 }
 
 #[tokio::test]
