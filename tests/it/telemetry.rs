@@ -341,14 +341,17 @@ fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Every `kind` label value of the webhook counter, but those that are `{kind}`s of URLs, is
-/// named in the README's row for the metric.
+/// named in the documentation's row for the metric (in the README or `docs/`).
 fn assert_kinds_documented(samples: &Samples, url_kinds: &[&str]) {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let row = readme
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for entry in std::fs::read_dir(root.join("docs")).into_iter().flatten() {
+        docs.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+    }
+    let row = docs
         .lines()
         .find(|line| line.starts_with("| `incode_gateway_webhooks_total` |"))
-        .expect("the README documents incode_gateway_webhooks_total");
+        .expect("the docs document incode_gateway_webhooks_total");
     for (name, labels) in samples.keys() {
         if name != "incode_gateway_webhooks_total" {
             continue;
