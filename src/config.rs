@@ -60,6 +60,26 @@ impl Cli {
     pub fn into_command(self) -> Command {
         self.command.unwrap_or(Command::Serve(self.serve))
     }
+
+    /// Parses `args` (the program name first) as the command line alone says them: no
+    /// `INCODE_GATEWAY_*` variable is read, so that tests and programs embedding the gateway get
+    /// the documented defaults whatever the environment they run in holds.
+    pub fn try_parse_args_only<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = without_env(Self::command()).try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+}
+
+/// `command` with the environment variables of its arguments (and its subcommands') removed.
+fn without_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| arg.env(None))
+        .mut_subcommands(without_env)
 }
 
 /// Everything `serve` needs.
@@ -476,11 +496,16 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
-    /// The defaults, as `serve` with no flags would have them, with both listeners on ephemeral
-    /// loopback ports, webhooks open to anyone, and no data directory: set `data_dir` (a
-    /// temporary directory) before running with it. Meant for tests and embedding.
+    /// The defaults, as `serve` with no flags would have them (whatever `INCODE_GATEWAY_*`
+    /// variables the environment holds), with both listeners on ephemeral loopback ports,
+    /// webhooks open to anyone, and no data directory: set `data_dir` (a temporary directory)
+    /// before running with it. Meant for tests and embedding.
     pub fn for_tests() -> Self {
-        let mut config = Cli::parse_from(["incode-gateway"]).serve;
+        let mut config = match Cli::try_parse_args_only(["incode-gateway"]) {
+            Ok(cli) => cli.serve,
+            // No argument to refuse: only a definition error, which every test would show.
+            Err(error) => error.exit(),
+        };
         config.public_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.internal_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.storage = StorageKind::Embedded;
@@ -545,13 +570,17 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use clap::CommandFactory;
 
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_args_only(std::iter::once("incode-gateway").chain(args.iter().copied()))
+    }
+
     #[test]
     fn defaults_match_the_documentation() {
-        let config = Cli::parse_from(["incode-gateway"]).serve;
+        let config = parse(&[]).unwrap().serve;
         assert_eq!(config.public_addr, SocketAddr::from(([0, 0, 0, 0], 8080)));
         assert_eq!(
             config.internal_addr,
@@ -569,13 +598,43 @@ mod tests {
         assert_eq!(config.max_body_bytes, 64 * 1024);
     }
 
+    /// Names of the variables the arguments of `command` and of its subcommands read.
+    fn variables(command: &clap::Command) -> Vec<String> {
+        let own = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy().into_owned());
+        let nested = command.get_subcommands().flat_map(variables);
+        own.chain(nested.collect::<Vec<_>>()).collect()
+    }
+
+    #[test]
+    fn parsing_arguments_only_reads_no_variable() {
+        let all = variables(&Cli::command());
+        for expected in [
+            "INCODE_GATEWAY_WEBHOOK_HEADER",
+            "INCODE_GATEWAY_INTERNAL_ADDR",
+            "INCODE_GATEWAY_TAIL_ADDR",
+            "INCODE_GATEWAY_SIMULATE_CLIENT_SECRET",
+        ] {
+            assert!(
+                all.iter().any(|name| name == expected),
+                "{expected} in {all:?}"
+            );
+        }
+        assert_eq!(
+            variables(&without_env(Cli::command())),
+            Vec::<String>::new()
+        );
+    }
+
     #[test]
     fn intervals_must_not_be_zero() {
         for flag in ["--heartbeat-interval", "--maintenance-interval"] {
-            let error = Cli::try_parse_from(["incode-gateway", flag, "0s"]).unwrap_err();
+            let error = parse(&[flag, "0s"]).unwrap_err();
             assert!(error.to_string().contains("longer than zero"), "{error}");
         }
-        let parsed = Cli::try_parse_from(["incode-gateway", "--heartbeat-interval", "250ms"]);
+        let parsed = parse(&["--heartbeat-interval", "250ms"]);
         assert_eq!(
             parsed.unwrap().serve.heartbeat_interval,
             Duration::from_millis(250)

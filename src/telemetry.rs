@@ -128,6 +128,7 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     layers.push(match format {
         LogFormat::Text => Box::new(
             tracing_subscriber::fmt::layer()
+                .with_ansi(colours_wanted())
                 .event_format(WithTraceIds {
                     inner: format::Format::default(),
                     json: false,
@@ -137,6 +138,7 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
         LogFormat::Json => Box::new(
             tracing_subscriber::fmt::layer()
                 .json()
+                .with_ansi(false)
                 .event_format(WithTraceIds {
                     inner: format::Format::default().json().flatten_event(true),
                     json: true,
@@ -146,6 +148,15 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     });
     tracing_subscriber::registry().with(layers).try_init()?;
     Ok(Telemetry { tracer_provider })
+}
+
+/// Whether log lines may carry ANSI colour codes: only for a person at a terminal, and not when
+/// `NO_COLOR` says otherwise (<https://no-color.org>). Piped into a file or a log collector they
+/// would be noise.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 /// `RUST_LOG`, or `info`.

@@ -43,6 +43,15 @@ GATEWAY_ENV = {
 PATIENCE = 10
 
 
+def clean_environment(**extra: str) -> dict:
+    """The environment for a child process: ours without any INCODE_GATEWAY_* variable (the
+    caller's gateway or token settings must not change what a test sees), plus ``extra``."""
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("INCODE_GATEWAY_")
+    }
+    return {**environment, **extra}
+
+
 def gateway_binary() -> pathlib.Path:
     """$INCODE_GATEWAY_BIN, or the debug build under $CARGO_TARGET_DIR or target/."""
     if os.environ.get("INCODE_GATEWAY_BIN"):
@@ -202,7 +211,7 @@ class Gateway:
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, **GATEWAY_ENV},
+            env=clean_environment(**GATEWAY_ENV),
         )
         lines: queue.Queue = queue.Queue()
         # Reads the gateway's log for as long as it runs, so that it never blocks on a full pipe.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -16,7 +15,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from conftest import HERE, PATIENCE
+from conftest import HERE, PATIENCE, clean_environment
 
 UUID_V7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$")
@@ -44,8 +43,7 @@ def stored_events(stub, request, metadata=()) -> list:
 
 
 def run_example(stubs_dir, *args: str, token=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(stubs_dir)}
-    env.pop("INCODE_GATEWAY_TOKEN", None)
+    env = clean_environment(PYTHONPATH=str(stubs_dir))
     if token is not None:
         env["INCODE_GATEWAY_TOKEN"] = token
     return subprocess.run(

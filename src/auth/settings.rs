@@ -251,7 +251,10 @@ fn read_key(path: &Path, setting: &str) -> Result<TokenKey, AuthSetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::file::{ClientEntry, OAuthSection, WebhooksSection};
+    use crate::{
+        auth::webhook::check_headers,
+        config::file::{ClientEntry, OAuthSection, WebhooksSection},
+    };
 
     const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
     const KEY_B: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
@@ -292,7 +295,15 @@ mod tests {
         assert_eq!(settings.tokens.ttl, Duration::from_secs(120));
         let key_b = TokenKey::parse(&Secret::new(KEY_B)).unwrap();
         assert_eq!(settings.tokens.signing_key.id(), key_b.id());
+        // The flag's `X-A` replaced the file's: its value is required, the file's refused.
         assert_eq!(settings.webhook_headers.len(), 1);
+        let with_x_a = |value: &'static str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert("x-a", axum::http::HeaderValue::from_static(value));
+            headers
+        };
+        check_headers(&settings.webhook_headers, &with_x_a("flag")).unwrap();
+        assert!(check_headers(&settings.webhook_headers, &with_x_a("file")).is_err());
 
         let settings =
             AuthSettings::resolve(&AuthArgs::default(), file_with_client("other", "x")).unwrap();

@@ -102,6 +102,9 @@ impl Subscription {
             span: self.span,
             trace_deliveries: self.trace_deliveries,
         };
+        // Everything before the start counts as considered from the outset: a stream that
+        // starts at the tail is not lagging until its first message.
+        state.stream_metrics.considered(state.considered);
         Ok(futures::stream::unfold(state, |mut state| async move {
             let span = state.span.clone();
             let message = state.next_message().instrument(span).await?;

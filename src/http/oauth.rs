@@ -1,7 +1,8 @@
 //! The OAuth 2.0 token endpoint, `POST /oauth/token` (RFC 6749): the client credentials grant
 //! (§4.4), with the client authenticated by HTTP Basic (§2.3.1) as Incode does, or by
-//! `client_id` and `client_secret` in the body. Successes are §5.1, errors exactly §5.2, with the
-//! RFC's body shape `{"error":"…","error_description":"…"}` rather than the webhooks' one.
+//! `client_id` and `client_secret` in the body. Successes are §5.1, errors have §5.2's body shape
+//! `{"error":"…","error_description":"…"}` rather than the webhooks' one, with §5.2's codes plus
+//! two it does not define (see `ErrorCode`).
 
 use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Duration};
 
@@ -44,8 +45,9 @@ struct TokenResponse<'a> {
     expires_in: u64,
 }
 
-/// The `error` codes of §5.2, plus `slow_down` (registered by RFC 8628 for "wait before trying
-/// again") for throttled clients and `server_error` for our own failures.
+/// The `error` codes of §5.2, plus two it does not define: `slow_down` (registered by RFC 8628,
+/// §3.5, for "wait before trying again") for throttled clients, with 429, and `server_error` (from
+/// the authorization endpoint's list, §4.1.2.1) for our own failures, with 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ErrorCode {
     InvalidRequest,

@@ -434,6 +434,13 @@ pub async fn run(args: &SimulateArgs, out: &mut impl Write) -> Result<Summary, S
     }
     .and_then(|()| out.flush())
     .map_err(SimulateError::Output)?;
+    if incode.tokens.is_none() && summary.answers.contains_key("401") {
+        eprintln!(
+            "the gateway refused calls with 401: it wants a bearer token. Give simulate the OAuth \
+             client Incode uses: --client-id ID, and the secret in \
+             INCODE_GATEWAY_SIMULATE_CLIENT_SECRET"
+        );
+    }
     Ok(summary)
 }
 

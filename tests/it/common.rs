@@ -77,7 +77,7 @@ impl Gateway {
             data_dir,
             base_url,
             grpc_addr,
-            http: reqwest::Client::new(),
+            http: http_client(),
             stop: Some(stop),
             task,
         }
@@ -203,6 +203,15 @@ pub fn no_filter() -> EventFilter {
     EventFilter::default()
 }
 
+/// An HTTP client whose every call fails the test, rather than hang it, when no answer comes in
+/// time.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
 /// The next message of a stream; fails the test if none comes in time.
 pub async fn next_message(stream: &mut Streaming<SubscribeResponse>) -> Response {
     tokio::time::timeout(PATIENCE, stream.message())
@@ -214,25 +223,33 @@ pub async fn next_message(stream: &mut Streaming<SubscribeResponse>) -> Response
         .expect("empty response")
 }
 
+/// The next message that is not a heartbeat. Heartbeats show the stream is alive but are no
+/// progress: a stream that only beats fails the test after [`PATIENCE`] instead of hanging it.
+pub async fn next_progress(stream: &mut Streaming<SubscribeResponse>) -> Response {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let message = tokio::time::timeout_at(deadline, next_message(stream))
+            .await
+            .expect("only heartbeats in time");
+        if !matches!(message, Response::Heartbeat(_)) {
+            return message;
+        }
+    }
+}
+
 /// The next event, skipping heartbeats; fails on anything else.
 pub async fn next_event(stream: &mut Streaming<SubscribeResponse>) -> v1::Event {
-    loop {
-        match next_message(stream).await {
-            Response::Event(event) => return event,
-            Response::Heartbeat(_) => {}
-            other => panic!("expected an event, got {other:?}"),
-        }
+    match next_progress(stream).await {
+        Response::Event(event) => event,
+        other => panic!("expected an event, got {other:?}"),
     }
 }
 
 /// Expects `caught_up` next (heartbeats aside) and returns its sequence.
 pub async fn expect_caught_up(stream: &mut Streaming<SubscribeResponse>) -> u64 {
-    loop {
-        match next_message(stream).await {
-            Response::CaughtUp(caught_up) => return caught_up.sequence,
-            Response::Heartbeat(_) => {}
-            other => panic!("expected caught_up, got {other:?}"),
-        }
+    match next_progress(stream).await {
+        Response::CaughtUp(caught_up) => caught_up.sequence,
+        other => panic!("expected caught_up, got {other:?}"),
     }
 }
 
@@ -244,10 +261,9 @@ pub fn onboarding_body(interview_id: &str, status: &str) -> String {
 pub async fn drain_until_caught_up(stream: &mut Streaming<SubscribeResponse>) -> Vec<v1::Event> {
     let mut events = Vec::new();
     loop {
-        match next_message(stream).await {
+        match next_progress(stream).await {
             Response::Event(event) => events.push(event),
             Response::CaughtUp(_) => return events,
-            Response::Heartbeat(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -260,6 +276,27 @@ pub fn interview_id(event: &v1::Event) -> &str {
         Some(v1::event::Payload::UnrecognizedNotification(p)) => &p.interview_id,
         None => "",
     }
+}
+
+/// The gateway binary, with none of the caller's `INCODE_GATEWAY_*` (or `OTEL_*`) variables: a
+/// test says every setting its process gets, and an exported variable in the shell that runs the
+/// suite changes nothing.
+pub fn binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"));
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("INCODE_GATEWAY_") || text.starts_with("OTEL_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
+/// [`binary`], for tokio.
+pub fn binary_async() -> tokio::process::Command {
+    let mut command = tokio::process::Command::from(binary());
+    command.kill_on_drop(true);
+    command
 }
 
 /// The gateway binary running as a child process, for what only a real process can show
@@ -297,7 +334,7 @@ impl GatewayProcess {
         env: &[(&str, &str)],
     ) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
+        let mut child = binary_async()
             .args(["serve", "--public-addr", "127.0.0.1:0"])
             .args(["--internal-addr", internal_addr, "--log-format", "json"])
             .arg("--data-dir")

@@ -20,7 +20,10 @@ use incode_gateway::{
 };
 use tempfile::TempDir;
 
-use crate::{common::PATIENCE, nats_server::NatsServer};
+use crate::{
+    common::{Gateway, PATIENCE, drain_until_caught_up, next_progress, no_filter},
+    nats_server::NatsServer,
+};
 
 /// Settings a test needs from its storage.
 #[derive(Debug, Clone, Copy)]
@@ -321,6 +324,55 @@ async fn gaps_report_what_retention_removed(backend: impl Backend) {
     );
 }
 
+/// Through the gateway: a `since` older than the oldest retained event starts with a gap that
+/// names what retention removed, as "nothing is skipped silently" promises; a `since` inside the
+/// retained range starts at the first event received at or after it, with no gap.
+async fn a_since_older_than_retention_starts_with_a_gap(backend: impl Backend) {
+    use incode_gateway::proto::v1::{start_position::Position, subscribe_response::Response};
+
+    let storage = backend
+        .open(Limits {
+            max_events: Some(3),
+        })
+        .await;
+    let before = SystemTime::now();
+    append_n(&storage, "old", 4).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let middle = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    append_n(&storage, "new", 2).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while storage.log.bounds().await.unwrap().first != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not remove the oldest events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gateway = Gateway::start_with_storage(
+        Arc::new(tempfile::tempdir().unwrap()),
+        incode_gateway::Config::for_tests(),
+        storage,
+    )
+    .await;
+
+    let mut stream = gateway
+        .subscribe(Some(Position::Since(before.into())), no_filter())
+        .await;
+    match next_progress(&mut stream).await {
+        Response::Gap(gap) => assert_eq!((gap.first_sequence, gap.last_sequence), (1, 3)),
+        other => panic!("expected a gap first, got {other:?}"),
+    }
+    let events = drain_until_caught_up(&mut stream).await;
+    assert_eq!(sequences(&events), [4, 5, 6]);
+
+    let mut stream = gateway
+        .subscribe(Some(Position::Since(middle.into())), no_filter())
+        .await;
+    let events = drain_until_caught_up(&mut stream).await;
+    assert_eq!(sequences(&events), [5, 6]);
+}
+
 async fn state_writes_compare_and_set(backend: impl Backend) {
     let storage = backend.open(Limits::none()).await;
     let state = &storage.state;
@@ -485,6 +537,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn gaps_report_what_retention_removed() {
                 super::gaps_report_what_retention_removed($make).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_since_older_than_retention_starts_with_a_gap() {
+                super::a_since_older_than_retention_starts_with_a_gap($make).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,7 +51,6 @@ use crate::{
     telemetry::{Collector, attribute},
 };
 
-const BINARY: &str = env!("CARGO_BIN_EXE_incode-gateway");
 const BILLING_TOKEN: &str = "billing-token-7f3a9c2e51d04b8a";
 /// Configured as a digest only.
 const PAYMENTS_TOKEN: &str = "payments-token-0b9e4d7c1a2f3e6d";
@@ -248,11 +247,7 @@ fn token_config(dir: &Path) -> Config {
 
 #[test]
 fn serve_help_shows_the_loopback_default_and_the_new_flags() {
-    let output = std::process::Command::new(BINARY)
-        .args(["serve", "--help"])
-        .env_remove("INCODE_GATEWAY_INTERNAL_ADDR")
-        .output()
-        .unwrap();
+    let output = binary().args(["serve", "--help"]).output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     assert!(help.contains("[default: 127.0.0.1:50051]"), "{help}");
@@ -276,8 +271,9 @@ fn serve_help_shows_the_loopback_default_and_the_new_flags() {
 /// not bind the default port itself: tests use ephemeral ports only.)
 #[tokio::test]
 async fn the_default_bind_starts_without_subscriber_authentication() {
-    use clap::Parser;
-    let defaults = incode_gateway::config::Cli::parse_from(["incode-gateway"]).serve;
+    let defaults = incode_gateway::config::Cli::try_parse_args_only(["incode-gateway"])
+        .unwrap()
+        .serve;
     assert_eq!(defaults.internal_addr, "127.0.0.1:50051".parse().unwrap());
     Security::from_config(&Config::for_tests(), defaults.internal_addr).unwrap();
 
@@ -295,15 +291,12 @@ async fn the_default_bind_starts_without_subscriber_authentication() {
 #[tokio::test]
 async fn a_non_loopback_bind_without_subscriber_authentication_refuses_to_start() {
     let data_dir = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(BINARY)
+    let output = binary_async()
         .args(["serve", "--public-addr", "127.0.0.1:0"])
         .args(["--internal-addr", "0.0.0.0:0"])
         .args(["--allow-unauthenticated-webhooks"])
         .arg("--data-dir")
         .arg(data_dir.path())
-        .env_remove("INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_SUBSCRIBERS")
-        .env_remove("INCODE_GATEWAY_CONFIG")
-        .env_remove("INCODE_GATEWAY_INTERNAL_CLIENT_CA")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -1157,7 +1150,7 @@ async fn sighup_reloads_the_certificate() {
     assert!(status.success());
     wait_for_certificate(addr, &[&old_ca, &new_ca], &new.der).await;
 
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(format!("{}{WEBHOOK}", process.base_url))
         .header("content-type", "application/json")
         .body(onboarding_body("after-sighup", "ONBOARDING_FINISHED"))
@@ -1218,20 +1211,23 @@ async fn transport_limits_are_applied() {
 
 #[test]
 fn transport_flags_parse_and_zero_turns_keepalives_off() {
-    use clap::Parser;
     use incode_gateway::{config::Cli, grpc::GrpcSettings};
-    let config = Cli::parse_from([
+    let config = Cli::try_parse_args_only([
         "incode-gateway",
         "--internal-http2-keepalive-interval",
         "0s",
         "--internal-tcp-keepalive",
         "0s",
     ])
+    .unwrap()
     .serve;
     let limits = GrpcSettings::from_config(&config, false).limits;
     assert_eq!(limits.http2_keepalive_interval, None);
     assert_eq!(limits.tcp_keepalive, None);
-    let defaults = GrpcSettings::from_config(&Cli::parse_from(["incode-gateway"]).serve, false);
+    let defaults = GrpcSettings::from_config(
+        &Cli::try_parse_args_only(["incode-gateway"]).unwrap().serve,
+        false,
+    );
     assert_eq!(
         defaults.limits.http2_keepalive_interval,
         Some(Duration::from_secs(30))
@@ -1245,7 +1241,7 @@ fn transport_flags_parse_and_zero_turns_keepalives_off() {
         &["--internal-tls-reload-interval", "0s"],
     ] {
         let error =
-            Cli::try_parse_from(std::iter::once("incode-gateway").chain(bad.iter().copied()))
+            Cli::try_parse_args_only(std::iter::once("incode-gateway").chain(bad.iter().copied()))
                 .unwrap_err()
                 .to_string();
         assert!(error.contains(bad[0]), "{error}");
@@ -1255,15 +1251,10 @@ fn transport_flags_parse_and_zero_turns_keepalives_off() {
 // ---- The tail tool ----
 
 fn tail(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(BINARY);
+    let mut command = binary_async();
     command
         .arg("tail")
         .args(args)
-        .env_remove("INCODE_GATEWAY_TAIL_ADDR")
-        .env_remove("INCODE_GATEWAY_TAIL_TOKEN")
-        .env_remove("INCODE_GATEWAY_TAIL_CA")
-        .env_remove("INCODE_GATEWAY_TAIL_CERT")
-        .env_remove("INCODE_GATEWAY_TAIL_KEY")
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

@@ -99,7 +99,7 @@ async fn two_replicas_share_one_order_and_retries_to_either_make_one_event() {
     let cluster = NatsCluster::start().await;
     let a = replica(&cluster.urls(), 3).await;
     let b = replica(&cluster.urls(), 3).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
 
     for i in 0..20 {
         let target = if i % 2 == 0 { &a } else { &b };
@@ -160,7 +160,7 @@ async fn killing_the_stream_leader_under_load_loses_and_repeats_nothing() {
         replica(&cluster.urls(), 3).await,
         replica(&cluster.urls(), 3).await,
     ]);
-    let http = reqwest::Client::new();
+    let http = http_client();
     let acknowledged: Arc<Mutex<Vec<Vec<String>>>> =
         Arc::new(Mutex::new(vec![Vec::new(); SENDERS]));
     // When any call failed (503 or no answer): the window Incode would see.
@@ -270,7 +270,7 @@ async fn a_subscriber_of_a_killed_replica_resumes_on_the_other_without_gap_or_re
     let nats = NatsServer::start().await;
     let mut a = replica(&nats.url(), 1).await;
     let b = replica(&nats.url(), 1).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     for i in 0..10 {
         let body = onboarding_body(&format!("before-{i}"), "UNKNOWN");
         assert_eq!(post(&http, &b, &body).await, Some(StatusCode::OK));
@@ -332,7 +332,7 @@ async fn a_consumer_acked_on_one_replica_resumes_on_the_other() {
     let nats = NatsServer::start().await;
     let a = replica(&nats.url(), 1).await;
     let b = replica(&nats.url(), 1).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     for i in 0..5 {
         let body = onboarding_body(&format!("c-{i}"), "UNKNOWN");
         assert_eq!(post(&http, &a, &body).await, Some(StatusCode::OK));
@@ -385,7 +385,7 @@ async fn with_the_whole_cluster_down_webhooks_get_503_and_both_replicas_recover(
     let mut cluster = NatsCluster::start().await;
     let a = replica(&cluster.urls(), 3).await;
     let b = replica(&cluster.urls(), 3).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut acknowledged = Vec::new();
     for i in 0..4 {
         let id = format!("up-{i}");

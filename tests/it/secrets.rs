@@ -20,8 +20,6 @@ use tracing_subscriber::{filter::LevelFilter, fmt::MakeWriter, prelude::*};
 
 use crate::{auth_common::*, common::*};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_incode-gateway");
-
 /// Every log line the gateway writes while the guard lives, as text and as JSON.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -169,7 +167,7 @@ async fn serve_refuses_to_start_with_no_webhook_authentication() {
 
     // The binary says what to do.
     let data_dir = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(BINARY)
+    let output = binary_async()
         .args([
             "--public-addr",
             "127.0.0.1:0",
@@ -178,11 +176,6 @@ async fn serve_refuses_to_start_with_no_webhook_authentication() {
         ])
         .arg("--data-dir")
         .arg(data_dir.path())
-        .env_remove("INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_WEBHOOKS")
-        .env_remove("INCODE_GATEWAY_OAUTH_CLIENT_ID")
-        .env_remove("INCODE_GATEWAY_OAUTH_CLIENT_SECRET")
-        .env_remove("INCODE_GATEWAY_WEBHOOK_HEADER")
-        .env_remove("INCODE_GATEWAY_CONFIG")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -219,7 +212,7 @@ async fn allowing_unauthenticated_webhooks_warns_loudly() {
 /// `hash-secret` reads the secret from standard input; its output works as a client secret.
 #[tokio::test]
 async fn hash_secret_prints_an_argon2id_hash_that_authenticates() {
-    let mut child = tokio::process::Command::new(BINARY)
+    let mut child = binary_async()
         .arg("hash-secret")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -273,11 +266,7 @@ fn help_shows_no_secret_values() {
         ),
     ];
     for args in [&["--help"][..], &["serve", "--help"][..]] {
-        let output = std::process::Command::new(BINARY)
-            .args(args)
-            .envs(secrets)
-            .output()
-            .unwrap();
+        let output = binary().args(args).envs(secrets).output().unwrap();
         assert!(output.status.success());
         let help = String::from_utf8(output.stdout).unwrap();
         for (name, value) in secrets {

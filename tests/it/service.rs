@@ -116,8 +116,14 @@ async fn shutdown_ends_streams_and_returns() {
         Response::CaughtUp(_)
     ));
     gateway.stop().await.unwrap();
+    // As the contract says: UNAVAILABLE, which clients retry (against another replica, or this
+    // one once it is back), resuming after the last sequence they saw. A clean end (OK) would
+    // read as "finished" to a client written from the proto.
     let end = tokio::time::timeout(PATIENCE, stream.message())
         .await
         .unwrap();
-    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    match end {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        Ok(other) => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
 }

@@ -22,22 +22,19 @@ use incode_gateway::proto::v1;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, process::Command};
 
-use crate::common::*;
+use crate::{
+    common::*,
+    docs_examples::{readme_gateway, shell_commands},
+};
 
 /// `incode-gateway simulate --url <url> --summary json`, with none of its variables inherited.
 fn simulate(url: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_incode-gateway"));
+    let mut command = binary_async();
     command
         .args(["simulate", "--url", url, "--summary", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("INCODE_GATEWAY_SIMULATE_") {
-            command.env_remove(name);
-        }
-    }
+        .stderr(Stdio::piped());
     command
 }
 
@@ -55,6 +52,8 @@ fn summary(output: &Output) -> Value {
 /// One request the stand-in received.
 #[derive(Debug, Clone)]
 struct Recorded {
+    /// When it arrived.
+    at: Instant,
     path: String,
     headers: HeaderMap,
     body: Bytes,
@@ -166,6 +165,7 @@ async fn webhook(
         let mut records = state.records.lock().unwrap();
         let first_time = !records.webhooks.iter().any(|r| r.body == body);
         records.webhooks.push(Recorded {
+            at: Instant::now(),
             path: uri.path().to_owned(),
             headers: headers.clone(),
             body,
@@ -207,6 +207,7 @@ async fn token_endpoint(
 ) -> Response {
     let mut records = state.records.lock().unwrap();
     records.token_requests.push(Recorded {
+        at: Instant::now(),
         path: uri.path().to_owned(),
         headers,
         body,
@@ -377,10 +378,11 @@ async fn a_200_that_is_not_json_is_retried_once_then_given_up() {
 
 #[tokio::test]
 async fn a_timed_out_call_is_retried() {
-    let fake = FakeGateway::start(Behaviour::SlowFirst(Duration::from_secs(5)), None).await;
+    // The first call is never answered; the retry has the whole timeout, ample on any machine.
+    let fake = FakeGateway::start(Behaviour::SlowFirst(Duration::from_secs(3600)), None).await;
 
     let output =
-        run(simulate(&fake.url).args(["--count", "3", "--concurrency", "3", "--timeout", "300ms"]))
+        run(simulate(&fake.url).args(["--count", "3", "--concurrency", "3", "--timeout", "2s"]))
             .await;
 
     assert!(output.status.success(), "{output:?}");
@@ -393,16 +395,18 @@ async fn a_timed_out_call_is_retried() {
 
 #[tokio::test]
 async fn simulate_obtains_tokens_as_incode_does_and_renews_them_before_they_expire() {
+    // simulate renews a tenth of the lifetime early: 500 ms for a 5 s token, time enough for one
+    // token request on any machine. The run lasts longer than one token.
     let settings = TokenSettings {
         client_id: "incode:client",
         client_secret: "s3cr3t p@ss/word",
-        expires_in: 1.0,
+        expires_in: 5.0,
         refuse: false,
     };
     let fake = FakeGateway::start(Behaviour::Ok, Some(settings.clone())).await;
 
     let output = run(simulate(&fake.url)
-        .args(["--count", "6", "--rate", "4", "--concurrency", "1"])
+        .args(["--count", "33", "--rate", "6", "--concurrency", "1"])
         .args(["--client-id", settings.client_id])
         .env(
             "INCODE_GATEWAY_SIMULATE_CLIENT_SECRET",
@@ -414,13 +418,19 @@ async fn simulate_obtains_tokens_as_incode_does_and_renews_them_before_they_expi
     let summary = summary(&output);
     assert_eq!(
         summary["answers"],
-        json!({ "200": 6 }),
+        json!({ "200": 33 }),
         "every notification carried a valid bearer"
     );
     let token_requests = fake.token_requests();
     assert!(
         token_requests.len() >= 2,
-        "a 1 s token is renewed during a 1.25 s run"
+        "a 5 s token is renewed during a run of more than 5 s"
+    );
+    let first_expired_at = token_requests[0].at + Duration::from_secs(5);
+    assert!(
+        token_requests[1].at < first_expired_at,
+        "renewed {:?} after the first token expired",
+        token_requests[1].at - first_expired_at
     );
     assert_eq!(summary["tokens_obtained"], token_requests.len());
     let basic = format!(
@@ -505,10 +515,66 @@ async fn simulate_authenticates_at_the_gateways_token_endpoint() {
     let mut stream = gateway.subscribe(earliest(), no_filter()).await;
     assert_eq!(drain_until_caught_up(&mut stream).await.len(), 10);
 
-    // Without credentials every call is refused, retried once, and given up.
+    // Without credentials every call is refused, retried once, and given up, and simulate says
+    // what it lacks.
     let output = run(simulate(&gateway.base_url).args(["--count", "2"])).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let report = summary(&output);
     assert_eq!(report["failed"], 2);
     assert_eq!(report["answers"], json!({ "401": 4 }));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--client-id") && stderr.contains("INCODE_GATEWAY_SIMULATE_CLIENT_SECRET"),
+        "{stderr}"
+    );
+}
+
+/// The README's `simulate` commands work, as written, against the gateway its "Run it" starts
+/// (with the README's demo client). Only the URL (the ports are ephemeral here) and the number
+/// of notifications are changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_simulate_commands_work_against_the_readmes_gateway() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands = shell_commands(&readme);
+    let data_dir = tempfile::tempdir().unwrap();
+    let gateway = readme_gateway(data_dir.path()).await;
+
+    let simulations: Vec<_> = commands
+        .iter()
+        .filter(|(_, words)| {
+            words.starts_with(&["incode-gateway".to_owned(), "simulate".to_owned()])
+        })
+        .collect();
+    assert!(!simulations.is_empty(), "no simulate command in the README");
+    for (env, words) in simulations {
+        let mut args = words[2..].to_vec();
+        // The README's gateway listens on 8080; this one on an ephemeral port. And fewer
+        // notifications will do.
+        for arg in &mut args {
+            if arg.starts_with("http://localhost:8080") || arg.starts_with("http://127.0.0.1:8080")
+            {
+                *arg = gateway.base_url.clone();
+            }
+        }
+        match args.iter().position(|arg| arg == "--count") {
+            Some(flag) => args[flag + 1] = "20".to_owned(),
+            None => args.extend(["--count".to_owned(), "20".to_owned()]),
+        }
+        let output = run(binary_async()
+            .arg("simulate")
+            .args(&args)
+            .args(["--summary", "json"])
+            .envs(
+                env.iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            )
+            .env("INCODE_GATEWAY_SIMULATE_URL", &gateway.base_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()))
+        .await;
+        assert!(output.status.success(), "{words:?}: {output:?}");
+        assert_eq!(summary(&output)["acknowledged"], 20, "{words:?}");
+    }
 }

@@ -14,10 +14,9 @@ use crate::common::*;
 
 /// `incode-gateway tail --addr <the gateway>` with piped output.
 fn tail(grpc_url: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_incode-gateway"));
+    let mut command = binary_async();
     command
         .args(["tail", "--addr", grpc_url])
-        .env_remove("INCODE_GATEWAY_TAIL_ADDR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

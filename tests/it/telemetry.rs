@@ -112,7 +112,7 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let token: serde_json::Value = http
         .post(format!("{}/oauth/token", process.base_url))
         .header("authorization", basic(CLIENT_ID, CLIENT_SECRET))
@@ -322,19 +322,49 @@ fn parse_metrics(text: &str) -> Samples {
     samples
 }
 
+/// The value of the one series of `name` that has (at least) these labels. A missing series
+/// fails the test, as does an ambiguous choice: a metric that disappears must not read as zero.
 fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut labels: Vec<_> = labels
+    let wanted: Vec<_> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    labels.sort();
-    samples
+    let matching: Vec<_> = samples
         .iter()
-        .find(|((n, l), _)| {
-            n == name && labels.iter().all(|label| l.contains(label)) && l.len() >= labels.len()
-        })
-        .map(|(_, v)| *v)
-        .unwrap_or(0.0)
+        .filter(|((n, l), _)| n == name && wanted.iter().all(|label| l.contains(label)))
+        .collect();
+    match matching[..] {
+        [(_, value)] => *value,
+        [] => panic!("no series {name} {labels:?} in {:#?}", samples.keys()),
+        _ => panic!("{name} {labels:?} matches several series: {matching:?}"),
+    }
+}
+
+/// Every `kind` label value of the webhook counter, but those that are `{kind}`s of URLs, is
+/// named in the documentation's row for the metric (in the README or `docs/`).
+fn assert_kinds_documented(samples: &Samples, url_kinds: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for entry in std::fs::read_dir(root.join("docs")).into_iter().flatten() {
+        docs.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+    }
+    let row = docs
+        .lines()
+        .find(|line| line.starts_with("| `incode_gateway_webhooks_total` |"))
+        .expect("the docs document incode_gateway_webhooks_total");
+    for (name, labels) in samples.keys() {
+        if name != "incode_gateway_webhooks_total" {
+            continue;
+        }
+        for (key, value) in labels {
+            if key == "kind" && !url_kinds.contains(&value.as_str()) {
+                assert!(
+                    row.contains(&format!("`{value}`")),
+                    "kind {value} is not documented in {row}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -364,9 +394,26 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
         .post_json(path, r#"{"onboardingStatus":"UNKNOWN"}"#)
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    for _ in 0..4 {
+    // The single URL and kinds of their own.
+    gateway
+        .notify("/webhooks/incode", r#"{"interviewId":"u"}"#)
+        .await;
+    let (status, _) = gateway.post_json("/webhooks/incode", "{broken").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    gateway
+        .notify(
+            "/webhooks/incode/document-expired",
+            r#"{"interviewId":"d"}"#,
+        )
+        .await;
+    let (status, _) = gateway.post_json("/webhooks/incode/bad%20kind", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for _ in 0..6 {
         next_event(&mut stream).await;
     }
+    // A stream that starts at the live tail has nothing to catch up on: no lag, before it has
+    // sent anything.
+    let live = gateway.subscribe(latest(), no_filter()).await;
 
     let response = gateway
         .http
@@ -424,16 +471,47 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
         ],
         1.0,
     );
-    check("incode_gateway_events_appended_total", &[], 4.0);
-    check("incode_gateway_log_append_duration_seconds_count", &[], 5.0);
-    check("incode_gateway_events_delivered_total", &[], 4.0);
-    check("incode_gateway_subscribers_active", &[], 1.0);
-    check("incode_gateway_log_head_sequence", &[], 4.0);
     check(
-        "incode_gateway_subscriber_lag",
-        &[("subscriber", "anonymous")],
-        0.0,
+        webhooks,
+        &[("kind", "unknown"), ("outcome", "accepted")],
+        1.0,
     );
+    check(
+        webhooks,
+        &[
+            ("kind", "detect"),
+            ("outcome", "rejected"),
+            ("reason", "invalid_json"),
+        ],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[("kind", "document-expired"), ("outcome", "accepted")],
+        1.0,
+    );
+    check(
+        webhooks,
+        &[
+            ("kind", "invalid"),
+            ("outcome", "rejected"),
+            ("reason", "invalid_kind"),
+        ],
+        1.0,
+    );
+    check("incode_gateway_events_appended_total", &[], 6.0);
+    check("incode_gateway_log_append_duration_seconds_count", &[], 7.0);
+    check("incode_gateway_events_delivered_total", &[], 6.0);
+    check("incode_gateway_subscribers_active", &[], 2.0);
+    check("incode_gateway_log_head_sequence", &[], 6.0);
+    assert_kinds_documented(&samples, &["document-expired"]);
+    for stream in ["0", "1"] {
+        check(
+            "incode_gateway_subscriber_lag",
+            &[("subscriber", "anonymous"), ("stream", stream)],
+            0.0,
+        );
+    }
 
     // The internal listener only: the public one has no /metrics.
     let public = gateway
@@ -445,7 +523,8 @@ async fn metrics_count_webhooks_appends_and_deliveries() {
     assert_eq!(public.status(), StatusCode::NOT_FOUND);
 
     drop(stream);
-    // The stream is released at once; the gauge follows.
+    drop(live);
+    // The streams are released at once; the gauge follows.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let text = gateway
@@ -526,9 +605,10 @@ async fn metrics_count_token_requests_and_refused_webhooks() {
     );
     check(
         "incode_gateway_webhooks_total",
-        &[("outcome", "unauthorized")],
+        &[("kind", "any"), ("outcome", "unauthorized")],
         1.0,
     );
+    assert_kinds_documented(&samples, &[]);
     check(
         "incode_gateway_webhooks_total",
         &[("outcome", "accepted")],
@@ -554,7 +634,7 @@ async fn an_unreachable_collector_neither_blocks_requests_nor_shutdown() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     for i in 0..20 {
         let response = http
             .post(format!(
@@ -580,4 +660,40 @@ async fn an_unreachable_collector_neither_blocks_requests_nor_shutdown() {
         .expect("the gateway did not stop after SIGTERM")
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// Text log lines written to a pipe (a file, a log collector) carry no ANSI colour codes.
+#[tokio::test]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    use tokio::io::AsyncBufReadExt;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut child = binary_async()
+        .args(["serve", "--public-addr", "127.0.0.1:0"])
+        .args(["--internal-addr", "127.0.0.1:0", "--log-format", "text"])
+        .args(["--allow-unauthenticated-webhooks", "--data-dir"])
+        .arg(data_dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut read = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let listening = line.contains("incode-gateway listening");
+            read.push(line);
+            if listening {
+                return;
+            }
+        }
+        panic!("the gateway exited before listening: {read:#?}");
+    })
+    .await
+    .expect("the gateway did not start in time");
+    assert!(read.len() > 1, "{read:#?}");
+    for line in &read {
+        assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+        assert!(line.contains("INFO") || line.contains("WARN"), "{line:?}");
+    }
 }

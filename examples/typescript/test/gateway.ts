@@ -37,6 +37,22 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   OTEL_METRICS_EXPORTER: "none",
 };
 
+/**
+ * The environment for a child process: ours without any INCODE_GATEWAY_* variable (the caller's
+ * gateway or token settings must not change what a test sees), plus `extra`.
+ */
+export function cleanEnvironment(
+  extra: Readonly<Record<string, string>> = {},
+): NodeJS.ProcessEnv {
+  const environment: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(process.env)) {
+    if (!name.startsWith("INCODE_GATEWAY_")) {
+      environment[name] = value;
+    }
+  }
+  return { ...environment, ...extra };
+}
+
 /** The gateway binary: $INCODE_GATEWAY_BIN, or the debug build under $CARGO_TARGET_DIR or target/. */
 export function gatewayBinary(): string {
   if (process.env.INCODE_GATEWAY_BIN) {
@@ -151,7 +167,7 @@ export class Gateway {
         ...GATEWAY_FLAGS,
         ...flags,
       ],
-      { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...GATEWAY_ENV } },
+      { stdio: ["ignore", "pipe", "inherit"], env: cleanEnvironment(GATEWAY_ENV) },
     );
     const exited = once(child, "exit").then(([code]) => {
       throw new Error(`the gateway exited with ${String(code)} before listening`);

@@ -38,7 +38,7 @@ import {
   type Connection,
   type EventStreamClient,
 } from "../src/subscribe.js";
-import { Gateway, makeTls, tlsFlags, type Tls } from "./gateway.js";
+import { cleanEnvironment, Gateway, makeTls, tlsFlags, type Tls } from "./gateway.js";
 
 const run = promisify(execFile);
 const SUBSCRIBE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../src/subscribe.js");
@@ -214,7 +214,7 @@ describe("TypeScript client", () => {
         ...["--addr", gateway.grpcUrl, "--ca", tls.caFile],
         ...["--interview-id", id, "--status", "ONBOARDING_FINISHED", "--max-events", "1"],
       ],
-      { timeout: 10_000, env: { ...process.env, INCODE_GATEWAY_TOKEN: tls.token } },
+      { timeout: 10_000, env: cleanEnvironment({ INCODE_GATEWAY_TOKEN: tls.token }) },
     );
 
     const lines = stdout.trimEnd().split("\n");
@@ -234,7 +234,10 @@ describe("TypeScript client", () => {
 
   test("the example program fails clearly when the gateway is unreachable", async () => {
     await assert.rejects(
-      run(process.execPath, [SUBSCRIBE, "--addr", "http://127.0.0.1:1"], { timeout: 10_000 }),
+      run(process.execPath, [SUBSCRIBE, "--addr", "http://127.0.0.1:1"], {
+        timeout: 10_000,
+        env: cleanEnvironment(),
+      }),
       (error: { code?: number; stderr?: string }) => {
         assert.equal(error.code, 1);
         assert.match(error.stderr ?? "", /subscription failed/);
@@ -341,7 +344,7 @@ describe("TypeScript client", () => {
           ...["--cert", tls.clientCertFile, "--key", tls.clientKeyFile],
           ...["--interview-id", id, "--max-events", "1"],
         ],
-        { timeout: 10_000 },
+        { timeout: 10_000, env: cleanEnvironment() },
       );
       const json = JSON.parse(stdout) as { onboardingStatusChanged: { interviewId: string } };
       assert.equal(json.onboardingStatusChanged.interviewId, id);

@@ -6,17 +6,29 @@ use std::{
     io,
     ops::Bound,
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 use redb::{BackendError, StorageBackend, backends::FileBackend};
 
-/// A switch shared by every backend made with it: while on, writes and syncs fail with an I/O
-/// error as a full disk would.
+/// A switch shared by every backend made with it. While failing, writes and syncs fail with an
+/// I/O error as a full disk would; while only syncs fail, data reaches the file (the operating
+/// system's cache) but is never made durable, as with a disk that fails on flush. It also counts
+/// syncs, and can hold them, so that a test sees how many commits a batch of appends took.
 #[derive(Debug, Clone, Default)]
-pub struct FaultSwitch(Arc<AtomicBool>);
+pub struct FaultSwitch(Arc<Switches>);
+
+#[derive(Debug, Default)]
+struct Switches {
+    failing: AtomicBool,
+    failing_syncs: AtomicBool,
+    syncs: AtomicU64,
+    held: Mutex<bool>,
+    released: Condvar,
+    waiting: AtomicUsize,
+}
 
 impl FaultSwitch {
     /// A switch that is off.
@@ -24,13 +36,36 @@ impl FaultSwitch {
         Self::default()
     }
 
-    /// Makes writes fail (`true`) or succeed again (`false`).
+    /// Makes writes and syncs fail (`true`) or succeed again (`false`).
     pub fn set_failing(&self, failing: bool) {
-        self.0.store(failing, Ordering::SeqCst);
+        self.0.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes syncs alone fail (`true`) or succeed again (`false`).
+    pub fn set_failing_syncs(&self, failing: bool) {
+        self.0.failing_syncs.store(failing, Ordering::SeqCst);
+    }
+
+    /// Syncs that succeeded so far.
+    pub fn syncs(&self) -> u64 {
+        self.0.syncs.load(Ordering::SeqCst)
+    }
+
+    /// Makes syncs wait (`true`) until they are let go (`false`).
+    pub fn hold_syncs(&self, hold: bool) {
+        *self.0.held.lock().unwrap_or_else(PoisonError::into_inner) = hold;
+        if !hold {
+            self.0.released.notify_all();
+        }
+    }
+
+    /// Syncs waiting now because syncs are held.
+    pub fn held_syncs(&self) -> usize {
+        self.0.waiting.load(Ordering::SeqCst)
     }
 
     fn check(&self) -> io::Result<()> {
-        if self.0.load(Ordering::SeqCst) {
+        if self.0.failing.load(Ordering::SeqCst) {
             Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 "injected storage fault",
@@ -39,9 +74,32 @@ impl FaultSwitch {
             Ok(())
         }
     }
+
+    fn sync(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        {
+            let held = self.0.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if *held {
+                self.0.waiting.fetch_add(1, Ordering::SeqCst);
+                let released = self
+                    .0
+                    .released
+                    .wait_while(held, |held| *held)
+                    .unwrap_or_else(PoisonError::into_inner);
+                drop(released);
+                self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.check()?;
+        if self.0.failing_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected sync fault"));
+        }
+        sync()?;
+        self.0.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
-/// A [`FileBackend`] whose writes fail while its [`FaultSwitch`] is on.
+/// A [`FileBackend`] that fails, counts and holds as its [`FaultSwitch`] says.
 #[derive(Debug)]
 pub struct FaultyBackend {
     inner: FileBackend,
@@ -73,8 +131,7 @@ impl StorageBackend for FaultyBackend {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.switch.check()?;
-        self.inner.sync_data()
+        self.switch.sync(|| self.inner.sync_data())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -43,7 +43,7 @@ async fn reads_from_disk_and_from_the_tail_agree() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = options();
     options.tail_capacity = 4;
-    let log = EmbeddedLog::open(dir.path(), options).unwrap();
+    let log = EmbeddedLog::open(dir.path(), options.clone()).unwrap();
     for i in 0..10 {
         log.append(new_event(&format!("e{i}"))).await.unwrap();
     }
@@ -54,7 +54,23 @@ async fn reads_from_disk_and_from_the_tail_agree() {
     assert_eq!(sequences(&from_disk), [2, 3, 4, 5, 6, 7, 8, 9, 10]);
     let from_tail = log.shared.read(7, 100).await.unwrap();
     assert_eq!(sequences(&from_tail), [7, 8, 9, 10]);
-    // The same events either way, field for field.
+    // Each read took the path it should: the tail hands out its own events, the disk new ones.
+    let tail: Vec<_> = lock(&log.shared.tail).iter().cloned().collect();
+    for (read, kept) in from_tail.iter().zip(&tail) {
+        assert!(
+            Arc::ptr_eq(read, kept),
+            "{} not from the tail",
+            read.sequence
+        );
+    }
+    for read in &from_disk {
+        assert!(
+            !tail.iter().any(|kept| Arc::ptr_eq(read, kept)),
+            "{} not from disk",
+            read.sequence
+        );
+    }
+    // The same events either way, field for field, and each the one appended.
     for event in &from_tail {
         let on_disk = from_disk
             .iter()
@@ -65,7 +81,25 @@ async fn reads_from_disk_and_from_the_tail_agree() {
         assert_eq!(on_disk.response_bytes(), event.response_bytes());
         assert!(event.received_at.is_some());
     }
+    let ids: Vec<_> = from_disk.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"]);
     assert!(log.shared.read(11, 5).await.unwrap().is_empty());
+
+    // After a restart the tail is empty and everything comes from disk, unchanged.
+    let before_restart: Vec<v1::Event> = from_disk.iter().map(|e| (**e).clone()).collect();
+    log.close().await.unwrap();
+    drop(log);
+    let log = EmbeddedLog::open(dir.path(), options).unwrap();
+    assert!(lock(&log.shared.tail).is_empty());
+    let after_restart: Vec<v1::Event> = log
+        .shared
+        .read(2, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (**e).clone())
+        .collect();
+    assert_eq!(after_restart, before_restart);
 }
 
 #[tokio::test]
@@ -177,6 +211,127 @@ async fn a_failed_log_recovers_without_anyone_asking() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(log.shared.database().is_ok());
+}
+
+/// Waits (at most 10 s) until `ready` holds.
+async fn until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: never");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Appends `count` events while the commit before them is held in its sync, and returns how
+/// many syncs they took once it is let go, beyond the held commit's.
+async fn syncs_for_queued_appends(max_commit_batch: usize, count: usize) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = FaultSwitch::new();
+    let mut options = options();
+    options.max_commit_batch = max_commit_batch;
+    let log = Arc::new(EmbeddedLog::open_with_faults(dir.path(), options, switch.clone()).unwrap());
+    let before = switch.syncs();
+    log.append(new_event("alone")).await.unwrap();
+    let per_commit = switch.syncs() - before;
+    assert!(per_commit >= 1, "a commit syncs");
+
+    // The writer is held in the sync of one commit while `count` appends queue up behind it.
+    switch.hold_syncs(true);
+    let held = {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(new_event("held")).await })
+    };
+    until("the writer waits in a sync", || switch.held_syncs() == 1).await;
+    let queued: Vec<_> = (0..count)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(new_event(&format!("queued-{i}"))).await })
+        })
+        .collect();
+    until("every append is queued", || {
+        log.requests.capacity() == QUEUE_CAPACITY - count
+    })
+    .await;
+    let before = switch.syncs();
+    switch.hold_syncs(false);
+    assert_eq!(held.await.unwrap().unwrap(), AppendOutcome::Appended(2));
+    let mut sequences = Vec::new();
+    for append in queued {
+        sequences.push(append.await.unwrap().unwrap().sequence());
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (3..3 + count as u64).collect::<Vec<_>>());
+    assert_eq!(log.bounds().await.unwrap().head, 2 + count as u64);
+    let syncs = switch.syncs() - before;
+    // The held commit's own syncs, then the queued appends'.
+    assert_eq!(
+        syncs % per_commit,
+        0,
+        "{syncs} syncs, {per_commit} per commit"
+    );
+    syncs / per_commit - 1
+}
+
+/// Group commit: appends that queue while a commit is being made share the next transaction
+/// and its fsync, however many there are; with a batch of 1, each has its own.
+#[tokio::test]
+async fn appends_that_wait_for_a_commit_share_the_next_one() {
+    assert_eq!(syncs_for_queued_appends(1024, 50).await, 1);
+    assert_eq!(syncs_for_queued_appends(1024, 1).await, 1);
+    assert_eq!(syncs_for_queued_appends(20, 50).await, 3);
+    assert_eq!(syncs_for_queued_appends(1, 10).await, 10);
+}
+
+/// A commit whose fsync fails leaves its data in the file (the system's cache), looking
+/// committed. It was answered as failed, so the reopened log must not hold it: a reader would
+/// otherwise deliver an event Incode was told was not stored, under a sequence a crash before
+/// the data reached the disk would give to another event.
+#[tokio::test]
+async fn an_append_whose_sync_failed_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = FaultSwitch::new();
+    let log = EmbeddedLog::open_with_faults(dir.path(), options(), switch.clone()).unwrap();
+    log.append(new_event("before")).await.unwrap();
+
+    switch.set_failing_syncs(true);
+    assert!(matches!(
+        log.append(new_event("during")).await,
+        Err(LogError::Unavailable(_))
+    ));
+    assert_eq!(log.bounds().await.unwrap().head, 1);
+    switch.set_failing_syncs(false);
+    log.check_ready().await.unwrap();
+
+    assert_eq!(log.bounds().await.unwrap().head, 1);
+    let stored = read_all(&log, 1).await;
+    assert_eq!(
+        stored.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["before"]
+    );
+    // Incode's retry is a new event, not a duplicate of one never acknowledged.
+    assert_eq!(
+        log.append(new_event("during")).await.unwrap(),
+        AppendOutcome::Appended(2)
+    );
+    assert_eq!(
+        log.append(new_event("after")).await.unwrap(),
+        AppendOutcome::Appended(3)
+    );
+    let ids: Vec<_> = read_all(&log, 1)
+        .await
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(ids, ["before", "during", "after"]);
+    log.close().await.unwrap();
+    // And so it stays on disk.
+    let log = EmbeddedLog::open(dir.path(), options()).unwrap();
+    let ids: Vec<_> = read_all(&log, 1)
+        .await
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(ids, ["before", "during", "after"]);
 }
 
 #[tokio::test]

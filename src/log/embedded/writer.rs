@@ -384,8 +384,22 @@ impl Writer {
             return Ok(db.clone());
         }
         let db = Arc::new((self.opener)()?);
-        let recovered = recover(&db, self.options.dedup_window)?;
-        if recovered.head != self.head {
+        let mut recovered = recover(&db, self.options.dedup_window)?;
+        if recovered.head > self.head {
+            // A commit whose sync failed leaves its pages in the file (the system's cache),
+            // where they read as committed. It was answered as failed (503), so it must not be
+            // delivered, and a crash before the data reached the disk would give its sequences
+            // to other events.
+            let removed = discard_after(&db, self.head, self.last_received_nanos)?;
+            recovered
+                .dedup
+                .retain(|_, (sequence, _)| *sequence <= self.head);
+            tracing::warn!(
+                head = self.head,
+                removed,
+                "event log dropped what a failed commit left in the file"
+            );
+        } else if recovered.head < self.head {
             tracing::warn!(
                 before = self.head,
                 after = recovered.head,
@@ -490,6 +504,43 @@ pub(super) fn recover(db: &Database, window: Duration) -> Result<Recovered, redb
     }
     txn.commit()?;
     Ok(recovered)
+}
+
+/// Removes the events after `head` and their deduplication entries (none older than
+/// `committed_nanos`, the time of the last commit that succeeded), and sets the stored head back
+/// to `head`; returns how many events were removed. State writes of the same commit stay: a
+/// cursor only moves forward, and never past an acknowledged event.
+fn discard_after(db: &Database, head: Sequence, committed_nanos: u64) -> Result<u64, redb::Error> {
+    let txn = db.begin_write()?;
+    let removed;
+    {
+        let mut events = txn.open_table(EVENTS)?;
+        let doomed: Vec<u64> = events
+            .range(head + 1..)?
+            .map(|entry| entry.map(|(sequence, _)| sequence.value()))
+            .collect::<Result<_, _>>()?;
+        for sequence in &doomed {
+            events.remove(*sequence)?;
+        }
+        removed = doomed.len() as u64;
+
+        // The discarded entries are no older than the last commit that succeeded.
+        let mut dedup = txn.open_table(DEDUP)?;
+        let mut doomed = Vec::new();
+        for entry in dedup.range((committed_nanos, &[0u8; 32])..)? {
+            let (key, sequence) = entry?;
+            if sequence.value() > head {
+                let (at, dedup_key) = key.value();
+                doomed.push((at, *dedup_key));
+            }
+        }
+        for (at, key) in &doomed {
+            dedup.remove((*at, key))?;
+        }
+        txn.open_table(META)?.insert(META_HEAD, head)?;
+    }
+    txn.commit()?;
+    Ok(removed)
 }
 
 /// Format 1 kept consumer cursors in their own table; format 2 keeps them as `consumer.<name>`
