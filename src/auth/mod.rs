@@ -20,12 +20,16 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 use axum::http::HeaderMap;
 
 pub use clients::{
-    ClientConfig, ClientConfigError, ClientCredentials, ClientId, ClientRegistry, hash_secret,
+    ARGON2_BOUNDS, Argon2Bounds, ClientConfig, ClientConfigError, ClientCredentials, ClientId,
+    ClientRegistry, CredentialsRefused, hash_secret,
 };
 pub use hash_command::{HashSecretError, hash_secret_command};
 pub use secret::Secret;
-pub use settings::{AuthSettings, AuthSetupError};
-pub use throttle::{FailureThrottle, ThrottleSettings, Throttled};
+pub use settings::{
+    AuthSettings, AuthSetupError, ClientAuthLimitArgs, DEFAULT_TOKEN_TTL, KeyPolicy, MAX_TOKEN_TTL,
+    SIGNING_KEY_FILE,
+};
+pub use throttle::{Charge, FailureThrottle, ThrottleSettings, Throttled};
 pub use token::{
     ALGORITHM, AUDIENCE, Claims, ISSUER, IssueError, IssuedToken, KeyError, LEEWAY, MIN_KEY_BYTES,
     TokenError, TokenKey, TokenSettings, Tokens,
@@ -38,9 +42,12 @@ pub enum ClientAuthError {
     /// The source failed too often lately.
     #[error("too many failed client authentications from this address; retry later")]
     Throttled(Throttled),
-    /// Unknown client, or a secret that is not one of its secrets.
+    /// Too many secret checks are running; the attempt was not checked (nor charged).
+    #[error("too many client authentications are being checked; retry shortly")]
+    Busy,
+    /// Unknown client, or a secret that is not one of its secrets (the reason is for the log).
     #[error("client authentication failed")]
-    InvalidClient,
+    InvalidClient(CredentialsRefused),
     /// The verification task failed.
     #[error("client authentication could not be completed")]
     Internal(#[source] tokio::task::JoinError),
@@ -53,6 +60,8 @@ pub struct Auth {
     tokens: Tokens,
     webhook_headers: Vec<WebhookHeader>,
     throttle: FailureThrottle,
+    /// Permits for argon2 checks running at once; an attempt finding none is refused at once.
+    secret_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Auth {
@@ -92,6 +101,9 @@ impl Auth {
             tokens: Tokens::new(settings.tokens),
             webhook_headers: settings.webhook_headers,
             throttle: FailureThrottle::new(settings.throttle),
+            secret_checks: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_secret_checks,
+            )),
         })
     }
 
@@ -110,31 +122,37 @@ impl Auth {
         !self.clients.is_empty()
     }
 
-    /// The client one of `candidates` authenticates as. `candidates` are alternative readings of
-    /// one set of credentials; the whole call counts as one attempt for `source`'s throttle.
+    /// The client `credentials` authenticate as. `source` is the client's address, whose failures
+    /// are throttled.
     pub async fn authenticate_client(
         self: Arc<Self>,
         source: IpAddr,
-        candidates: Vec<ClientCredentials>,
+        credentials: ClientCredentials,
     ) -> Result<ClientId, ClientAuthError> {
-        self.throttle
+        let charge = self
+            .throttle
             .try_acquire(source, Instant::now())
             .map_err(ClientAuthError::Throttled)?;
+        // Fail fast rather than queue: a queue of argon2 checks is a queue of seconds.
+        let Ok(permit) = self.secret_checks.clone().try_acquire_owned() else {
+            self.throttle.refund(charge, Instant::now());
+            return Err(ClientAuthError::Busy);
+        };
         let auth = self.clone();
         // Argon2 takes tens of milliseconds of CPU by design: keep it off the async workers.
         let verified = tokio::task::spawn_blocking(move || {
-            candidates
-                .iter()
-                .find_map(|credentials| auth.clients.verify(credentials))
+            let verified = auth.clients.verify(&credentials);
+            drop(permit);
+            verified
         })
         .await
         .map_err(ClientAuthError::Internal)?;
         match verified {
-            Some(client) => {
-                self.throttle.refund(source, Instant::now());
+            Ok(client) => {
+                self.throttle.refund(charge, Instant::now());
                 Ok(client)
             }
-            None => Err(ClientAuthError::InvalidClient),
+            Err(reason) => Err(ClientAuthError::InvalidClient(reason)),
         }
     }
 

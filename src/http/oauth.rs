@@ -23,7 +23,7 @@ use base64::{
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::{AppState, PeerIp};
+use super::{AppState, PeerIp, auth::Connection};
 use crate::{
     auth::{ClientAuthError, ClientCredentials, Secret},
     error::error_chain,
@@ -45,13 +45,15 @@ struct TokenResponse<'a> {
 }
 
 /// The `error` codes of §5.2, plus `slow_down` (registered by RFC 8628 for "wait before trying
-/// again") for throttled clients and `server_error` for our own failures.
+/// again") for throttled clients, and `temporarily_unavailable` and `server_error` (§4.1.2.1's
+/// codes) for our own limits and failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ErrorCode {
     InvalidRequest,
     InvalidClient,
     UnsupportedGrantType,
     SlowDown,
+    TemporarilyUnavailable,
     ServerError,
 }
 
@@ -62,6 +64,7 @@ impl ErrorCode {
             Self::InvalidClient => "invalid_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::SlowDown => "slow_down",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::ServerError => "server_error",
         }
     }
@@ -71,6 +74,7 @@ impl ErrorCode {
             Self::InvalidRequest | Self::UnsupportedGrantType => StatusCode::BAD_REQUEST,
             Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::SlowDown => StatusCode::TOO_MANY_REQUESTS,
+            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,6 +141,7 @@ fn no_store(headers: &mut HeaderMap) {
 async fn token(
     State(state): State<AppState>,
     PeerIp(source): PeerIp,
+    Connection(connection): Connection,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -149,7 +154,12 @@ async fn token(
         .instrument(span.clone())
         .await;
     let outcome = match &result {
-        Ok(_) => "issued",
+        Ok(_) => {
+            if let Some(connection) = connection {
+                connection.mark_authenticated();
+            }
+            "issued"
+        }
         Err(error) => error.code.as_str(),
     };
     span.record("oauth.outcome", outcome);
@@ -166,28 +176,16 @@ async fn issue(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
-    require_form(headers)?;
     let body = body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             OAuthError::invalid_request("the request body is too large")
         }
         _ => OAuthError::invalid_request("the request body could not be read"),
     })?;
-    let params = Params::parse(&body)?;
-    match params.grant_type.as_deref() {
-        None => return Err(OAuthError::invalid_request("grant_type is missing")),
-        Some("client_credentials") => {}
-        Some(_) => {
-            return Err(OAuthError::new(
-                ErrorCode::UnsupportedGrantType,
-                "only the client_credentials grant is supported",
-            ));
-        }
-    }
-    let candidates = client_credentials(headers, params)?;
+    let credentials = parse_request(headers, &body)?;
 
     let client = match Arc::clone(state.auth())
-        .authenticate_client(source, candidates)
+        .authenticate_client(source, credentials)
         .instrument(tracing::info_span!(
             "authenticate client",
             otel.name = "oauth authenticate client"
@@ -195,12 +193,23 @@ async fn issue(
         .await
     {
         Ok(client) => client,
-        Err(ClientAuthError::InvalidClient) => {
-            tracing::info!(%source, "client authentication failed");
+        Err(ClientAuthError::InvalidClient(reason)) => {
+            // The reason is for the operator; the caller learns only that it failed.
+            tracing::info!(%source, %reason, "client authentication failed");
             return Err(OAuthError::new(
                 ErrorCode::InvalidClient,
                 "client authentication failed",
             ));
+        }
+        Err(ClientAuthError::Busy) => {
+            tracing::warn!(%source, "client authentication refused: too many secret checks running");
+            return Err(OAuthError {
+                retry_after: Some(Duration::from_secs(1)),
+                ..OAuthError::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the gateway is busy checking other credentials; retry shortly",
+                )
+            });
         }
         Err(ClientAuthError::Throttled(throttled)) => {
             tracing::warn!(%source, retry_after = ?throttled.retry_after, "client authentication throttled");
@@ -237,6 +246,34 @@ async fn issue(
     .into_response();
     no_store(response.headers_mut());
     Ok(response)
+}
+
+/// The client credentials of a token request (headers and the whole body), checked for
+/// everything but the secret itself: the form content type, the parameters, the grant.
+fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ClientCredentials, OAuthError> {
+    require_form(headers)?;
+    let params = Params::parse(body)?;
+    match params.grant_type.as_deref() {
+        None => return Err(OAuthError::invalid_request("grant_type is missing")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                "only the client_credentials grant is supported",
+            ));
+        }
+    }
+    client_credentials(headers, params)
+}
+
+/// [`parse_request`] for the fuzz targets: the credentials, or the status and `error` code of
+/// the refusal.
+#[doc(hidden)]
+pub fn parse_token_request(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ClientCredentials, (StatusCode, &'static str)> {
+    parse_request(headers, body).map_err(|error| (error.code.status(), error.code.as_str()))
 }
 
 /// `application/x-www-form-urlencoded`, with any parameters (§4.4.2).
@@ -299,24 +336,24 @@ impl Params {
     }
 }
 
-/// The credentials to try: HTTP Basic or the body, not both (§2.3).
+/// The credentials presented: HTTP Basic or the body, not both (§2.3).
 fn client_credentials(
     headers: &HeaderMap,
     params: Params,
-) -> Result<Vec<ClientCredentials>, OAuthError> {
+) -> Result<ClientCredentials, OAuthError> {
     let basic = basic_credentials(headers)?;
     match (basic, params.client_id, params.client_secret) {
         (Some(_), _, Some(_)) => Err(OAuthError::invalid_request(
             "the client authenticated twice: with HTTP Basic and with client_secret in the body",
         )),
-        (Some(candidates), Some(id), None) if !candidates.iter().any(|c| c.id == id) => Err(
-            OAuthError::invalid_request("client_id in the body differs from the HTTP Basic one"),
-        ),
-        (Some(candidates), _, None) => Ok(candidates),
-        (None, Some(id), secret) => Ok(vec![ClientCredentials {
+        (Some(basic), Some(id), None) if basic.id != id => Err(OAuthError::invalid_request(
+            "client_id in the body differs from the HTTP Basic one",
+        )),
+        (Some(basic), _, None) => Ok(basic),
+        (None, Some(id), secret) => Ok(ClientCredentials {
             id,
             secret: secret.unwrap_or_default(),
-        }]),
+        }),
         (None, None, Some(_)) => Err(OAuthError::invalid_request("client_id is missing")),
         (None, None, None) => Err(OAuthError::new(
             ErrorCode::InvalidClient,
@@ -334,9 +371,10 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// The credentials of an `Authorization: Basic` header, if there is one.
 ///
 /// §2.3.1 has the client form-urlencode its id and secret before base64, so they are decoded
-/// that way. Many clients skip that step; for them, when decoding changes anything, the text as
-/// sent is tried too (a secret with `%` or `+` would otherwise never match).
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<Vec<ClientCredentials>>, OAuthError> {
+/// that way, and only that way: one reading per request, so one secret check. (A client that
+/// skips the encoding step still works when its id and secret have no `%` or `+`, which is
+/// why the gateway warns at start-up about configured secrets that do.)
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<ClientCredentials>, OAuthError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),
@@ -362,29 +400,14 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<Vec<ClientCredentials
         .and_then(|bytes| String::from_utf8(bytes).map_err(|_| malformed()))
         .map(Secret::new)?;
     let (id, secret) = decoded.expose().split_once(':').ok_or_else(malformed)?;
-
-    let mut candidates = Vec::with_capacity(2);
-    if let (Some(form_id), Some(form_secret)) = (form_decode(id), form_decode(secret)) {
-        candidates.push(ClientCredentials {
-            id: form_id,
-            secret: Secret::new(form_secret),
-        });
-    }
-    let as_sent = candidates
-        .first()
-        .is_none_or(|decoded| decoded.id != id || decoded.secret.expose() != secret);
-    if as_sent {
-        candidates.push(ClientCredentials {
-            id: id.to_owned(),
-            secret: Secret::new(secret),
-        });
-    }
-    Ok(Some(candidates))
+    let id = form_decode(id).ok_or_else(malformed)?;
+    let secret = form_decode(secret).map(Secret::new).ok_or_else(malformed)?;
+    Ok(Some(ClientCredentials { id, secret }))
 }
 
 /// `application/x-www-form-urlencoded` decoding of one value; `None` if it is not UTF-8 then.
 fn form_decode(text: &str) -> Option<String> {
-    let spaced = text.replace('+', " ");
+    let spaced = zeroize::Zeroizing::new(text.replace('+', " "));
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
         .ok()
@@ -405,34 +428,37 @@ mod tests {
         headers
     }
 
-    fn pairs(candidates: &[ClientCredentials]) -> Vec<(&str, &str)> {
-        candidates
-            .iter()
-            .map(|c| (c.id.as_str(), c.secret.expose()))
-            .collect()
+    fn pair(credentials: &ClientCredentials) -> (&str, &str) {
+        (credentials.id.as_str(), credentials.secret.expose())
     }
 
     #[test]
-    fn basic_credentials_are_form_decoded_and_tried_as_sent() {
+    fn basic_credentials_are_form_decoded_once() {
         let plain = basic_credentials(&basic("incode:s3cret")).unwrap().unwrap();
-        assert_eq!(pairs(&plain), [("incode", "s3cret")]);
+        assert_eq!(pair(&plain), ("incode", "s3cret"));
 
         let encoded = basic_credentials(&basic("my+client:p%40ss%3Aw+rd"))
             .unwrap()
             .unwrap();
-        assert_eq!(
-            pairs(&encoded),
-            [("my client", "p@ss:w rd"), ("my+client", "p%40ss%3Aw+rd")]
-        );
+        assert_eq!(pair(&encoded), ("my client", "p@ss:w rd"));
 
         // Only the first colon separates: an unencoded secret may contain more.
         let colon = basic_credentials(&basic("a:b:c")).unwrap().unwrap();
-        assert_eq!(pairs(&colon), [("a", "b:c")]);
+        assert_eq!(pair(&colon), ("a", "b:c"));
+        // Percent signs that encode nothing stay as they are.
+        let literal = basic_credentials(&basic("a:100%")).unwrap().unwrap();
+        assert_eq!(pair(&literal), ("a", "100%"));
     }
 
     #[test]
     fn malformed_basic_credentials_are_invalid_requests() {
-        for value in ["Basic !!!", "Basic bm9jb2xvbg==", "Basic //79"] {
+        // Not base64; no colon; not UTF-8; a percent-encoded byte that is not UTF-8 ("a:%ff").
+        for value in [
+            "Basic !!!",
+            "Basic bm9jb2xvbg==",
+            "Basic //79",
+            "Basic YTolZmY=",
+        ] {
             let mut headers = HeaderMap::new();
             headers.insert(header::AUTHORIZATION, value.parse().unwrap());
             let error = basic_credentials(&headers).unwrap_err();
