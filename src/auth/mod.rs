@@ -174,3 +174,93 @@ impl Auth {
         Ok(Authenticated::new(client))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, time::Duration};
+
+    use super::*;
+
+    fn auth(burst: u32) -> Arc<Auth> {
+        Arc::new(
+            Auth::new(AuthSettings {
+                clients: vec![ClientConfig {
+                    id: "incode".into(),
+                    secrets: vec![Secret::new("s3cret")],
+                }],
+                tokens: TokenSettings {
+                    ttl: Duration::from_secs(60),
+                    signing_key: TokenKey::generate().unwrap(),
+                    verify_only_keys: Vec::new(),
+                },
+                webhook_headers: Vec::new(),
+                allow_unauthenticated_webhooks: false,
+                throttle: ThrottleSettings {
+                    burst,
+                    ..ThrottleSettings::default()
+                },
+                max_concurrent_secret_checks: 2,
+            })
+            .unwrap(),
+        )
+    }
+
+    fn credentials(secret: &str) -> ClientCredentials {
+        ClientCredentials {
+            id: "incode".into(),
+            secret: Secret::new(secret),
+        }
+    }
+
+    const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+    #[tokio::test]
+    async fn secret_checks_fail_fast_when_all_are_taken_and_are_not_charged() {
+        let auth = auth(3);
+        let held = auth
+            .secret_checks
+            .clone()
+            .acquire_many_owned(2)
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            let refused = auth
+                .clone()
+                .authenticate_client(SOURCE, credentials("x"))
+                .await;
+            assert!(matches!(refused, Err(ClientAuthError::Busy)), "{refused:?}");
+        }
+        drop(held);
+        // Ten refusals while busy charged nothing: three failures are still allowed.
+        for _ in 0..3 {
+            let refused = auth
+                .clone()
+                .authenticate_client(SOURCE, credentials("x"))
+                .await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(ClientAuthError::InvalidClient(
+                        CredentialsRefused::WrongSecret
+                    ))
+                ),
+                "{refused:?}"
+            );
+        }
+        let throttled = auth
+            .clone()
+            .authenticate_client(SOURCE, credentials("s3cret"))
+            .await;
+        assert!(
+            matches!(throttled, Err(ClientAuthError::Throttled(_))),
+            "{throttled:?}"
+        );
+        let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        assert!(
+            auth.clone()
+                .authenticate_client(other, credentials("s3cret"))
+                .await
+                .is_ok()
+        );
+    }
+}
