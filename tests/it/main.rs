@@ -6,6 +6,7 @@ mod auth_common;
 mod common;
 mod crash;
 mod durability;
+mod hardening;
 mod oauth;
 mod secrets;
 mod service;
