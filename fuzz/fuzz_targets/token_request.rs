@@ -22,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
     }
     match parse_token_request(&headers, body) {
         Ok(credentials) => {
-            // One reading per request, and never more than was sent.
+            // Decoding only ever shrinks what was sent (percent-decoding and base64, with
+            // invalid UTF-8 refused rather than replaced).
             assert!(credentials.id.len() <= data.len());
             assert!(credentials.secret.expose().len() <= data.len());
         }

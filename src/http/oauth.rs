@@ -306,7 +306,9 @@ struct Params {
 
 impl Params {
     /// §3.1: parameters without a value count as omitted, none may appear twice, and unknown
-    /// ones (`scope` among them: this endpoint grants one fixed access) are ignored.
+    /// ones (`scope` among them: this endpoint grants one fixed access) are ignored. Names and
+    /// values must decode to UTF-8 (Appendix B): a lossy decoding would read different bytes as
+    /// the same credentials.
     fn parse(body: &[u8]) -> Result<Self, OAuthError> {
         fn set<T>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), OAuthError> {
             if slot.replace(value).is_some() {
@@ -317,17 +319,26 @@ impl Params {
             Ok(())
         }
         let mut params = Self::default();
-        for (name, value) in form_urlencoded::parse(body) {
+        let body = std::str::from_utf8(body)
+            .map_err(|_| OAuthError::invalid_request("the form body is not UTF-8"))?;
+        for pair in body.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (Some(name), Some(value)) = (form_decode(name), form_decode(value)) else {
+                return Err(OAuthError::invalid_request(
+                    "a form parameter does not decode to UTF-8",
+                ));
+            };
+            let value = zeroize::Zeroizing::new(value);
             if value.is_empty() {
                 continue;
             }
-            match name.as_ref() {
-                "grant_type" => set(&mut params.grant_type, "grant_type", value.into_owned())?,
-                "client_id" => set(&mut params.client_id, "client_id", value.into_owned())?,
+            match name.as_str() {
+                "grant_type" => set(&mut params.grant_type, "grant_type", value.to_string())?,
+                "client_id" => set(&mut params.client_id, "client_id", value.to_string())?,
                 "client_secret" => set(
                     &mut params.client_secret,
                     "client_secret",
-                    Secret::new(value.into_owned()),
+                    Secret::new(value.as_str()),
                 )?,
                 _ => {}
             }
@@ -480,5 +491,18 @@ mod tests {
         let error = Params::parse(b"grant_type=a&grant_type=b").unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidRequest);
         assert!(error.description.contains("grant_type"));
+        let params = Params::parse(b"client_id=my+client%21&&client_secret=a%2Bb%3D").unwrap();
+        assert_eq!(params.client_id.as_deref(), Some("my client!"));
+        assert_eq!(params.client_secret.unwrap().expose(), "a+b=");
+        // Found by fuzzing: invalid UTF-8, raw or percent-encoded, used to be replaced by
+        // U+FFFD, so that different secrets read the same.
+        for body in [
+            &b"client_id=a&client_secret=\xff"[..],
+            b"client_secret=%ff",
+            b"%ff=x",
+        ] {
+            let error = Params::parse(body).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{body:?}");
+        }
     }
 }
