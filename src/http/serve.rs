@@ -409,6 +409,11 @@ async fn serve_connection(
                 break;
             }
             () = shared.shutdown.cancelled(), if !draining => {
+                // Nothing in flight: nothing to lose, and a half-sent head must not hold up
+                // the shutdown. Otherwise finish what is in flight (HTTP/2: GOAWAY), then close.
+                if !connection.is_busy() {
+                    break;
+                }
                 served.as_mut().graceful_shutdown();
                 draining = true;
             }
