@@ -278,6 +278,56 @@ async fn idle_connections_and_slow_bodies_are_closed() {
     subscriber_reads(&gateway, &["after-slow-clients"]).await;
 }
 
+/// HTTP/2 (with prior knowledge, as behind a proxy speaking h2c) is served, and gets the same
+/// header and idle timeouts.
+#[tokio::test]
+async fn http2_connections_are_served_and_get_the_same_timeouts() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let gateway = Gateway::start_with(hardened_config()).await;
+    let addr = public_addr(&gateway);
+    let handshake = || async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap()
+    };
+
+    let (mut sender, connection) = handshake().await;
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{addr}/healthz"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    drop(response);
+    // Then idle, with the client still holding it: closed after the idle timeout (2 s).
+    tokio::time::timeout(Duration::from_secs(2) + SLACK, connection)
+        .await
+        .expect("an idle HTTP/2 connection stayed open")
+        .unwrap()
+        .ok();
+
+    // A connection that never sends a request is closed after the header timeout.
+    let (_silent_sender, silent) = handshake().await;
+    let opened = Instant::now();
+    tokio::time::timeout(HEADER_TIMEOUT + SLACK, silent)
+        .await
+        .expect("a silent HTTP/2 connection stayed open")
+        .ok();
+    assert!(
+        opened.elapsed() >= HEADER_TIMEOUT / 2,
+        "{:?}",
+        opened.elapsed()
+    );
+    drop(sender);
+
+    incode_delivers(&gateway, "after-http2").await;
+    subscriber_reads(&gateway, &["after-http2"]).await;
+}
+
 /// The scenario of the issue: Incode and an attacker behind the same TLS-terminating proxy. The
 /// attacker's failures throttle the attacker's address only.
 #[tokio::test]
