@@ -274,6 +274,22 @@ async fn idle_connections_and_slow_bodies_are_closed() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
 
+    // Heads over the size or field-count limit are refused by the parser, and closed.
+    for (fields, size) in [(100, 10), (4, 20_000)] {
+        let mut big = TcpStream::connect(addr).await.unwrap();
+        let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: gateway\r\n");
+        for n in 0..fields {
+            head.push_str(&format!("X-Field-{n}: {}\r\n", "a".repeat(size)));
+        }
+        head.push_str("\r\n");
+        big.write_all(head.as_bytes()).await.unwrap();
+        let answer = closed_by(&mut big, Instant::now() + PATIENCE)
+            .await
+            .expect("an oversized head was not closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+
     incode_delivers(&gateway, "after-slow-clients").await;
     subscriber_reads(&gateway, &["after-slow-clients"]).await;
 }
