@@ -75,16 +75,20 @@ pub struct Config {
     )]
     pub public_addr: SocketAddr,
 
-    /// Address of the internal listener (gRPC subscriptions, gRPC health and reflection).
+    /// Address of the internal listener (gRPC subscriptions, gRPC health and reflection,
+    /// metrics). Loopback by default: on any other address `serve` refuses to start unless
+    /// subscribers are authenticated (mutual TLS or tokens) or
+    /// --allow-unauthenticated-subscribers is given.
     #[arg(
         long,
         env = "INCODE_GATEWAY_INTERNAL_ADDR",
-        default_value = "0.0.0.0:50051"
+        default_value = "127.0.0.1:50051"
     )]
     pub internal_addr: SocketAddr,
 
-    /// Where events are stored: `embedded` (durable, on local disk under --data-dir) or
-    /// `memory` (lost on restart; for trying things out).
+    /// Where events are stored: `embedded` (durable, on local disk under --data-dir), `nats`
+    /// (a replicated NATS JetStream stream shared by several gateway replicas) or `memory` (lost
+    /// on restart; for trying things out).
     #[arg(long, env = "INCODE_GATEWAY_STORAGE", value_enum, default_value_t = StorageKind::Embedded)]
     pub storage: StorageKind,
 
@@ -100,9 +104,14 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_MAX_EVENTS")]
     pub max_events: Option<u64>,
 
-    /// How often retention and the expiry of deduplication keys run.
+    /// How often the embedded log applies retention and forgets expired deduplication keys.
     #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
     pub maintenance_interval: Duration,
+
+    /// Most durable consumers that `Ack` may create; acks of new names beyond it are refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_CONSUMERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_consumers: u32,
 
     /// Most appends committed together in one transaction and fsync (group commit); `1`
     /// commits every append on its own.
@@ -131,8 +140,9 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// A TOML file with OAuth clients, token keys and webhook headers (format in the README).
-    /// Flags and environment variables override what it says.
+    /// A TOML file with OAuth clients, token keys, webhook headers and the internal listener's
+    /// subscribers (format in the README and docs/internal-listener.md). Flags and environment
+    /// variables override what it says.
     #[arg(long = "config", env = "INCODE_GATEWAY_CONFIG", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
@@ -147,6 +157,207 @@ pub struct Config {
     /// Limits on client authentication at the token endpoint.
     #[command(flatten)]
     pub client_auth_limits: crate::auth::ClientAuthLimitArgs,
+    /// The NATS JetStream backend (`--storage nats`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// TLS, subscriber authentication and transport limits of the internal listener.
+    #[command(flatten)]
+    pub internal: InternalListenerArgs,
+}
+
+/// Where the NATS backend finds its servers and stream, and how it authenticates. Used only with
+/// `--storage nats`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "NATS JetStream (--storage nats)")]
+pub struct NatsArgs {
+    /// NATS server URLs, comma-separated (`nats://host:4222`, or `tls://` for TLS); the client
+    /// fails over between them.
+    #[arg(
+        long = "nats-url",
+        env = "INCODE_GATEWAY_NATS_URL",
+        value_name = "URL,...",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub urls: Vec<String>,
+
+    /// The JetStream stream of events (created if missing); its subject is `<stream>.events`,
+    /// and the state bucket beside it `<stream>_STATE`.
+    #[arg(
+        long = "nats-stream",
+        env = "INCODE_GATEWAY_NATS_STREAM",
+        default_value = "INCODE_EVENTS"
+    )]
+    pub stream: String,
+
+    /// Replicas of the stream: 1, or 3 in a three-node cluster.
+    #[arg(long = "nats-replicas", env = "INCODE_GATEWAY_NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+
+    /// How long a webhook waits for JetStream to store its event (retrying timeouts and leader
+    /// elections with the same message id) before it is answered 503.
+    #[arg(long = "nats-publish-timeout", env = "INCODE_GATEWAY_NATS_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub publish_timeout: Duration,
+
+    /// How long start-up waits for NATS before giving up.
+    #[arg(long = "nats-connect-timeout", env = "INCODE_GATEWAY_NATS_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(
+        long = "nats-credentials",
+        env = "INCODE_GATEWAY_NATS_CREDENTIALS",
+        value_name = "FILE"
+    )]
+    pub credentials: Option<PathBuf>,
+
+    /// A NATS user name, with --nats-password.
+    #[arg(long = "nats-user", env = "INCODE_GATEWAY_NATS_USER")]
+    pub user: Option<String>,
+
+    /// The NATS user's password. Prefer the environment variable: flags show in the process
+    /// list.
+    #[arg(
+        long = "nats-password",
+        env = "INCODE_GATEWAY_NATS_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<Secret>,
+
+    /// A NATS authentication token. Prefer the environment variable.
+    #[arg(
+        long = "nats-token",
+        env = "INCODE_GATEWAY_NATS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<Secret>,
+
+    /// CA certificates (PEM) that sign the NATS servers' certificates; TLS is then required.
+    #[arg(
+        long = "nats-tls-ca",
+        env = "INCODE_GATEWAY_NATS_TLS_CA",
+        value_name = "FILE"
+    )]
+    pub tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for NATS servers that verify clients, with --nats-tls-key.
+    #[arg(
+        long = "nats-tls-cert",
+        env = "INCODE_GATEWAY_NATS_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The key (PEM) of --nats-tls-cert.
+    #[arg(
+        long = "nats-tls-key",
+        env = "INCODE_GATEWAY_NATS_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The internal listener: TLS (reloaded when the files change or on SIGHUP), mutual TLS, who may
+/// subscribe without credentials, and HTTP/2 and TCP limits. Subscriber identities (names,
+/// tokens, the consumers each may use) are `[[subscribers]]` in the --config file. See
+/// docs/internal-listener.md.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Internal listener")]
+pub struct InternalListenerArgs {
+    /// PEM certificate chain of the internal listener (server certificate first). With
+    /// --internal-tls-key, the listener speaks TLS only.
+    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_TLS_CERT", value_name = "FILE")]
+    pub internal_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --internal-tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_TLS_KEY", value_name = "FILE")]
+    pub internal_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that sign subscribers' client certificates: turns on mutual TLS.
+    /// Every call then needs a client certificate signed by one of them, except gRPC health
+    /// checks.
+    #[arg(long, env = "INCODE_GATEWAY_INTERNAL_CLIENT_CA", value_name = "FILE")]
+    pub internal_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes (they are also reloaded on SIGHUP).
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_TLS_RELOAD_INTERVAL",
+        default_value = "5s",
+        value_parser = parse_positive_duration
+    )]
+    pub internal_tls_reload_interval: Duration,
+
+    /// Let the internal listener start on a non-loopback address although nothing
+    /// authenticates subscribers: anyone who can reach it can then read every event and move
+    /// every durable consumer.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_ALLOW_UNAUTHENTICATED_SUBSCRIBERS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_unauthenticated_subscribers: bool,
+
+    /// With subscribers configured, still let callers without credentials subscribe without a
+    /// consumer (the plain stream), and use reflection and /metrics. Durable consumers always
+    /// need a subscriber identity.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_ALLOW_ANONYMOUS_READS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_anonymous_reads: bool,
+
+    /// Most concurrent streams (calls) a client may open on one HTTP/2 connection.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_MAX_CONCURRENT_STREAMS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub internal_max_concurrent_streams: u32,
+
+    /// How often an HTTP/2 PING is sent to each client to find dead connections; `0s` turns it
+    /// off.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_HTTP2_KEEPALIVE_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub internal_http2_keepalive_interval: Duration,
+
+    /// How long an unanswered HTTP/2 keepalive PING waits before the connection is closed.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_HTTP2_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        value_parser = parse_positive_duration
+    )]
+    pub internal_http2_keepalive_timeout: Duration,
+
+    /// Idle time before TCP keepalive probes start on internal connections; `0s` turns them
+    /// off.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_TCP_KEEPALIVE",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub internal_tcp_keepalive: Duration,
+
+    /// Largest gRPC request message accepted, in bytes (decoded); larger ones are refused with
+    /// OUT_OF_RANGE.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_INTERNAL_MAX_MESSAGE_BYTES",
+        default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u32).range(1024..)
+    )]
+    pub internal_max_message_bytes: u32,
 }
 
 /// Authentication of the public listener: the OAuth clients Incode uses at `/oauth/token`, the
@@ -241,6 +452,8 @@ pub struct AuthArgs {
 pub enum StorageKind {
     /// Durable, in a redb file under `--data-dir`.
     Embedded,
+    /// Durable and replicated, in a NATS JetStream stream shared by several gateways.
+    Nats,
     /// In memory; lost on restart.
     Memory,
 }
@@ -286,7 +499,42 @@ impl Config {
         let mut options = crate::log::embedded::Options::new(self.dedup_window);
         options.retention = self.retention;
         options.max_events = self.max_events;
+        options.maintenance_interval = self.maintenance_interval;
         options.max_commit_batch = usize::try_from(self.max_commit_batch).unwrap_or(usize::MAX);
+        options
+    }
+
+    /// Options of the memory log.
+    pub fn memory_log_options(&self) -> crate::log::memory::MemoryOptions {
+        crate::log::memory::MemoryOptions {
+            dedup_window: self.dedup_window,
+            retention: self.retention,
+            max_events: self.max_events,
+        }
+    }
+
+    /// Options of the NATS log.
+    pub fn nats_log_options(&self) -> crate::log::nats::NatsOptions {
+        let nats = &self.nats;
+        let mut options =
+            crate::log::nats::NatsOptions::new(nats.urls.clone(), nats.stream.clone());
+        options.replicas = usize::from(nats.replicas);
+        options.dedup_window = self.dedup_window;
+        options.retention = self.retention;
+        options.max_events = self.max_events;
+        options.publish_timeout = nats.publish_timeout;
+        options.connect_timeout = nats.connect_timeout;
+        options.auth = crate::log::nats::NatsAuth {
+            credentials_file: nats.credentials.clone(),
+            user: nats.user.clone(),
+            password: nats.password.clone(),
+            token: nats.token.clone(),
+        };
+        options.tls = crate::log::nats::NatsTls {
+            ca_file: nats.tls_ca.clone(),
+            cert_file: nats.tls_cert.clone(),
+            key_file: nats.tls_key.clone(),
+        };
         options
     }
 }
@@ -303,8 +551,13 @@ mod tests {
         assert_eq!(config.public_addr, SocketAddr::from(([0, 0, 0, 0], 8080)));
         assert_eq!(
             config.internal_addr,
-            SocketAddr::from(([0, 0, 0, 0], 50051))
+            SocketAddr::from(([127, 0, 0, 1], 50051))
         );
+        assert_eq!(config.internal.internal_tls_cert, None);
+        assert!(!config.internal.allow_unauthenticated_subscribers);
+        assert!(!config.internal.allow_anonymous_reads);
+        assert_eq!(config.internal.internal_max_concurrent_streams, 256);
+        assert_eq!(config.internal.internal_max_message_bytes, 1024 * 1024);
         assert_eq!(config.storage, StorageKind::Embedded);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.dedup_window, Duration::from_secs(24 * 3600));

@@ -17,12 +17,18 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request body has a media type that is not accepted.
     UnsupportedMediaType,
+    /// The caller did not authenticate, or its credentials are not valid.
+    Unauthenticated,
+    /// The caller is authenticated but may not do this.
+    PermissionDenied,
     /// No such resource.
     NotFound,
     /// The resource exists but not for this method.
     MethodNotAllowed,
     /// A position beyond what exists.
     OutOfRange,
+    /// A quota is used up (too many consumers).
+    ResourceExhausted,
     /// A dependency (the event log) cannot serve now; retrying later may succeed.
     Unavailable,
     /// A bug or an unexpected condition.
@@ -37,9 +43,12 @@ impl ErrorCode {
             Self::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::OutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -52,8 +61,11 @@ impl ErrorCode {
                 tonic::Code::InvalidArgument
             }
             Self::UnsupportedMediaType | Self::MethodNotAllowed => tonic::Code::Unimplemented,
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::PermissionDenied => tonic::Code::PermissionDenied,
             Self::NotFound => tonic::Code::NotFound,
             Self::OutOfRange => tonic::Code::OutOfRange,
+            Self::ResourceExhausted => tonic::Code::ResourceExhausted,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
         }

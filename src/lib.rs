@@ -12,7 +12,7 @@
 //! - [`log`]: the event log trait (append with deduplication, read from a position, wait for
 //!   new events) and its backends.
 //! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health, reflection and
-//!   `GET /metrics`.
+//!   `GET /metrics`, over TLS or mutual TLS, with subscriber identities and what each may use.
 //! - [`server`]: [`run`], which wires the log and both listeners together until shutdown.
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
 //! - [`telemetry`]: logs, OpenTelemetry traces and W3C trace-context propagation.

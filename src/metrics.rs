@@ -62,6 +62,8 @@ struct Inner {
     events_appended: Counter<u64>,
     subscribers: UpDownCounter<i64>,
     events_delivered: Counter<u64>,
+    acks: Counter<u64>,
+    internal_refusals: Counter<u64>,
     streams: Arc<StreamRegistry>,
 }
 
@@ -69,7 +71,14 @@ struct Inner {
 #[derive(Default)]
 struct StreamRegistry {
     next_id: AtomicU64,
-    streams: Mutex<HashMap<u64, (String, Arc<AtomicU64>)>>,
+    streams: Mutex<HashMap<u64, StreamLabels>>,
+}
+
+/// The labels of one stream in the lag gauge, and its progress.
+struct StreamLabels {
+    subscriber: String,
+    consumer: Option<String>,
+    considered: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -100,7 +109,7 @@ impl Metrics {
         meter
             .u64_observable_gauge("incode_gateway.log.head_sequence")
             .with_description("Sequence of the newest stored event")
-            .with_callback(move |observer| observer.observe(head_log.bounds().head, &[]))
+            .with_callback(move |observer| observer.observe(head_log.known_head(), &[]))
             .build();
         let lag_streams = streams.clone();
         meter
@@ -110,20 +119,21 @@ impl Metrics {
             )
             .with_unit("{event}")
             .with_callback(move |observer| {
-                let head = log.bounds().head;
+                let head = log.known_head();
                 let streams = lag_streams
                     .streams
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                for (id, (name, considered)) in streams.iter() {
-                    let lag = head.saturating_sub(considered.load(Ordering::Relaxed));
-                    observer.observe(
-                        lag,
-                        &[
-                            KeyValue::new("subscriber", name.clone()),
-                            KeyValue::new("stream", *id as i64),
-                        ],
-                    );
+                for (id, stream) in streams.iter() {
+                    let lag = head.saturating_sub(stream.considered.load(Ordering::Relaxed));
+                    let mut attributes = vec![
+                        KeyValue::new("subscriber", stream.subscriber.clone()),
+                        KeyValue::new("stream", *id as i64),
+                    ];
+                    if let Some(consumer) = &stream.consumer {
+                        attributes.push(KeyValue::new("consumer", consumer.clone()));
+                    }
+                    observer.observe(lag, &attributes);
                 }
             })
             .build();
@@ -162,6 +172,18 @@ impl Metrics {
                 .u64_counter("incode_gateway.events.delivered")
                 .with_description("Events sent to subscribers")
                 .with_unit("{event}")
+                .build(),
+            acks: meter
+                .u64_counter("incode_gateway.acks")
+                .with_description("Acks of durable consumers, by the subscriber identity that sent them")
+                .with_unit("{request}")
+                .build(),
+            internal_refusals: meter
+                .u64_counter("incode_gateway.internal.refusals")
+                .with_description(
+                    "Calls the internal listener refused for authentication or authorization, by reason and subscriber identity",
+                )
+                .with_unit("{request}")
                 .build(),
             provider,
             registry,
@@ -213,9 +235,27 @@ impl Metrics {
         self.inner.events_delivered.add(1, &[]);
     }
 
-    /// Registers an open stream; the returned guard reports its progress and unregisters it
-    /// when dropped.
-    pub fn stream_opened(&self, subscriber: &str) -> StreamGuard {
+    /// Counts an accepted ack by the subscriber identity `subscriber`.
+    pub fn acked(&self, subscriber: &str) {
+        self.inner
+            .acks
+            .add(1, &[KeyValue::new("subscriber", subscriber.to_owned())]);
+    }
+
+    /// Counts a call the internal listener refused (`reason` is a fixed label).
+    pub fn internal_refusal(&self, reason: &'static str, subscriber: &str) {
+        self.inner.internal_refusals.add(
+            1,
+            &[
+                KeyValue::new("reason", reason),
+                KeyValue::new("subscriber", subscriber.to_owned()),
+            ],
+        );
+    }
+
+    /// Registers an open stream of the subscriber identity `subscriber`, reading as `consumer`
+    /// if any; the returned guard reports its progress and unregisters it when dropped.
+    pub fn stream_opened(&self, subscriber: &str, consumer: Option<&str>) -> StreamGuard {
         let id = self.inner.streams.next_id.fetch_add(1, Ordering::Relaxed);
         let considered = Arc::new(AtomicU64::new(0));
         self.inner
@@ -223,7 +263,14 @@ impl Metrics {
             .streams
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(id, (subscriber.to_owned(), considered.clone()));
+            .insert(
+                id,
+                StreamLabels {
+                    subscriber: subscriber.to_owned(),
+                    consumer: consumer.map(str::to_owned),
+                    considered: considered.clone(),
+                },
+            );
         self.inner.subscribers.add(1, &[]);
         StreamGuard {
             metrics: self.clone(),

@@ -9,9 +9,11 @@ use crate::{
     auth::{Auth, AuthSetupError},
     config::{Config, StorageKind},
     error::error_chain,
-    grpc::{self, GrpcSettings},
+    grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
-    log::{EmbeddedLog, MemoryLog, SharedLog},
+    log::{
+        Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage, embedded::OpenError, nats::NatsOpenError,
+    },
     metrics::{Metrics, MetricsError},
     telemetry,
 };
@@ -22,9 +24,19 @@ pub enum ServerError {
     /// The authentication settings are not usable (or leave the webhooks open).
     #[error("the authentication settings are not usable")]
     Auth(#[from] AuthSetupError),
-    /// The event log could not be opened.
+    /// The internal listener's TLS or subscriber settings are not usable, or leave it open on
+    /// the network.
+    #[error("the internal listener settings are not usable")]
+    InternalListener(#[from] SetupError),
+    /// The internal listener's address could not be read.
+    #[error("cannot read the internal listener's address")]
+    InternalAddr(#[source] std::io::Error),
+    /// The embedded event log could not be opened.
     #[error("could not open the event log")]
-    OpenLog(#[source] crate::log::LogError),
+    OpenEmbedded(#[from] OpenError),
+    /// The NATS event log could not be opened.
+    #[error("could not open the event log on NATS JetStream")]
+    OpenNats(#[from] NatsOpenError),
     /// Metrics could not be set up.
     #[error("could not set up metrics")]
     Metrics(#[from] MetricsError),
@@ -39,19 +51,21 @@ pub enum ServerError {
     Grpc(#[source] tonic::transport::Error),
 }
 
-/// Opens the event log the configuration asks for.
-pub fn open_log(config: &Config) -> Result<SharedLog, ServerError> {
-    match config.storage {
-        StorageKind::Embedded => {
-            let log = EmbeddedLog::open(&config.data_dir, config.embedded_log_options())
-                .map_err(ServerError::OpenLog)?;
-            Ok(Arc::new(log))
+/// Opens the storage the configuration asks for.
+pub async fn open_storage(config: &Config) -> Result<Storage, ServerError> {
+    Ok(match config.storage {
+        StorageKind::Embedded => Storage::new(Arc::new(EmbeddedLog::open(
+            &config.data_dir,
+            config.embedded_log_options(),
+        )?)),
+        StorageKind::Nats => {
+            Storage::new(Arc::new(NatsLog::connect(config.nats_log_options()).await?))
         }
         StorageKind::Memory => {
             tracing::warn!("storage is in memory: events are lost when the gateway stops");
-            Ok(Arc::new(MemoryLog::new(config.dedup_window)))
+            Storage::new(Arc::new(MemoryLog::new(config.memory_log_options())))
         }
-    }
+    })
 }
 
 /// Runs the gateway on the given listeners until `shutdown` completes, then stops accepting,
@@ -65,42 +79,46 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     // Configuration mistakes are reported before anything touches the disk.
     let auth = Arc::new(Auth::from_config(&config)?);
-    let log = open_log(&config)?;
-    serve(config, auth, log, public, internal, shutdown).await
+    let security = internal_security(&config, &internal)?;
+    let storage = open_storage(&config).await?;
+    serve(config, auth, security, storage, public, internal, shutdown).await
 }
 
-/// [`run`] over an already opened log.
-pub async fn run_with_log(
+/// [`run`] over already opened storage.
+pub async fn run_with_storage(
     config: Config,
-    log: SharedLog,
+    storage: Storage,
     public: TcpListener,
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let auth = Arc::new(Auth::from_config(&config)?);
-    serve(config, auth, log, public, internal, shutdown).await
+    let security = internal_security(&config, &internal)?;
+    serve(config, auth, security, storage, public, internal, shutdown).await
+}
+
+/// The internal listener's access policy and TLS, checked against the address it is bound to.
+fn internal_security(config: &Config, internal: &TcpListener) -> Result<Security, ServerError> {
+    let bound = internal.local_addr().map_err(ServerError::InternalAddr)?;
+    Ok(Security::from_config(config, bound)?)
 }
 
 async fn serve(
     config: Config,
     auth: Arc<Auth>,
-    log: SharedLog,
+    security: Security,
+    storage: Storage,
     public: TcpListener,
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let log = storage.log;
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
         shutdown.await;
         trigger.cancel();
     });
-
-    tokio::spawn(maintain(
-        log.clone(),
-        config.maintenance_interval,
-        token.clone(),
-    ));
 
     if let (Ok(public), Ok(internal)) = (public.local_addr(), internal.local_addr()) {
         tracing::info!(%public, %internal, "incode-gateway listening");
@@ -121,14 +139,17 @@ async fn serve(
         config.public_listener.trusted_proxies(),
         token.clone(),
     );
+    let cursors = Cursors::new(
+        storage.state.clone(),
+        usize::try_from(config.max_consumers).unwrap_or(usize::MAX),
+    );
     let grpc = grpc::serve(
         internal,
         log.clone(),
+        cursors,
         metrics.clone(),
-        GrpcSettings {
-            heartbeat_interval: config.heartbeat_interval,
-            trace_deliveries: telemetry::traces_enabled(),
-        },
+        GrpcSettings::from_config(&config, telemetry::traces_enabled()),
+        security,
         token.clone(),
     )?;
 
@@ -154,21 +175,6 @@ async fn serve(
     metrics.shutdown();
     tracing::info!("incode-gateway stopped");
     result
-}
-
-/// Applies retention periodically until shutdown.
-async fn maintain(log: SharedLog, interval: std::time::Duration, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        if let Err(error) = log.maintain().await {
-            tracing::error!(error = %error_chain(&error), "event log maintenance failed");
-        }
-    }
 }
 
 /// Completes on the first SIGINT (Ctrl-C) or SIGTERM. If a handler cannot be installed, that

@@ -1,13 +1,19 @@
-"""Fixtures: stubs generated from proto/ with grpcio-tools, and the real gateway binary running on
-ephemeral loopback ports with a temporary data directory."""
+"""Fixtures: stubs generated from proto/ with grpcio-tools, throwaway TLS certificates, and the
+real gateway binary running on ephemeral loopback ports with a temporary data directory, TLS on
+its internal listener and one subscriber with a token."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import hashlib
 import importlib
+import ipaddress
 import json
 import os
 import pathlib
 import queue
+import secrets
 import subprocess
 import sys
 import threading
@@ -76,6 +82,103 @@ def stubs_dir(tmp_path_factory) -> pathlib.Path:
     return out
 
 
+@dataclasses.dataclass
+class Tls:
+    """The gateway's TLS files and the test subscriber's credentials."""
+
+    ca_file: str
+    """The CA that signed the gateway's certificate (and the client certificate)."""
+    cert_file: str
+    key_file: str
+    client_cert_file: str
+    """A client certificate for the subscriber `python-example`."""
+    client_key_file: str
+    config_file: str
+    """The gateway's --config file with the subscriber."""
+    token: str
+    """The subscriber's token; the config file holds only its SHA-256 digest."""
+
+
+def _certificate(subject: str, issuer_key, issuer_name, *, ca=False, sans=(), client=False):
+    """A certificate for a new key, signed by ``issuer_key`` (itself when None); returns both."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    if not ca:
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    certificate = builder.sign(issuer_key or key, hashes.SHA256())
+    return certificate, key
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory) -> Tls:
+    """A CA, the gateway's certificate for localhost and 127.0.0.1, a client certificate, and a
+    config file with the subscriber `python-example` whose token is stored as a digest."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    out = tmp_path_factory.mktemp("tls")
+    ca, ca_key = _certificate("incode-gateway test CA", None, None, ca=True)
+    server, server_key = _certificate(
+        "localhost",
+        ca_key,
+        ca.subject,
+        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client, client_key = _certificate(
+        "python-example", ca_key, ca.subject, sans=[x509.DNSName("python-example")], client=True
+    )
+
+    def write(name: str, data: bytes) -> str:
+        path = out / name
+        path.write_bytes(data)
+        return str(path)
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    token = secrets.token_urlsafe(32)
+    # What docs/internal-listener.md says: `printf %s "$TOKEN" | sha256sum`.
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    config = f"""
+[[subscribers]]
+name = "python-example"
+tokens = ["sha256:{digest}"]
+consumers = ["python-example", "python-example-*"]
+"""
+    return Tls(
+        ca_file=write("ca.pem", ca.public_bytes(serialization.Encoding.PEM)),
+        cert_file=write("server.pem", server.public_bytes(serialization.Encoding.PEM)),
+        key_file=write("server.key", pem_key(server_key)),
+        client_cert_file=write("client.pem", client.public_bytes(serialization.Encoding.PEM)),
+        client_key_file=write("client.key", pem_key(client_key)),
+        config_file=write("gateway.toml", config.encode()),
+        token=token,
+    )
+
+
 @pytest.fixture(scope="session")
 def subscriber(stubs_dir):
     """The example module, importable once the stubs exist."""
@@ -86,7 +189,7 @@ def subscriber(stubs_dir):
 class Gateway:
     """The gateway binary, started with ``serve`` on ephemeral ports."""
 
-    def __init__(self, data_dir: pathlib.Path):
+    def __init__(self, data_dir: pathlib.Path, flags: list):
         binary = gateway_binary()
         if not binary.exists():
             pytest.fail(f"{binary} does not exist: build it with `cargo build` first")
@@ -101,6 +204,7 @@ class Gateway:
                 "--data-dir",
                 str(data_dir),
                 *GATEWAY_FLAGS,
+                *flags,
             ],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -159,7 +263,34 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    gateway = Gateway(tmp_path_factory.mktemp("data"))
+def gateway(tmp_path_factory, tls):
+    """The gateway with TLS on its internal listener and the subscriber of ``tls``."""
+    flags = [
+        "--internal-tls-cert",
+        tls.cert_file,
+        "--internal-tls-key",
+        tls.key_file,
+        "--config",
+        tls.config_file,
+    ]
+    gateway = Gateway(tmp_path_factory.mktemp("data"), flags)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def mutual_tls_gateway(tmp_path_factory, tls):
+    """The gateway with mutual TLS: clients need a certificate the test CA signed."""
+    flags = [
+        "--internal-tls-cert",
+        tls.cert_file,
+        "--internal-tls-key",
+        tls.key_file,
+        "--internal-client-ca",
+        tls.ca_file,
+        "--config",
+        tls.config_file,
+    ]
+    gateway = Gateway(tmp_path_factory.mktemp("data"), flags)
     yield gateway
     gateway.stop()

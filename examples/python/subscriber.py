@@ -6,10 +6,15 @@ filter, prints every event as one line of protobuf's canonical JSON, and handles
 inside a span that continues the trace recorded in ``Event.trace_context`` when OpenTelemetry
 (``opentelemetry-api``) is installed.
 
+It connects over TLS when given ``--ca`` (or an ``https://`` address), with a client certificate
+for mutual TLS (``--cert`` and ``--key``), and authenticates as a subscriber with a bearer token
+(``--token``, or better the ``INCODE_GATEWAY_TOKEN`` environment variable).
+
 The stubs are generated from ``proto/`` (see the README), for example::
 
     buf generate --template clients/python.yaml
-    PYTHONPATH=gen/python python3 examples/python/subscriber.py \\
+    INCODE_GATEWAY_TOKEN=... PYTHONPATH=gen/python python3 examples/python/subscriber.py \\
+        --addr gateway.internal:50051 --ca ca.pem \\
         --type EVENT_TYPE_ONBOARDING_STATUS_CHANGED --status ONBOARDING_FINISHED
 """
 
@@ -19,6 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -34,12 +40,47 @@ except ImportError:
     trace = None
 
 DEFAULT_ADDR = "127.0.0.1:50051"
+TOKEN_VARIABLE = "INCODE_GATEWAY_TOKEN"
 
 
-def open_channel(addr: str) -> grpc.Channel:
-    """A channel to the gateway's internal listener, ``host:port`` (an ``http://`` prefix is
-    allowed). Close it when done (it is a context manager)."""
-    return grpc.insecure_channel(addr.removeprefix("http://"))
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def open_channel(
+    addr: str,
+    *,
+    ca_file: Optional[str] = None,
+    cert_file: Optional[str] = None,
+    key_file: Optional[str] = None,
+    server_name: Optional[str] = None,
+) -> grpc.Channel:
+    """A channel to the gateway's internal listener, ``host:port``. TLS when the address starts
+    with ``https://`` or any TLS file is given: ``ca_file`` is the CA that signed the gateway's
+    certificate (the system's roots without it), ``cert_file`` and ``key_file`` the client
+    certificate for mutual TLS, ``server_name`` the name to verify when it is not the host.
+    Close it when done (it is a context manager)."""
+    tls = addr.startswith("https://") or any((ca_file, cert_file, key_file))
+    target = addr.removeprefix("https://").removeprefix("http://")
+    if not tls:
+        return grpc.insecure_channel(target)
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file),
+        private_key=_read(key_file),
+        certificate_chain=_read(cert_file),
+    )
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def call_metadata(token: Optional[str]) -> tuple:
+    """The metadata that authenticates a call as the subscriber the token belongs to."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def subscribe_request(
@@ -111,14 +152,16 @@ def consume(
     on_caught_up: Callable[[int], None] = lambda sequence: None,
     on_gap: Callable[[int, int], None] = lambda first, last: None,
     max_events: Optional[int] = None,
+    metadata: tuple = (),
 ) -> Outcome:
     """Streams the events of a subscription to ``on_event``, one at a time, until the stream
-    ends or ``max_events`` were handled. Raises ``grpc.RpcError`` when the call fails."""
+    ends or ``max_events`` were handled. ``metadata`` goes with the call (see
+    ``call_metadata``). Raises ``grpc.RpcError`` when the call fails."""
     outcome = Outcome(reached_limit=max_events == 0)
     if outcome.reached_limit:
         return outcome
     handled = 0
-    call = stub.Subscribe(request)
+    call = stub.Subscribe(request, metadata=metadata)
     try:
         for response in call:
             kind = response.WhichOneof("response")
@@ -155,6 +198,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Prints the gateway's events from the earliest stored one as JSON lines."
     )
     parser.add_argument("--addr", default=DEFAULT_ADDR, help=f"internal listener (default {DEFAULT_ADDR})")
+    parser.add_argument("--ca", help="PEM CA certificate of the gateway's TLS certificate (turns TLS on)")
+    parser.add_argument("--cert", help="PEM client certificate, for mutual TLS (with --key)")
+    parser.add_argument("--key", help="PEM private key of --cert")
+    parser.add_argument("--tls-server-name", help="name to verify the gateway's certificate against")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE),
+        help=f"subscriber bearer token (default ${TOKEN_VARIABLE}; prefer the variable)",
+    )
     parser.add_argument(
         "--type",
         action="append",
@@ -178,7 +230,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(event_json(event), flush=True)
 
     try:
-        with open_channel(args.addr) as channel:
+        channel = open_channel(
+            args.addr,
+            ca_file=args.ca,
+            cert_file=args.cert,
+            key_file=args.key,
+            server_name=args.tls_server_name,
+        )
+    except (OSError, ValueError) as error:
+        print(f"cannot set up the connection: {error}", file=sys.stderr)
+        return 2
+    try:
+        with channel:
             outcome = consume(
                 event_stream_pb2_grpc.EventStreamServiceStub(channel),
                 subscribe_request(args.type, args.interview_id, args.status, args.after),
@@ -190,6 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     f"events {first} to {last} were removed by retention", file=sys.stderr
                 ),
                 max_events=args.max_events,
+                metadata=call_metadata(args.token),
             )
     except KeyboardInterrupt:
         return 0

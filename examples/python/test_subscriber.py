@@ -1,5 +1,6 @@
 """The Python client against the real gateway: webhooks posted as Incode posts them arrive, every
-field intact, through the generated stubs and through the example program."""
+field intact, through the generated stubs and through the example program, over TLS and with a
+subscriber token (or a client certificate, under mutual TLS)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import secrets
 import subprocess
 import sys
 
+import grpc
 import pytest
 from google.protobuf import json_format
 
@@ -25,10 +27,10 @@ def interview_id() -> str:
     return secrets.token_hex(12)
 
 
-def stored_events(stub, request) -> list:
+def stored_events(stub, request, metadata=()) -> list:
     """Every event of a subscription that starts in the past, up to caught_up."""
     events = []
-    call = stub.Subscribe(request, timeout=PATIENCE)
+    call = stub.Subscribe(request, timeout=PATIENCE, metadata=metadata)
     try:
         for response in call:
             kind = response.WhichOneof("response")
@@ -41,17 +43,26 @@ def stored_events(stub, request) -> list:
         call.cancel()
 
 
-def run_example(stubs_dir, *args: str) -> subprocess.CompletedProcess:
+def run_example(stubs_dir, *args: str, token=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(stubs_dir)}
+    env.pop("INCODE_GATEWAY_TOKEN", None)
+    if token is not None:
+        env["INCODE_GATEWAY_TOKEN"] = token
     return subprocess.run(
         [sys.executable, str(HERE / "subscriber.py"), *args],
         capture_output=True,
         text=True,
         timeout=PATIENCE,
-        env={**os.environ, "PYTHONPATH": str(stubs_dir)},
+        env=env,
     )
 
 
-def test_receives_every_notification_with_every_field_intact(subscriber, gateway):
+def tls_channel(subscriber, gateway, tls):
+    """A TLS channel to the gateway that trusts the test CA."""
+    return subscriber.open_channel(gateway.grpc_addr, ca_file=tls.ca_file)
+
+
+def test_receives_every_notification_with_every_field_intact(subscriber, gateway, tls):
     from incode.gateway.v1 import events_pb2
 
     a, b, c, other = interview_id(), interview_id(), interview_id(), interview_id()
@@ -78,9 +89,13 @@ def test_receives_every_notification_with_every_field_intact(subscriber, gateway
     assert status == 200
     gateway.notify("/webhooks/incode/onboarding-status", {"interviewId": other, "onboardingStatus": "ONBOARDING_FINISHED"})
 
-    with subscriber.open_channel(gateway.grpc_addr) as channel:
+    with tls_channel(subscriber, gateway, tls) as channel:
         stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
-        events = stored_events(stub, subscriber.subscribe_request(interview_ids=[a, b, c]))
+        events = stored_events(
+            stub,
+            subscriber.subscribe_request(interview_ids=[a, b, c]),
+            subscriber.call_metadata(tls.token),
+        )
 
     assert len(events) == 4, "the filter keeps exactly the four events of a, b and c"
     sequences = [event.sequence for event in events]
@@ -125,7 +140,7 @@ def test_receives_every_notification_with_every_field_intact(subscriber, gateway
     assert (kept.kind, kept.raw_json, kept.interview_id) == ("document-expired", document_expired, c)
 
 
-def test_the_example_prints_canonical_json_lines_filtered(subscriber, gateway, stubs_dir):
+def test_the_example_prints_canonical_json_lines_filtered(subscriber, gateway, stubs_dir, tls):
     session = interview_id()
     gateway.notify("/webhooks/incode/onboarding-status", {"interviewId": session, "onboardingStatus": "ID_VALIDATION_FINISHED"})
     gateway.notify(
@@ -136,9 +151,11 @@ def test_the_example_prints_canonical_json_lines_filtered(subscriber, gateway, s
     result = run_example(
         stubs_dir,
         "--addr", gateway.grpc_addr,
+        "--ca", tls.ca_file,
         "--interview-id", session,
         "--status", "ONBOARDING_FINISHED",
         "--max-events", "1",
+        token=tls.token,
     )
 
     assert result.returncode == 0, result.stderr
@@ -164,7 +181,7 @@ def test_the_example_fails_clearly_when_the_gateway_is_unreachable(subscriber, s
     assert "subscription failed: UNAVAILABLE" in result.stderr
 
 
-def test_the_subscriber_continues_the_trace_of_the_webhook(subscriber, gateway):
+def test_the_subscriber_continues_the_trace_of_the_webhook(subscriber, gateway, tls):
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -178,9 +195,13 @@ def test_the_subscriber_continues_the_trace_of_the_webhook(subscriber, gateway):
         {"interviewId": session, "onboardingStatus": "ONBOARDING_FINISHED"},
         headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
     )
-    with subscriber.open_channel(gateway.grpc_addr) as channel:
+    with tls_channel(subscriber, gateway, tls) as channel:
         stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
-        (event,) = stored_events(stub, subscriber.subscribe_request(interview_ids=[session]))
+        (event,) = stored_events(
+            stub,
+            subscriber.subscribe_request(interview_ids=[session]),
+            subscriber.call_metadata(tls.token),
+        )
     # The gateway's ingest span, a child of Incode's call, is what the event names.
     version, event_trace_id, ingest_span_id, flags = event.trace_context["traceparent"].split("-")
     assert event_trace_id == trace_id
@@ -229,7 +250,7 @@ def post_status(gateway, path: str, body: bytes) -> int:
         return error.code
 
 
-def test_adversarial_but_accepted_bodies_decode_in_python(subscriber, gateway):
+def test_adversarial_but_accepted_bodies_decode_in_python(subscriber, gateway, tls):
     """What the gateway accepts, the Python protobuf runtime decodes: the deepest nesting it
     allows (objects cost the most levels), odd keys and strings, the largest exact integers,
     large lists, and an unknown kind nested far deeper (kept as text)."""
@@ -257,9 +278,13 @@ def test_adversarial_but_accepted_bodies_decode_in_python(subscriber, gateway):
     inexact = {"interviewId": interview_id(), "onboardingStatus": "UNKNOWN", "n": 2**53 + 1}
     assert post_status(gateway, "/webhooks/incode/onboarding-status", json.dumps(inexact).encode()) == 422
 
-    with subscriber.open_channel(gateway.grpc_addr) as channel:
+    with tls_channel(subscriber, gateway, tls) as channel:
         stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
-        events = stored_events(stub, subscriber.subscribe_request(interview_ids=ids))
+        events = stored_events(
+            stub,
+            subscriber.subscribe_request(interview_ids=ids),
+            subscriber.call_metadata(tls.token),
+        )
 
     assert [event_id(event) for event in events] == ids
     for event, extra in zip(events, extras):
@@ -275,3 +300,68 @@ def test_adversarial_but_accepted_bodies_decode_in_python(subscriber, gateway):
 def event_id(event) -> str:
     kind = event.WhichOneof("payload")
     return getattr(event, kind).interview_id
+
+def rpc_error(call) -> grpc.RpcError:
+    """The error a call that must fail raised."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value
+
+
+def test_a_token_is_required_and_authorizes_its_consumers_only(subscriber, gateway, tls):
+    request = subscriber.subscribe_request()
+    with tls_channel(subscriber, gateway, tls) as channel:
+        stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
+        for metadata in ((), subscriber.call_metadata("not-the-token-" + secrets.token_hex(8))):
+            error = rpc_error(lambda: stored_events(stub, request, metadata))
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
+        stored_events(stub, request, subscriber.call_metadata(tls.token))
+
+        ack = subscriber.event_stream_pb2.AckRequest
+        answer = stub.Ack(ack(consumer="python-example-eu", sequence=0), metadata=subscriber.call_metadata(tls.token))
+        assert answer.sequence == 0
+        error = rpc_error(
+            lambda: stub.Ack(ack(consumer="billing", sequence=0), metadata=subscriber.call_metadata(tls.token))
+        )
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+        assert "billing" in error.details()
+
+
+def test_a_plaintext_client_is_not_served(subscriber, gateway, tls):
+    with subscriber.open_channel(gateway.grpc_addr) as channel:
+        stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
+        error = rpc_error(
+            lambda: stored_events(stub, subscriber.subscribe_request(), subscriber.call_metadata(tls.token))
+        )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+
+
+def test_the_example_fails_clearly_without_a_token(subscriber, gateway, tls, stubs_dir):
+    result = run_example(stubs_dir, "--addr", gateway.grpc_addr, "--ca", tls.ca_file, "--max-events", "1")
+
+    assert result.returncode == 1
+    assert "subscription failed: UNAUTHENTICATED" in result.stderr
+
+
+def test_mutual_tls_with_a_client_certificate(subscriber, mutual_tls_gateway, tls, stubs_dir):
+    gateway = mutual_tls_gateway
+    session = interview_id()
+    gateway.notify("/webhooks/incode/onboarding-status", {"interviewId": session, "onboardingStatus": "ONBOARDING_FINISHED"})
+
+    with tls_channel(subscriber, gateway, tls) as channel:
+        stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
+        error = rpc_error(lambda: stored_events(stub, subscriber.subscribe_request()))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
+        assert "client certificate" in error.details()
+
+    result = run_example(
+        stubs_dir,
+        "--addr", gateway.grpc_addr,
+        "--ca", tls.ca_file,
+        "--cert", tls.client_cert_file,
+        "--key", tls.client_key_file,
+        "--interview-id", session,
+        "--max-events", "1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["onboardingStatusChanged"]["interviewId"] == session

@@ -106,6 +106,7 @@ impl KeyPolicy {
         match storage {
             StorageKind::Embedded => Self::PersistInDataDir(data_dir.join(SIGNING_KEY_FILE)),
             StorageKind::Memory => Self::Ephemeral,
+            StorageKind::Nats => Self::RequireConfigured,
         }
     }
 }
@@ -236,7 +237,10 @@ impl AuthSettings {
         file: ConfigFile,
         policy: &KeyPolicy,
     ) -> Result<Self, AuthSetupError> {
-        let ConfigFile { oauth, webhooks } = file;
+        // `[[subscribers]]` belongs to the internal listener (crate::grpc).
+        let ConfigFile {
+            oauth, webhooks, ..
+        } = file;
 
         // The client given by flags replaces a file client with the same id.
         let mut clients: Vec<ClientConfig> = oauth
@@ -506,6 +510,7 @@ mod tests {
                 headers: [("X-A".to_owned(), Secret::new("file"))].into(),
                 allow_unauthenticated: false,
             },
+            subscribers: Vec::new(),
         }
     }
 
@@ -650,6 +655,11 @@ mod tests {
         assert_eq!(
             KeyPolicy::for_storage(StorageKind::Embedded, dir.path()),
             KeyPolicy::PersistInDataDir(path)
+        );
+        // Replicas over NATS verify each other's tokens: the key must be configured.
+        assert_eq!(
+            KeyPolicy::for_storage(StorageKind::Nats, dir.path()),
+            KeyPolicy::RequireConfigured
         );
     }
 

@@ -1,6 +1,7 @@
 //! The optional TOML configuration file (`--config FILE`): what does not fit in flags, such as
-//! several OAuth clients with several secrets each. Unknown keys are refused, so a typo does not
-//! silently leave the gateway open. The format is documented in the README.
+//! several OAuth clients with several secrets each, or the internal listener's subscribers.
+//! Unknown keys are refused, so a typo does not silently leave the gateway open. The format is
+//! documented in the README and in docs/internal-listener.md.
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +23,32 @@ pub struct ConfigFile {
     /// The webhook endpoints.
     #[serde(default)]
     pub webhooks: WebhooksSection,
+    /// `[[subscribers]]`: the identities that may use the internal listener.
+    #[serde(default)]
+    pub subscribers: Vec<SubscriberEntry>,
+}
+
+/// One `[[subscribers]]` entry: an identity on the internal listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriberEntry {
+    /// Its name; a client certificate whose SAN DNS name (or, without DNS names, CN) is this
+    /// name authenticates as this subscriber.
+    pub name: String,
+    /// Bearer tokens it may present, plain or as `sha256:<hex digest>`.
+    #[serde(default)]
+    pub tokens: Vec<Secret>,
+    /// The durable consumers (and consumer groups) it may use and acknowledge; `*` matches any
+    /// run of characters.
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// Whether it may subscribe without a consumer (the plain stream); default true.
+    #[serde(default = "default_true")]
+    pub read_stream: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[oauth]`.
@@ -176,6 +203,15 @@ mod tests {
 
             [webhooks]
             headers = { "X-Incode-Secret" = "shared" }
+
+            [[subscribers]]
+            name = "billing"
+            tokens = ["billing-token-0123456789", "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+            consumers = ["billing", "billing-*"]
+
+            [[subscribers]]
+            name = "metrics"
+            read_stream = false
             "#,
         )
         .unwrap();
@@ -185,6 +221,11 @@ mod tests {
         assert_eq!(file.webhooks.headers["X-Incode-Secret"].expose(), "shared");
         assert!(!file.webhooks.allow_unauthenticated);
         assert!(!format!("{file:?}").contains("new-secret"));
+        assert_eq!(file.subscribers.len(), 2);
+        assert_eq!(file.subscribers[0].consumers, ["billing", "billing-*"]);
+        assert!(file.subscribers[0].read_stream);
+        assert!(file.subscribers[1].tokens.is_empty() && !file.subscribers[1].read_stream);
+        assert!(!format!("{file:?}").contains("billing-token"));
     }
 
     #[test]
@@ -196,6 +237,8 @@ mod tests {
             ),
             ("[oauth]\nsigning_key = \"hunter2\n", 2),
             ("[oauth]\nsigning_kee = \"hunter2\"\n", 2),
+            ("[[subscribers]]\nname = \"a\"\ntokens = \"hunter2\"\n", 3),
+            ("[[subscribers]]\nname = \"a\"\ntoken = [\"hunter2\"]\n", 3),
         ] {
             let (at, _, message) = ConfigFile::parse(text).unwrap_err();
             assert_eq!(at, line, "{message}");

@@ -12,13 +12,13 @@ use tonic::{Request, Response, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
-    GrpcSettings,
+    GrpcSettings, access,
     filter::Filter,
     subscription::{Start, Subscription},
 };
 use crate::{
     error::{ErrorCode, ServiceError, grpc_status},
-    log::{ConsumerName, InvalidConsumerName, LogError, SharedLog},
+    log::{ConsumerName, Cursors, InvalidConsumerName, LogError, SharedLog},
     metrics::Metrics,
     proto::v1::{self, event_stream_service_server::EventStreamService, start_position::Position},
     telemetry,
@@ -31,6 +31,7 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// The `EventStreamService` implementation.
 pub struct EventStream {
     log: SharedLog,
+    cursors: Cursors,
     metrics: Metrics,
     settings: GrpcSettings,
     shutdown: CancellationToken,
@@ -40,12 +41,14 @@ impl EventStream {
     /// Serves subscriptions over `log`; streams end when `shutdown` is cancelled.
     pub fn new(
         log: SharedLog,
+        cursors: Cursors,
         metrics: Metrics,
         settings: GrpcSettings,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             log,
+            cursors,
             metrics,
             settings,
             shutdown,
@@ -59,12 +62,12 @@ impl EventStream {
     ) -> Result<Start, StartError> {
         let position = match (position, consumer) {
             (None, Some(consumer)) => {
-                let cursor = self.log.cursor(consumer).await?.unwrap_or(0);
+                let cursor = self.cursors.get(consumer).await?.unwrap_or(0);
                 Some(Position::AfterSequence(cursor))
             }
             (position, _) => position,
         };
-        let bounds = self.log.bounds();
+        let bounds = self.log.bounds().await?;
         let from_past = |next| Start {
             next,
             announce_caught_up: true,
@@ -89,7 +92,15 @@ impl EventStream {
                 if since > SystemTime::now() + CLOCK_SKEW {
                     return Err(StartError::FutureTime);
                 }
-                Ok(from_past(self.log.sequence_at(since).await?))
+                let next = self.log.sequence_at(since).await?;
+                // Retention keeps no times of removed events: when the oldest stored event is
+                // younger than `since` asks for, some removed ones may have been received after
+                // it, and the stream says so with a gap rather than skip them silently.
+                if next == bounds.first && bounds.has_removed() {
+                    Ok(from_past(1))
+                } else {
+                    Ok(from_past(next))
+                }
             }
         }
     }
@@ -132,18 +143,27 @@ impl EventStreamService for EventStream {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let span = rpc_span("Subscribe", request.metadata());
+        let caller = access::caller_of(&request)?;
+        span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
+        let consumer = parse_consumer(&request.consumer)?;
+        span.in_scope(|| access::authorize_subscribe(&caller, consumer.as_ref(), &self.metrics))?;
         let filter = Filter::try_from(request.filter.unwrap_or_default())
             .map_err(|error| grpc_status(&error))?;
-        let consumer = parse_consumer(&request.consumer)?;
         let position = request.start.and_then(|start| start.position);
         let start = self
             .resolve_start(position, consumer.as_ref())
             .await
             .map_err(|error| grpc_status(&error))?;
-        let subscriber = consumer.as_ref().map_or("anonymous", ConsumerName::as_str);
+        let subscriber = caller.name();
+        let consumer_name = consumer.as_ref().map(ConsumerName::as_str);
         span.in_scope(|| {
-            tracing::info!(next = start.next, subscriber, "subscription started");
+            tracing::info!(
+                next = start.next,
+                subscriber,
+                consumer = consumer_name,
+                "subscription started"
+            );
         });
         let subscription = Subscription {
             log: self.log.clone(),
@@ -151,13 +171,13 @@ impl EventStreamService for EventStream {
             filter,
             heartbeat_interval: self.settings.heartbeat_interval,
             shutdown: self.shutdown.clone(),
-            stream_metrics: self.metrics.stream_opened(subscriber),
+            stream_metrics: self.metrics.stream_opened(subscriber, consumer_name),
             metrics: self.metrics.clone(),
             consumer,
             span,
             trace_deliveries: self.settings.trace_deliveries,
         };
-        Ok(Response::new(Box::pin(subscription.into_stream())))
+        Ok(Response::new(Box::pin(subscription.into_stream().await?)))
     }
 
     async fn ack(
@@ -166,10 +186,18 @@ impl EventStreamService for EventStream {
     ) -> Result<Response<v1::AckResponse>, Status> {
         let span = rpc_span("Ack", request.metadata());
         let _entered = span.enter();
+        let caller = access::caller_of(&request)?;
+        span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
         let consumer = parse_consumer(&request.consumer)?
             .ok_or_else(|| Status::invalid_argument("consumer is required"))?;
-        let head = self.log.bounds().head;
+        access::authorize_ack(&caller, &consumer, &self.metrics)?;
+        let head = self
+            .log
+            .bounds()
+            .await
+            .map_err(|error| grpc_status(&error))?
+            .head;
         if request.sequence > head {
             return Err(Status::out_of_range(format!(
                 "sequence {} is beyond the newest stored event ({head})",
@@ -177,10 +205,11 @@ impl EventStreamService for EventStream {
             )));
         }
         let sequence = self
-            .log
+            .cursors
             .ack(&consumer, request.sequence)
             .await
             .map_err(|error| grpc_status(&error))?;
+        self.metrics.acked(caller.name());
         Ok(Response::new(v1::AckResponse { sequence }))
     }
 }
@@ -196,6 +225,7 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
         rpc.system = "grpc",
         rpc.service = SERVICE,
         rpc.method = method,
+        incode_gateway.subscriber = tracing::field::Empty,
     );
     let parent = telemetry::extract_from_headers(&metadata.clone().into_headers());
     let _ = span.set_parent(parent);

@@ -1,22 +1,47 @@
-//! The internal listener: `EventStreamService`, `grpc.health.v1.Health` and server reflection.
-//! Never exposed to the internet.
+//! The internal listener: `EventStreamService`, `grpc.health.v1.Health`, server reflection and
+//! `GET /metrics`. Never exposed to the internet.
+//!
+//! - [`access`]: who may call what (the guard in front of every route, and the checks the rpcs
+//!   make).
+//! - [`identity`]: the configured subscribers, their tokens and consumer patterns, and the
+//!   names of client certificates.
+//! - [`tls`]: TLS and mutual TLS, reloaded when the files change or on SIGHUP.
+//! - `incoming`: the accept loops (TCP, then TLS handshakes).
 
+pub mod access;
 mod event_stream;
 mod filter;
+pub mod identity;
+mod incoming;
 mod subscription;
+pub mod tls;
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{service::Routes, transport::server::TcpIncoming};
+use tonic::service::Routes;
 
 pub use event_stream::EventStream;
 pub use filter::{Filter, FilterError};
 
+use self::{
+    access::{Access, GuardState},
+    identity::{SubscriberConfigError, Subscribers},
+    tls::{ReloadingTls, TlsError, TlsFiles},
+};
 use crate::{
-    log::SharedLog,
+    config::{
+        Config,
+        file::{ConfigFile, ConfigFileError},
+    },
+    log::{Cursors, SharedLog},
     metrics::Metrics,
     proto::v1::{self, event_stream_service_server::EventStreamServiceServer},
 };
@@ -29,48 +54,293 @@ pub struct GrpcSettings {
     /// Whether to create a span for every event delivered (only worth it when traces are
     /// exported).
     pub trace_deliveries: bool,
+    /// Transport limits.
+    pub limits: TransportLimits,
+}
+
+/// HTTP/2 and TCP limits of the internal listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Most concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive PINGs; `None`: none sent.
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long a keepalive PING may stay unanswered.
+    pub http2_keepalive_timeout: Duration,
+    /// Idle time before TCP keepalive probes; `None`: off.
+    pub tcp_keepalive: Option<Duration>,
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl GrpcSettings {
+    /// The settings the configuration asks for.
+    pub fn from_config(config: &Config, trace_deliveries: bool) -> Self {
+        let args = &config.internal;
+        let nonzero = |duration: Duration| (!duration.is_zero()).then_some(duration);
+        Self {
+            heartbeat_interval: config.heartbeat_interval,
+            trace_deliveries,
+            limits: TransportLimits {
+                max_concurrent_streams: args.internal_max_concurrent_streams,
+                http2_keepalive_interval: nonzero(args.internal_http2_keepalive_interval),
+                http2_keepalive_timeout: args.internal_http2_keepalive_timeout,
+                tcp_keepalive: nonzero(args.internal_tcp_keepalive),
+                max_message_bytes: usize::try_from(args.internal_max_message_bytes)
+                    .unwrap_or(usize::MAX),
+            },
+        }
+    }
+}
+
+/// Who may use the internal listener, and its TLS: checked and loaded at start-up.
+#[derive(Debug)]
+pub struct Security {
+    access: Arc<Access>,
+    tls: Option<Arc<ReloadingTls>>,
+    reload_interval: Duration,
+}
+
+/// Why the internal listener's security settings are not usable. Messages never show a token
+/// or key.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The config file could not be read or parsed.
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    /// A `[[subscribers]]` entry is not usable.
+    #[error(transparent)]
+    Subscribers(#[from] SubscriberConfigError),
+    /// The TLS files are not usable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Half a TLS identity.
+    #[error("--internal-tls-cert and --internal-tls-key go together; {missing} is not set")]
+    HalfTlsIdentity {
+        /// The flag that is missing.
+        missing: &'static str,
+    },
+    /// Mutual TLS without TLS.
+    #[error("--internal-client-ca needs TLS: set --internal-tls-cert and --internal-tls-key too")]
+    ClientCaWithoutTls,
+    /// A subscriber nothing can authenticate.
+    #[error(
+        "subscriber `{name}` can never authenticate: give it `tokens`, or turn on mutual TLS \
+         (--internal-client-ca) so that its client certificate names it"
+    )]
+    SubscriberCannotAuthenticate {
+        /// The subscriber.
+        name: String,
+    },
+    /// Anonymous reads where every caller needs a certificate.
+    #[error(
+        "--allow-anonymous-reads cannot work with mutual TLS (--internal-client-ca): every \
+         caller needs a client certificate there; drop one of the two"
+    )]
+    AnonymousReadsWithMutualTls,
+    /// Open on a non-loopback address without an explicit allowance.
+    #[error(
+        "the internal listener is on {addr}, which is not a loopback address, and nothing \
+         authenticates subscribers: anyone who can reach it could read every event (personal \
+         data) and move any durable consumer. Authenticate subscribers with mutual TLS \
+         (--internal-tls-cert, --internal-tls-key and --internal-client-ca) or with tokens \
+         ([[subscribers]] entries with `tokens` in the --config file), bind to loopback \
+         (--internal-addr 127.0.0.1:50051), or pass --allow-unauthenticated-subscribers to \
+         accept subscribers from anyone"
+    )]
+    UnauthenticatedSubscribers {
+        /// The listener's address.
+        addr: SocketAddr,
+    },
+}
+
+impl Security {
+    /// Checks the configuration for the internal listener bound at `bound`, and loads its TLS
+    /// files. Refuses a listener that anyone on the network could use, unless that was
+    /// explicitly allowed.
+    pub fn from_config(config: &Config, bound: SocketAddr) -> Result<Self, SetupError> {
+        let args = &config.internal;
+        let file = match &config.config_file {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let subscribers = Subscribers::from_entries(&file.subscribers)?;
+        let files = match (&args.internal_tls_cert, &args.internal_tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.internal_client_ca.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(SetupError::HalfTlsIdentity {
+                    missing: "--internal-tls-key",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(SetupError::HalfTlsIdentity {
+                    missing: "--internal-tls-cert",
+                });
+            }
+            (None, None) if args.internal_client_ca.is_some() => {
+                return Err(SetupError::ClientCaWithoutTls);
+            }
+            (None, None) => None,
+        };
+        let mutual = args.internal_client_ca.is_some();
+        if let Some(subscriber) = subscribers
+            .iter()
+            .find(|subscriber| !subscriber.has_tokens() && !mutual)
+        {
+            return Err(SetupError::SubscriberCannotAuthenticate {
+                name: subscriber.name().to_owned(),
+            });
+        }
+        if args.allow_anonymous_reads && mutual {
+            return Err(SetupError::AnonymousReadsWithMutualTls);
+        }
+        let access = Access::new(subscribers, mutual, args.allow_anonymous_reads);
+        let loopback = is_loopback(bound.ip());
+        if !loopback
+            && !access.authenticates_subscribers()
+            && !args.allow_unauthenticated_subscribers
+        {
+            return Err(SetupError::UnauthenticatedSubscribers { addr: bound });
+        }
+        let tls = files.map(ReloadingTls::load).transpose()?.map(Arc::new);
+
+        if !access.is_enforced() && !loopback {
+            tracing::warn!(
+                internal = %bound,
+                "SUBSCRIBERS ARE NOT AUTHENTICATED: anyone who can reach the internal listener can \
+                 read every event and move any durable consumer. Configure mutual TLS or \
+                 [[subscribers]] tokens before exposing it"
+            );
+        }
+        if access.allows_anonymous_reads() {
+            if access.is_enforced() {
+                tracing::warn!(
+                    "--allow-anonymous-reads: callers without credentials can read every event"
+                );
+            } else {
+                tracing::warn!(
+                    "--allow-anonymous-reads has no effect: no [[subscribers]] are configured, so \
+                     nothing is restricted"
+                );
+            }
+        }
+        if access.subscribers().any_tokens() && tls.is_none() && !loopback {
+            tracing::warn!(
+                "subscriber tokens travel in clear text on {bound}: configure --internal-tls-cert \
+                 and --internal-tls-key unless the network encrypts the traffic"
+            );
+        }
+        tracing::info!(
+            subscribers = access.subscribers().len(),
+            tls = tls.is_some(),
+            mutual_tls = mutual,
+            anonymous_reads = access.allows_anonymous_reads(),
+            enforced = access.is_enforced(),
+            "internal listener access configured"
+        );
+        Ok(Self {
+            access: Arc::new(access),
+            tls,
+            reload_interval: args.internal_tls_reload_interval,
+        })
+    }
+}
+
+/// Whether `ip` is a loopback address (an IPv4-mapped one too).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => ip.is_loopback(),
+        IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 /// Serves the internal API on `listener` until `shutdown` is cancelled: gRPC (HTTP/2) and
-/// `GET /metrics` (Prometheus text, HTTP/1.1 or HTTP/2). Subscription streams end on shutdown, so
-/// the server can drain.
+/// `GET /metrics` (Prometheus text, HTTP/1.1 or HTTP/2), over TLS when configured, every route
+/// but health behind the access guard. Subscription streams end on shutdown, so the server can
+/// drain.
 pub fn serve(
     listener: TcpListener,
     log: SharedLog,
+    cursors: Cursors,
     metrics: Metrics,
     settings: GrpcSettings,
+    security: Security,
     shutdown: CancellationToken,
 ) -> Result<
     impl Future<Output = Result<(), tonic::transport::Error>>,
     tonic_reflection::server::Error,
 > {
+    let limits = settings.limits;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(limits.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let log_for_health = log.clone();
+    let health_service = health_service.max_decoding_message_size(limits.max_message_bytes);
     let event_stream = EventStreamServiceServer::new(EventStream::new(
         log,
+        cursors,
         metrics.clone(),
         settings,
         shutdown.clone(),
-    ));
+    ))
+    .max_decoding_message_size(limits.max_message_bytes);
+    let guard = GuardState {
+        access: security.access.clone(),
+        metrics: metrics.clone(),
+    };
     let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(event_stream)
         .into_axum_router()
-        .route("/metrics", get(render_metrics).with_state(metrics));
+        .route("/metrics", get(render_metrics).with_state(metrics))
+        .layer(axum::middleware::from_fn_with_state(guard, access::guard));
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(limits.http2_keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .add_routes(Routes::from(routes));
+    let tcp = incoming::tcp(listener, limits.tcp_keepalive);
+    // Installed now, before anyone is served, so that a SIGHUP from then on reloads.
+    let hangup = security.tls.as_ref().map(|_| tls::hangup_signal());
     Ok(async move {
+        // Serving from the start, as the log was open; the readiness task follows it from here.
         health_reporter
             .set_serving::<EventStreamServiceServer<EventStream>>()
             .await;
-        tonic::transport::Server::builder()
-            .accept_http1(true)
-            .add_routes(Routes::from(routes))
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await
+        tokio::spawn(report_readiness(
+            log_for_health,
+            health_reporter,
+            shutdown.clone(),
+        ));
+        let stopped = shutdown.clone().cancelled_owned();
+        match security.tls {
+            Some(tls) => {
+                tokio::spawn(tls::watch(
+                    tls.clone(),
+                    security.reload_interval,
+                    hangup.flatten(),
+                    shutdown.clone(),
+                ));
+                let incoming = incoming::tls(tcp, tls, shutdown);
+                server.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(incoming::plain(tcp), stopped)
+                    .await
+            }
+        }
     })
 }
 
@@ -82,4 +352,61 @@ async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
         )],
         metrics.render_prometheus(),
     )
+}
+
+/// Keeps `grpc.health.v1` in step with the event log: `SERVING` while it can take events,
+/// `NOT_SERVING` while it cannot (a failing disk, NATS unreachable or without a stream leader).
+async fn report_readiness(
+    log: SharedLog,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    const EVERY: Duration = Duration::from_secs(1);
+    let mut ready = Some(true);
+    loop {
+        let now_ready = log.check_ready().await.is_ok();
+        if ready != Some(now_ready) {
+            let status = if now_ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            if now_ready {
+                reporter
+                    .set_serving::<EventStreamServiceServer<EventStream>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<EventStreamServiceServer<EventStream>>()
+                    .await;
+            }
+            ready = Some(now_ready);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses() {
+        for (ip, expected) in [
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("0.0.0.0", false),
+            ("::", false),
+            ("10.0.0.1", false),
+            ("::ffff:10.0.0.1", false),
+        ] {
+            assert_eq!(is_loopback(ip.parse().unwrap()), expected, "{ip}");
+        }
+    }
 }

@@ -1,16 +1,16 @@
-//! One subscription stream: reads the log from its own cursor, in batches, at the pace the
+//! One subscription stream: follows the log through its own [`LogReader`], at the pace the
 //! subscriber takes messages.
 //!
-//! Catch-up and the live tail are the same loop: the stream reads what is stored after its
-//! cursor and, when there is nothing more, waits for the log's head to move. There is no handover
-//! between a replay and a live feed, so there is no seam to lose or repeat an event at, and a slow
-//! subscriber holds at most one batch in memory while the rest waits in the log.
+//! Catch-up and the live tail are the same loop: the reader yields what is stored after its
+//! position and then what is stored next, with no handover between a replay and a live feed, so
+//! there is no seam to lose or repeat an event at, and a slow subscriber holds at most one batch
+//! in memory while the rest waits in the log.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures::Stream;
 use opentelemetry::trace::TraceContextExt;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
@@ -19,14 +19,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::filter::Filter;
 use crate::{
     error::grpc_status,
-    log::{ConsumerName, Sequence, SharedLog},
+    log::{ConsumerName, LogReader, ReadItem, Sequence, SharedLog},
     metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
     telemetry,
 };
-
-/// Events read from the log at a time.
-const BATCH: usize = 256;
 
 /// Where a subscription starts, resolved against the log.
 #[derive(Debug, Clone, Copy)]
@@ -62,11 +59,8 @@ pub struct Subscription {
 }
 
 struct State {
-    log: SharedLog,
-    head: watch::Receiver<Sequence>,
+    reader: Box<dyn LogReader>,
     filter: Filter,
-    /// Next sequence to read from the log.
-    next: Sequence,
     /// Every sequence up to this one has been delivered or skipped.
     considered: Sequence,
     buffer: VecDeque<Arc<v1::Event>>,
@@ -84,14 +78,19 @@ struct State {
 
 impl Subscription {
     /// The stream of messages for this subscription. Dropping it releases everything it holds.
-    pub fn into_stream(self) -> impl Stream<Item = Result<v1::SubscribeResponse, Status>> + Send {
+    pub async fn into_stream(
+        self,
+    ) -> Result<impl Stream<Item = Result<v1::SubscribeResponse, Status>> + Send, Status> {
+        let reader = self
+            .log
+            .read_from(self.start.next)
+            .await
+            .map_err(|error| grpc_status(&error))?;
         let state = State {
-            head: self.log.watch_head(),
-            log: self.log,
+            reader,
             filter: self.filter,
-            next: self.start.next,
             considered: self.start.next.saturating_sub(1),
-            buffer: VecDeque::with_capacity(BATCH),
+            buffer: VecDeque::new(),
             announce_caught_up: self.start.announce_caught_up,
             heartbeat_interval: self.heartbeat_interval,
             last_sent: Instant::now(),
@@ -103,13 +102,13 @@ impl Subscription {
             span: self.span,
             trace_deliveries: self.trace_deliveries,
         };
-        futures::stream::unfold(state, |mut state| async move {
+        Ok(futures::stream::unfold(state, |mut state| async move {
             let span = state.span.clone();
             let message = state.next_message().instrument(span).await?;
             state.last_sent = Instant::now();
             state.stream_metrics.considered(state.considered);
             Some((message, state))
-        })
+        }))
     }
 }
 
@@ -120,7 +119,7 @@ impl State {
         }
         loop {
             if self.shutdown.is_cancelled() {
-                return None;
+                return self.end_for_shutdown();
             }
             while let Some(event) = self.buffer.pop_front() {
                 self.considered = event.sequence;
@@ -133,25 +132,29 @@ impl State {
                 }
             }
 
-            match self.log.read(self.next, BATCH).await {
-                Ok(batch) if !batch.is_empty() => {
-                    let first = batch[0].sequence;
-                    let gap_before = self.skip_to(first);
-                    if let Some(last) = batch.last() {
-                        self.next = last.sequence + 1;
-                    }
-                    self.buffer.extend(batch);
-                    match gap_before {
-                        Some(gap) => return Some(Ok(gap)),
-                        None => continue,
-                    }
+            let deadline = self.last_sent + self.heartbeat_interval;
+            let read = tokio::select! {
+                () = self.shutdown.cancelled() => return self.end_for_shutdown(),
+                () = tokio::time::sleep_until(deadline) => return Some(Ok(self.heartbeat())),
+                read = self.reader.next() => read,
+            };
+            match read {
+                Ok(ReadItem::Events(events)) => self.buffer.extend(events),
+                Ok(ReadItem::Gap { first, last }) => {
+                    tracing::warn!(first, last, "events removed by retention before delivery");
+                    self.considered = last;
+                    return Some(Ok(respond(Response::Gap(v1::Gap {
+                        first_sequence: first,
+                        last_sequence: last,
+                    }))));
                 }
-                Ok(_) => {
-                    // Nothing at or after `next`; retention may have removed everything up to
-                    // a later first sequence.
-                    let first = self.log.bounds().first;
-                    if let Some(gap) = self.skip_to(first) {
-                        return Some(Ok(gap));
+                Ok(ReadItem::CaughtUp(sequence)) => {
+                    self.considered = self.considered.max(sequence);
+                    if self.announce_caught_up {
+                        self.announce_caught_up = false;
+                        return Some(Ok(respond(Response::CaughtUp(v1::CaughtUp {
+                            sequence: self.considered,
+                        }))));
                     }
                 }
                 Err(error) => {
@@ -159,32 +162,16 @@ impl State {
                     return Some(Err(grpc_status(&error)));
                 }
             }
-
-            // Everything stored up to `next - 1` has been considered.
-            self.considered = self.next.saturating_sub(1);
-            if self.announce_caught_up {
-                self.announce_caught_up = false;
-                return Some(Ok(respond(Response::CaughtUp(v1::CaughtUp {
-                    sequence: self.considered,
-                }))));
-            }
-
-            let deadline = self.last_sent + self.heartbeat_interval;
-            let next = self.next;
-            let wake = tokio::select! {
-                () = self.shutdown.cancelled() => Wake::Shutdown,
-                () = tokio::time::sleep_until(deadline) => Wake::Heartbeat,
-                changed = self.head.wait_for(|&head| head >= next) => {
-                    // An error means the log was dropped: the gateway is going away.
-                    if changed.is_ok() { Wake::NewEvents } else { Wake::Shutdown }
-                }
-            };
-            match wake {
-                Wake::Shutdown => return None,
-                Wake::Heartbeat => return Some(Ok(self.heartbeat())),
-                Wake::NewEvents => {}
-            }
         }
+    }
+
+    /// On shutdown the stream ends with `UNAVAILABLE`, which gRPC clients retry (elsewhere),
+    /// resuming from the last sequence they saw.
+    fn end_for_shutdown(&mut self) -> Option<Result<v1::SubscribeResponse, Status>> {
+        self.finished = true;
+        Some(Err(Status::unavailable(
+            "the gateway is shutting down; resubscribe after the last sequence you processed",
+        )))
     }
 
     /// Accounts for one delivered event: the metric, and (when traces are exported) a span in
@@ -213,36 +200,11 @@ impl State {
         span.add_link(self.span.context().span().span_context().clone());
     }
 
-    /// Moves the cursor to `first` when retention removed the events before it, and says so.
-    fn skip_to(&mut self, first: Sequence) -> Option<v1::SubscribeResponse> {
-        if first <= self.next {
-            return None;
-        }
-        let gap = v1::Gap {
-            first_sequence: self.next,
-            last_sequence: first - 1,
-        };
-        tracing::warn!(
-            first = gap.first_sequence,
-            last = gap.last_sequence,
-            "events removed by retention before delivery"
-        );
-        self.next = first;
-        self.considered = first - 1;
-        Some(respond(Response::Gap(gap)))
-    }
-
     fn heartbeat(&self) -> v1::SubscribeResponse {
         respond(Response::Heartbeat(v1::Heartbeat {
             sequence: self.considered,
         }))
     }
-}
-
-enum Wake {
-    Shutdown,
-    Heartbeat,
-    NewEvents,
 }
 
 fn respond(response: Response) -> v1::SubscribeResponse {

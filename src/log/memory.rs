@@ -1,26 +1,55 @@
 //! An event log in memory: fast and simple, lost on restart. For tests and for trying the
-//! gateway out; the durable backends are the default.
+//! gateway out; the durable backends are the default. Retention and the event limit apply as in
+//! the durable backends, whenever the log is written or read.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{
-    AppendOutcome, Bounds, ConsumerName, DedupKey, EventLog, LogError, NewEvent, Sequence,
+    AppendOutcome, Bounds, DedupKey, EventLog, LogError, LogReader, NewEvent, PutOutcome,
+    READ_BATCH, ReadItem, Revision, Sequence, StateStore, Versioned,
 };
 use crate::proto::v1;
 
-/// An [`EventLog`] held in memory.
+/// Settings of the memory log.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryOptions {
+    /// How long an identical repeat counts as a duplicate.
+    pub dedup_window: Duration,
+    /// Events older than this are removed.
+    pub retention: Duration,
+    /// At most this many events are kept (the oldest go first); `None` for no limit.
+    pub max_events: Option<u64>,
+}
+
+impl MemoryOptions {
+    /// Retention of a week and no event limit.
+    pub fn new(dedup_window: Duration) -> Self {
+        Self {
+            dedup_window,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_events: None,
+        }
+    }
+}
+
+/// An [`EventLog`] and [`StateStore`] held in memory.
 pub struct MemoryLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     // A std mutex: every critical section is short and never awaits.
     state: Mutex<State>,
     head: watch::Sender<Sequence>,
-    dedup_window: Duration,
+    options: MemoryOptions,
 }
 
 #[derive(Default)]
@@ -32,33 +61,64 @@ struct State {
     last_received_at: Option<SystemTime>,
     dedup: HashMap<DedupKey, (Sequence, SystemTime)>,
     dedup_order: VecDeque<(SystemTime, DedupKey)>,
-    consumers: HashMap<ConsumerName, Sequence>,
+    values: BTreeMap<String, Versioned>,
     closed: bool,
 }
 
 impl MemoryLog {
-    /// An empty log that recognises repeats inside `dedup_window`.
-    pub fn new(dedup_window: Duration) -> Self {
+    /// An empty log.
+    pub fn new(options: MemoryOptions) -> Self {
         Self {
-            state: Mutex::new(State {
-                first: 1,
-                ..State::default()
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    first: 1,
+                    ..State::default()
+                }),
+                head: watch::Sender::new(0),
+                options,
             }),
-            head: watch::Sender::new(0),
-            dedup_window,
         }
     }
+}
 
+impl Inner {
+    /// The state, with retention applied as of now.
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than stopping the service would, so keep serving.
-        self.state
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.apply_retention(SystemTime::now(), &self.options);
+        state
     }
 }
 
 impl State {
+    fn apply_retention(&mut self, now: SystemTime, options: &MemoryOptions) {
+        let cutoff = now.checked_sub(options.retention);
+        let over = |state: &Self| {
+            options
+                .max_events
+                .is_some_and(|max| state.events.len() as u64 > max)
+        };
+        while let Some(oldest) = self.events.front() {
+            let expired = cutoff.is_some_and(|cutoff| {
+                oldest
+                    .received_at
+                    .and_then(|at| SystemTime::try_from(at).ok())
+                    .is_some_and(|at| at < cutoff)
+            });
+            if !expired && !over(self) {
+                break;
+            }
+            self.events.pop_front();
+            self.first += 1;
+        }
+        self.forget_expired(now, options.dedup_window);
+    }
+
     fn forget_expired(&mut self, now: SystemTime, window: Duration) {
         let Some(horizon) = now.checked_sub(window) else {
             return;
@@ -73,17 +133,23 @@ impl State {
             }
         }
     }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            first: self.first,
+            head: self.head,
+        }
+    }
 }
 
 #[async_trait]
 impl EventLog for MemoryLog {
     async fn append(&self, new: NewEvent) -> Result<AppendOutcome, LogError> {
-        let mut state = self.lock();
+        let mut state = self.inner.lock();
         if state.closed {
             return Err(LogError::Closed);
         }
         let now = SystemTime::now().max(state.last_received_at.unwrap_or(SystemTime::UNIX_EPOCH));
-        state.forget_expired(now, self.dedup_window);
         if let Some(&(sequence, _)) = state.dedup.get(&new.dedup_key) {
             return Ok(AppendOutcome::Duplicate(sequence));
         }
@@ -96,25 +162,18 @@ impl EventLog for MemoryLog {
         state.last_received_at = Some(now);
         state.dedup.insert(new.dedup_key, (sequence, now));
         state.dedup_order.push_back((now, new.dedup_key));
+        state.apply_retention(now, &self.inner.options);
         drop(state);
-        self.head.send_replace(sequence);
+        self.inner.head.send_replace(sequence);
         Ok(AppendOutcome::Appended(sequence))
     }
 
-    async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<v1::Event>>, LogError> {
-        let state = self.lock();
-        let skip = usize::try_from(from.saturating_sub(state.first)).unwrap_or(usize::MAX);
-        Ok(state
-            .events
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect())
+    async fn bounds(&self) -> Result<Bounds, LogError> {
+        Ok(self.inner.lock().bounds())
     }
 
     async fn sequence_at(&self, time: SystemTime) -> Result<Sequence, LogError> {
-        let state = self.lock();
+        let state = self.inner.lock();
         let time = prost_types::Timestamp::from(time);
         let index = state.events.partition_point(|event| {
             event
@@ -125,41 +184,21 @@ impl EventLog for MemoryLog {
         Ok(state.first + index as Sequence)
     }
 
-    fn bounds(&self) -> Bounds {
-        let state = self.lock();
-        Bounds {
-            first: state.first,
-            head: state.head,
-        }
+    async fn read_from(&self, from: Sequence) -> Result<Box<dyn LogReader>, LogError> {
+        Ok(Box::new(MemoryReader {
+            inner: self.inner.clone(),
+            head: self.inner.head.subscribe(),
+            next: from.max(1),
+            drained: false,
+        }))
     }
 
-    fn watch_head(&self) -> watch::Receiver<Sequence> {
-        self.head.subscribe()
-    }
-
-    async fn ack(&self, consumer: &ConsumerName, sequence: Sequence) -> Result<Sequence, LogError> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err(LogError::Closed);
-        }
-        let cursor = state.consumers.entry(consumer.clone()).or_insert(0);
-        *cursor = (*cursor).max(sequence);
-        Ok(*cursor)
-    }
-
-    async fn cursor(&self, consumer: &ConsumerName) -> Result<Option<Sequence>, LogError> {
-        Ok(self.lock().consumers.get(consumer).copied())
-    }
-
-    async fn maintain(&self) -> Result<(), LogError> {
-        let mut state = self.lock();
-        let now = SystemTime::now();
-        state.forget_expired(now, self.dedup_window);
-        Ok(())
+    fn known_head(&self) -> Sequence {
+        *self.inner.head.borrow()
     }
 
     async fn check_ready(&self) -> Result<(), LogError> {
-        if self.lock().closed {
+        if self.inner.lock().closed {
             Err(LogError::Closed)
         } else {
             Ok(())
@@ -167,8 +206,95 @@ impl EventLog for MemoryLog {
     }
 
     async fn close(&self) -> Result<(), LogError> {
-        self.lock().closed = true;
+        self.inner.lock().closed = true;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryLog {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, LogError> {
+        Ok(self.inner.lock().values.get(key).cloned())
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> Result<PutOutcome, LogError> {
+        let mut state = self.inner.lock();
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        let current = state.values.get(key).map(|stored| stored.revision);
+        if current != expected {
+            return Ok(PutOutcome::Conflict);
+        }
+        let revision = current.unwrap_or(0) + 1;
+        state
+            .values
+            .insert(key.to_owned(), Versioned { value, revision });
+        Ok(PutOutcome::Stored(revision))
+    }
+
+    async fn count(&self, prefix: &str) -> Result<usize, LogError> {
+        let state = self.inner.lock();
+        Ok(state
+            .values
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .count())
+    }
+}
+
+struct MemoryReader {
+    inner: Arc<Inner>,
+    head: watch::Receiver<Sequence>,
+    next: Sequence,
+    /// Whether `CaughtUp` was yielded since the last events.
+    drained: bool,
+}
+
+#[async_trait]
+impl LogReader for MemoryReader {
+    async fn next(&mut self) -> Result<ReadItem, LogError> {
+        loop {
+            {
+                let state = self.inner.lock();
+                if self.next < state.first {
+                    let gap = ReadItem::Gap {
+                        first: self.next,
+                        last: state.first - 1,
+                    };
+                    self.next = state.first;
+                    return Ok(gap);
+                }
+                if self.next <= state.head {
+                    let skip = usize::try_from(self.next - state.first).unwrap_or(usize::MAX);
+                    let events: Vec<_> = state
+                        .events
+                        .iter()
+                        .skip(skip)
+                        .take(READ_BATCH)
+                        .cloned()
+                        .collect();
+                    if let Some(last) = events.last() {
+                        self.next = last.sequence + 1;
+                        self.drained = false;
+                        return Ok(ReadItem::Events(events));
+                    }
+                }
+                if !self.drained {
+                    self.drained = true;
+                    return Ok(ReadItem::CaughtUp(self.next - 1));
+                }
+            }
+            let next = self.next;
+            if self.head.wait_for(|&head| head >= next).await.is_err() {
+                return Err(LogError::Closed);
+            }
+        }
     }
 }
 
@@ -184,59 +310,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sequences_start_at_one_and_repeats_are_duplicates() {
-        let log = MemoryLog::new(Duration::from_secs(60));
-        assert_eq!(log.bounds(), Bounds { first: 1, head: 0 });
+    async fn the_event_limit_removes_the_oldest_and_readers_see_a_gap() {
+        let log = MemoryLog::new(MemoryOptions {
+            max_events: Some(2),
+            ..MemoryOptions::new(Duration::from_secs(60))
+        });
+        let mut reader = log.read_from(1).await.unwrap();
+        for body in ["a", "b", "c"] {
+            log.append(new_event(body)).await.unwrap();
+        }
+        assert_eq!(log.bounds().await.unwrap(), Bounds { first: 2, head: 3 });
+        assert!(matches!(
+            reader.next().await.unwrap(),
+            ReadItem::Gap { first: 1, last: 1 }
+        ));
+        let ReadItem::Events(events) = reader.next().await.unwrap() else {
+            panic!("expected events");
+        };
         assert_eq!(
-            log.append(new_event("a")).await.unwrap(),
-            AppendOutcome::Appended(1)
+            events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [2, 3]
         );
-        assert_eq!(
-            log.append(new_event("b")).await.unwrap(),
-            AppendOutcome::Appended(2)
-        );
-        assert_eq!(
-            log.append(new_event("a")).await.unwrap(),
-            AppendOutcome::Duplicate(1)
-        );
-        let events = log.read(2, 10).await.unwrap();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].sequence, 2);
-        assert_eq!(*log.watch_head().borrow(), 2);
+        assert!(matches!(
+            reader.next().await.unwrap(),
+            ReadItem::CaughtUp(3)
+        ));
+    }
+
+    #[tokio::test]
+    async fn retention_removes_old_events() {
+        let log = MemoryLog::new(MemoryOptions {
+            retention: Duration::from_millis(50),
+            ..MemoryOptions::new(Duration::from_secs(60))
+        });
+        log.append(new_event("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        log.append(new_event("b")).await.unwrap();
+        assert_eq!(log.bounds().await.unwrap(), Bounds { first: 2, head: 2 });
     }
 
     #[tokio::test]
     async fn repeats_after_the_window_are_new_events() {
-        let log = MemoryLog::new(Duration::ZERO);
+        let log = MemoryLog::new(MemoryOptions::new(Duration::ZERO));
         log.append(new_event("a")).await.unwrap();
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(
             log.append(new_event("a")).await.unwrap(),
             AppendOutcome::Appended(2)
         );
-    }
-
-    #[tokio::test]
-    async fn sequence_at_finds_the_first_event_at_or_after_a_time() {
-        let log = MemoryLog::new(Duration::from_secs(60));
-        let before = SystemTime::now();
-        log.append(new_event("a")).await.unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-        let middle = SystemTime::now();
-        log.append(new_event("b")).await.unwrap();
-        assert_eq!(log.sequence_at(before).await.unwrap(), 1);
-        assert_eq!(log.sequence_at(middle).await.unwrap(), 2);
-        assert_eq!(log.sequence_at(SystemTime::now()).await.unwrap(), 3);
-    }
-
-    #[tokio::test]
-    async fn closed_log_refuses_appends() {
-        let log = MemoryLog::new(Duration::from_secs(60));
-        log.close().await.unwrap();
-        assert!(matches!(
-            log.append(new_event("a")).await,
-            Err(LogError::Closed)
-        ));
-        assert!(log.check_ready().await.is_err());
     }
 }

@@ -1,27 +1,38 @@
 //! The event log: an append-only sequence of events with deduplication of repeated
-//! notifications, reads from any position, and a way to wait for new events.
+//! notifications, and readers that follow it from any position; beside it, a small durable
+//! key-value store with compare-and-set for the state subscribers leave behind (durable consumer
+//! cursors).
 //!
-//! Every backend implements [`EventLog`]; the rest of the gateway sees only the trait. Positions
-//! are sequence numbers starting at 1, deduplication is by a [`DedupKey`] within a time window,
-//! and reads start at a sequence (or at the sequence found for a time): the shape of a NATS
-//! JetStream stream as well as of an embedded store.
+//! The rest of the gateway sees only the traits: [`EventLog`] (append, bounds, time lookup,
+//! [`LogReader`]s), and [`StateStore`] (versioned keys), both opened together as a [`Storage`].
+//! Positions are sequence numbers starting at 1, deduplication is by a [`DedupKey`] within a time
+//! window, and a reader starts at a sequence: the shape of a NATS JetStream stream as well as of
+//! an embedded store. Each backend does its own housekeeping (retention, expiry of deduplication
+//! keys, reconnection) behind the traits.
+//!
+//! Backends: [`memory`] (for tests and trying things out), [`embedded`] (the default: a redb file
+//! on local disk) and [`nats`] (a replicated JetStream stream, for several gateway replicas).
 
+pub mod cursors;
 pub mod embedded;
 pub mod memory;
+pub mod nats;
 
-use std::{fmt, path::PathBuf, sync::Arc, time::SystemTime};
+use std::{fmt, sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 
 use crate::{
     error::{ErrorCode, ServiceError},
     proto::v1,
 };
 
+pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
+pub use nats::NatsLog;
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
 pub type Sequence = u64;
@@ -49,6 +60,16 @@ impl DedupKey {
     /// Rebuilds a key from its bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
+    }
+}
+
+impl fmt::Display for DedupKey {
+    /// Lowercase hex, as a NATS message id.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -87,6 +108,146 @@ pub struct Bounds {
     pub first: Sequence,
     /// Newest stored sequence; 0 when nothing was ever stored.
     pub head: Sequence,
+}
+
+impl Bounds {
+    /// Whether retention has removed events (sequences before `first` existed once).
+    pub fn has_removed(&self) -> bool {
+        self.first > 1
+    }
+}
+
+/// What a [`LogReader`] yields, in log order.
+#[derive(Debug, Clone)]
+pub enum ReadItem {
+    /// The next stored events, in sequence order, each following the one before it.
+    Events(Vec<Arc<v1::Event>>),
+    /// Retention removed the events `first..=last` before this reader reached them; reading goes
+    /// on after `last`.
+    Gap {
+        /// First removed sequence.
+        first: Sequence,
+        /// Last removed sequence.
+        last: Sequence,
+    },
+    /// The reader has yielded everything stored up to this sequence, which was the newest when
+    /// it looked: what comes next is new. Yielded once each time the reader runs out of stored
+    /// events, before it waits for more.
+    CaughtUp(Sequence),
+}
+
+/// Follows the log from a position: stored events first, then new ones as they are stored,
+/// with no seam between the two. Each subscription has its own reader, so a slow one holds back
+/// nobody else.
+#[async_trait]
+pub trait LogReader: Send {
+    /// Waits for and returns what comes next. Cancel-safe: a call dropped before it completes
+    /// loses nothing, and the next call yields the same item.
+    async fn next(&mut self) -> Result<ReadItem, LogError>;
+}
+
+/// Events a reader yields at most in one [`ReadItem::Events`].
+pub const READ_BATCH: usize = 256;
+
+/// The event log.
+///
+/// Appends are durable when they return (to the backend's durability), and return in the order
+/// of their sequences. Sequences never repeat and never go backwards; `received_at` never goes
+/// backwards either, so a time maps to a sequence.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends an event unless a notification with the same key was appended inside the
+    /// deduplication window. Two identical appends racing each other store one event.
+    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError>;
+
+    /// The range of stored sequences now.
+    async fn bounds(&self) -> Result<Bounds, LogError>;
+
+    /// The sequence of the first stored event received at or after `time`, or `head + 1` when
+    /// there is none.
+    async fn sequence_at(&self, time: SystemTime) -> Result<Sequence, LogError>;
+
+    /// A reader that yields the events from `from` on. A `from` older than the oldest stored
+    /// event yields a [`ReadItem::Gap`] first.
+    async fn read_from(&self, from: Sequence) -> Result<Box<dyn LogReader>, LogError>;
+
+    /// The newest sequence this process knows of, without asking the storage: for metrics. A
+    /// distributed backend may learn of other replicas' appends a little later.
+    fn known_head(&self) -> Sequence;
+
+    /// Whether the log can take appends now.
+    async fn check_ready(&self) -> Result<(), LogError>;
+
+    /// Stops taking appends and flushes what was taken. Later appends fail with
+    /// [`LogError::Closed`]; reads keep working where the backend can.
+    async fn close(&self) -> Result<(), LogError>;
+}
+
+/// A shared handle to an event log.
+pub type SharedLog = Arc<dyn EventLog>;
+
+/// The revision of a [`StateStore`] value: it changes on every write of its key.
+pub type Revision = u64;
+
+/// A value of the [`StateStore`] with its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Bytes,
+    /// Its revision, for [`StateStore::put`]'s compare-and-set.
+    pub revision: Revision,
+}
+
+/// The result of a conditional [`StateStore::put`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored; the key now has this revision.
+    Stored(Revision),
+    /// The key's revision was not the expected one; nothing was stored.
+    Conflict,
+}
+
+/// A durable map from keys (`A-Z a-z 0-9 - _ .`, at most 256 bytes) to small values, with
+/// compare-and-set, shared by every gateway on the same storage. Writes are durable when they
+/// return, like appends.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// The value of `key`, if it has one.
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, LogError>;
+
+    /// Stores `value` under `key` if the key's revision is still `expected` (`None`: the key
+    /// must have no value).
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> Result<PutOutcome, LogError>;
+
+    /// How many keys start with `prefix`.
+    async fn count(&self, prefix: &str) -> Result<usize, LogError>;
+}
+
+/// A shared handle to a state store.
+pub type SharedState = Arc<dyn StateStore>;
+
+/// An opened storage backend: the event log and the state store beside it.
+#[derive(Clone)]
+pub struct Storage {
+    /// The events.
+    pub log: SharedLog,
+    /// Durable state (cursors).
+    pub state: SharedState,
+}
+
+impl Storage {
+    /// A storage over one backend that implements both traits.
+    pub fn new<B: EventLog + StateStore>(backend: Arc<B>) -> Self {
+        Self {
+            log: backend.clone(),
+            state: backend,
+        }
+    }
 }
 
 /// The name of a durable consumer: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
@@ -129,24 +290,19 @@ impl ServiceError for InvalidConsumerName {
     }
 }
 
-/// Why the log could not do what was asked.
+/// Any error, boxed, as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the log (or the state store) could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// The log could not be opened.
-    #[error("cannot open the event log at {}", path.display())]
-    Open {
-        /// Where it was looked for.
-        path: PathBuf,
-        /// Why it failed.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     /// The log is closed (the gateway is shutting down).
     #[error("the event log is closed")]
     Closed,
-    /// The storage failed.
-    #[error("event log storage failed")]
-    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The storage cannot serve now (a failing disk, an unreachable or leaderless NATS); the
+    /// backend recovers by itself, and a retry may succeed.
+    #[error("event log storage is unavailable")]
+    Unavailable(#[source] BoxError),
     /// Stored data could not be read back.
     #[error("stored event {sequence} is corrupt")]
     Corrupt {
@@ -154,63 +310,33 @@ pub enum LogError {
         sequence: Sequence,
         /// What went wrong.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
+    /// A stored state value could not be read back.
+    #[error("stored state `{key}` is corrupt")]
+    CorruptState {
+        /// The key.
+        key: String,
+    },
+}
+
+impl LogError {
+    /// [`LogError::Unavailable`] with this cause.
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        Self::Unavailable(source.into())
+    }
 }
 
 impl ServiceError for LogError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Closed | Self::Storage(_) | Self::Open { .. } => ErrorCode::Unavailable,
-            Self::Corrupt { .. } => ErrorCode::Internal,
+            Self::Closed | Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Corrupt { .. } | Self::CorruptState { .. } => ErrorCode::Internal,
         }
     }
 }
 
-/// The event log.
-///
-/// Appends are durable when they return (to the backend's durability), and return in the order
-/// of their sequences. Sequences never repeat and never go backwards; `received_at` never goes
-/// backwards either, so a time maps to a sequence.
-#[async_trait]
-pub trait EventLog: Send + Sync + 'static {
-    /// Appends an event unless a notification with the same key was appended inside the
-    /// deduplication window. Two identical appends racing each other store one event.
-    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, LogError>;
-
-    /// Reads up to `limit` events with a sequence at or after `from`, in sequence order.
-    /// Events older than the oldest stored one are skipped, so the first returned sequence can be
-    /// greater than `from`. An empty answer means nothing at or after `from` is stored yet.
-    async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<v1::Event>>, LogError>;
-
-    /// The sequence of the first stored event received at or after `time`, or `head + 1` when
-    /// there is none.
-    async fn sequence_at(&self, time: SystemTime) -> Result<Sequence, LogError>;
-
-    /// The range of stored sequences now.
-    fn bounds(&self) -> Bounds;
-
-    /// A receiver of the head sequence, updated after every append becomes readable.
-    fn watch_head(&self) -> watch::Receiver<Sequence>;
-
-    /// Records that `consumer` has processed every event up to `sequence`. Cursors only move
-    /// forward: an older ack is ignored. Returns the consumer's cursor after the ack. Durable
-    /// when it returns, like an append.
-    async fn ack(&self, consumer: &ConsumerName, sequence: Sequence) -> Result<Sequence, LogError>;
-
-    /// The last sequence `consumer` acknowledged, or `None` for a consumer never seen.
-    async fn cursor(&self, consumer: &ConsumerName) -> Result<Option<Sequence>, LogError>;
-
-    /// Applies retention and forgets expired deduplication keys. Called periodically.
-    async fn maintain(&self) -> Result<(), LogError>;
-
-    /// Whether the log can take appends now.
-    async fn check_ready(&self) -> Result<(), LogError>;
-
-    /// Stops taking appends and flushes what was taken. Later appends fail with
-    /// [`LogError::Closed`]; reads keep working.
-    async fn close(&self) -> Result<(), LogError>;
+/// Whether `key` is a valid [`StateStore`] key.
+pub fn is_state_key(key: &str) -> bool {
+    crate::error::is_plain_name(key, 256)
 }
-
-/// A shared handle to an event log.
-pub type SharedLog = Arc<dyn EventLog>;

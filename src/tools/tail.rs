@@ -5,33 +5,83 @@
 //! stream ending) go to stderr as plain text; heartbeats are not shown. `tail` never acknowledges
 //! anything: with `--consumer` it shows what that consumer would receive, without moving its
 //! cursor.
+//!
+//! An `https://` address connects over TLS (`--ca` to trust a private CA, `--cert` and `--key`
+//! for mutual TLS); `--token` (better: `INCODE_GATEWAY_TAIL_TOKEN`) authenticates as a
+//! subscriber. The token is never printed.
 
 use std::{
     io::{self, Write},
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, SystemTime},
 };
 
 use clap::Args;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 
 use super::json::{EventJson, JsonError};
-use crate::proto::v1::{
-    self, EventFilter, StartPosition, SubscribeRequest,
-    event_stream_service_client::EventStreamServiceClient, start_position::Position,
-    subscribe_response::Response,
+use crate::{
+    auth::Secret,
+    proto::v1::{
+        self, EventFilter, StartPosition, SubscribeRequest,
+        event_stream_service_client::EventStreamServiceClient, start_position::Position,
+        subscribe_response::Response,
+    },
 };
 
 /// Options of `tail`.
 #[derive(Debug, Clone, Args)]
 pub struct TailArgs {
-    /// The gateway's internal (gRPC) listener.
+    /// The gateway's internal (gRPC) listener: `http://` in plain text, `https://` over TLS.
     #[arg(
         long,
         env = "INCODE_GATEWAY_TAIL_ADDR",
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
+
+    /// PEM CA certificate(s) to verify the gateway's certificate with (`https://` only);
+    /// without it, the system's trusted roots.
+    #[arg(long, env = "INCODE_GATEWAY_TAIL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// PEM client certificate to present, for a gateway with mutual TLS (with --key).
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_TAIL_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_TAIL_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// The name to verify the gateway's certificate against, when it differs from the host of
+    /// --addr (e.g. connecting by IP address).
+    #[arg(long, env = "INCODE_GATEWAY_TAIL_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// Bearer token of a subscriber, sent as `authorization: Bearer <token>`. Prefer the
+    /// environment variable: flags show in the process list.
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_TAIL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<Secret>,
 
     /// Where to start: `latest` (only new events; the default), `earliest` (every stored
     /// event), a sequence number (that event and the ones after it) or an RFC 3339 time (events
@@ -107,6 +157,26 @@ pub enum TailError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// TLS options with a plain-text address.
+    #[error("--ca, --cert, --key and --tls-server-name are for TLS: use an https:// --addr")]
+    TlsOptionsWithoutTls,
+    /// A TLS file could not be read.
+    #[error("cannot read {what} {}", path.display())]
+    ReadFile {
+        /// Which option.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS settings are not usable.
+    #[error("the TLS settings are not usable")]
+    Tls(#[source] tonic::transport::Error),
+    /// The token cannot be sent as metadata.
+    #[error("the token holds characters that cannot be sent in gRPC metadata")]
+    InvalidToken,
     /// The gateway could not be reached.
     #[error("cannot connect to the gateway at {addr}")]
     Connect {
@@ -124,7 +194,7 @@ pub enum TailError {
         /// The gateway's message.
         message: String,
     },
-    /// The gateway ended the stream (it is shutting down).
+    /// The gateway ended the stream (it is shutting down, or gone).
     #[error("the gateway ended the stream{}", resume_hint(*.cursor))]
     Ended {
         /// Every event up to this sequence has been considered.
@@ -184,15 +254,26 @@ pub async fn run(args: &TailArgs, out: &mut impl Write) -> Result<(), TailError>
     if args.max_events == Some(0) {
         return Ok(());
     }
-    let channel = connect(&args.addr, args.connect_timeout).await?;
-    let mut stream = EventStreamServiceClient::new(channel)
+    let authorization = authorization(args.token.as_ref())?;
+    let channel = connect(args).await?;
+    let mut stream = client(channel, authorization)
         .subscribe(request(args))
         .await?
         .into_inner();
 
     let mut printed = 0_u64;
     let mut cursor = None;
-    while let Some(message) = stream.message().await? {
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            // The gateway ends streams with UNAVAILABLE when it shuts down.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tracing::debug!(message = status.message(), "stream ended");
+                break;
+            }
+            Err(status) => return Err(status.into()),
+        };
         match message.response {
             Some(Response::Event(event)) => {
                 let line = json.to_json(&event)?;
@@ -225,18 +306,99 @@ pub async fn run(args: &TailArgs, out: &mut impl Write) -> Result<(), TailError>
     Err(TailError::Ended { cursor })
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<Channel, TailError> {
-    let endpoint =
-        Endpoint::from_shared(addr.to_owned()).map_err(|source| TailError::InvalidAddr {
-            addr: addr.to_owned(),
+/// The `authorization` metadata value for a token, marked sensitive so that HTTP/2 header
+/// compression never indexes it.
+fn authorization(token: Option<&Secret>) -> Result<Option<AsciiMetadataValue>, TailError> {
+    token
+        .map(|token| {
+            let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+                .map_err(|_| TailError::InvalidToken)?;
+            value.set_sensitive(true);
+            Ok(value)
+        })
+        .transpose()
+}
+
+type AuthorizingClient = EventStreamServiceClient<
+    InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+/// A client that adds the `authorization` metadata, if any, to every call.
+fn client(channel: Channel, authorization: Option<AsciiMetadataValue>) -> AuthorizingClient {
+    EventStreamServiceClient::with_interceptor(
+        channel,
+        Box::new(move |mut request: tonic::Request<()>| {
+            if let Some(value) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.clone());
+            }
+            Ok(request)
+        }),
+    )
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TailError> {
+    std::fs::read(path).map_err(|source| TailError::ReadFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The TLS settings of the options, `None` for a plain-text address.
+fn tls_config(args: &TailArgs) -> Result<Option<ClientTlsConfig>, TailError> {
+    let tls = args
+        .addr
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+    let tls_options = args.ca.is_some()
+        || args.cert.is_some()
+        || args.key.is_some()
+        || args.tls_server_name.is_some();
+    if !tls {
+        return if tls_options {
+            Err(TailError::TlsOptionsWithoutTls)
+        } else {
+            Ok(None)
+        };
+    }
+    let mut config = ClientTlsConfig::new();
+    config = match &args.ca {
+        Some(path) => config.ca_certificate(Certificate::from_pem(read_file("--ca", path)?)),
+        None => config.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        config = config.identity(Identity::from_pem(
+            read_file("--cert", cert)?,
+            read_file("--key", key)?,
+        ));
+    }
+    if let Some(name) = &args.tls_server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(Some(config))
+}
+
+async fn connect(args: &TailArgs) -> Result<Channel, TailError> {
+    let addr = &args.addr;
+    let mut endpoint =
+        Endpoint::from_shared(addr.clone()).map_err(|source| TailError::InvalidAddr {
+            addr: addr.clone(),
             source,
         })?;
+    if let Some(tls) = tls_config(args)? {
+        endpoint = endpoint.tls_config(tls).map_err(TailError::Tls)?;
+    }
     endpoint
-        .connect_timeout(timeout)
+        .connect_timeout(args.connect_timeout)
         .connect()
         .await
         .map_err(|source| TailError::Connect {
-            addr: addr.to_owned(),
+            addr: addr.clone(),
             source,
         })
 }

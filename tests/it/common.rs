@@ -7,7 +7,7 @@ use tempfile::TempDir;
 
 use incode_gateway::{
     Config,
-    log::SharedLog,
+    log::Storage,
     proto::v1::{
         self, EventFilter, StartPosition, SubscribeRequest, SubscribeResponse,
         event_stream_service_client::EventStreamServiceClient, start_position::Position,
@@ -49,20 +49,24 @@ impl Gateway {
     /// A gateway on an existing data directory (a restart).
     pub async fn start_in(data_dir: Arc<TempDir>, mut config: Config) -> Self {
         config.data_dir = data_dir.path().to_owned();
-        let log = incode_gateway::server::open_log(&config).unwrap();
-        Self::start_with_log(data_dir, config, log).await
+        let storage = incode_gateway::server::open_storage(&config).await.unwrap();
+        Self::start_with_storage(data_dir, config, storage).await
     }
 
-    /// A gateway over an event log the test opened itself.
-    pub async fn start_with_log(data_dir: Arc<TempDir>, config: Config, log: SharedLog) -> Self {
+    /// A gateway over storage the test opened itself.
+    pub async fn start_with_storage(
+        data_dir: Arc<TempDir>,
+        config: Config,
+        storage: Storage,
+    ) -> Self {
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", public.local_addr().unwrap());
         let grpc_addr = internal.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(incode_gateway::server::run_with_log(
+        let task = tokio::spawn(incode_gateway::server::run_with_storage(
             config,
-            log,
+            storage,
             public,
             internal,
             async {
@@ -281,10 +285,20 @@ impl GatewayProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn_on("127.0.0.1:0", data_dir, args, env).await
+    }
+
+    /// Like [`GatewayProcess::spawn_with`], with the internal listener on `internal_addr`.
+    pub async fn spawn_on(
+        internal_addr: &str,
+        data_dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
             .args(["serve", "--public-addr", "127.0.0.1:0"])
-            .args(["--internal-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--internal-addr", internal_addr, "--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)

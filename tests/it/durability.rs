@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use incode_gateway::{
     Config,
-    log::{EmbeddedLog, EventLog, embedded::fault::FaultSwitch},
+    log::{EmbeddedLog, EventLog, Storage, embedded::fault::FaultSwitch},
     proto::v1::{AckRequest, start_position::Position, subscribe_response::Response},
 };
 use reqwest::StatusCode;
@@ -126,7 +126,7 @@ async fn a_failing_disk_answers_503_and_acknowledges_nothing() {
         switch.clone(),
     )
     .unwrap();
-    let gateway = Gateway::start_with_log(data_dir, config, Arc::new(log)).await;
+    let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(Arc::new(log))).await;
     gateway
         .notify(PATH, &onboarding_body("before", "UNKNOWN"))
         .await;
@@ -164,7 +164,7 @@ async fn a_closed_log_answers_503() {
     config.data_dir = data_dir.path().to_owned();
     let log: Arc<EmbeddedLog> =
         Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_log_options()).unwrap());
-    let gateway = Gateway::start_with_log(data_dir, config, log.clone()).await;
+    let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(log.clone())).await;
     log.close().await.unwrap();
     let (status, body) = gateway
         .post_json(PATH, &onboarding_body("late", "UNKNOWN"))
@@ -182,7 +182,7 @@ async fn retention_removes_old_events_and_a_too_early_start_is_reported() {
     config.max_events = Some(3);
     let log: Arc<EmbeddedLog> =
         Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_log_options()).unwrap());
-    let gateway = Gateway::start_with_log(data_dir, config, log.clone()).await;
+    let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(log.clone())).await;
     for i in 1..=5 {
         gateway
             .notify(PATH, &onboarding_body(&format!("r-{i}"), "UNKNOWN"))

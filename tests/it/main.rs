@@ -4,10 +4,15 @@
 
 mod auth_common;
 mod common;
+mod conformance;
 mod crash;
 mod durability;
 mod hardening;
+mod internal;
+mod nats_server;
 mod oauth;
+mod pki;
+mod scale_out;
 mod secrets;
 mod service;
 mod simulate;

@@ -24,8 +24,8 @@ use crate::{auth_common::*, common::*};
 
 /// An OTLP trace collector that keeps every span it receives.
 #[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
+pub struct Collector {
+    pub spans: Arc<Mutex<Vec<Span>>>,
 }
 
 #[tonic::async_trait]
@@ -45,7 +45,7 @@ impl TraceService for Collector {
 }
 
 impl Collector {
-    async fn start(&self) -> String {
+    pub async fn start(&self) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let service = TraceServiceServer::new(self.clone());
@@ -58,7 +58,7 @@ impl Collector {
     }
 
     /// Waits until the spans of `trace_id` satisfy `done`.
-    async fn wait_for(&self, trace_id: &[u8], done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+    pub async fn wait_for(&self, trace_id: &[u8], done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             let spans: Vec<Span> = self
@@ -82,7 +82,7 @@ impl Collector {
     }
 }
 
-fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
+pub fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
     span.attributes
         .iter()
         .find(|kv| kv.key == key)

@@ -8,15 +8,26 @@
  * `@opentelemetry/api` is installed and the application registered a tracer provider and the
  * W3C propagator.
  *
- *   npm run subscribe -- --addr http://127.0.0.1:50051 \
- *     --type EVENT_TYPE_ONBOARDING_STATUS_CHANGED --status ONBOARDING_FINISHED
+ * An `https://` address connects over TLS (`--ca` to trust the CA that signed the gateway's
+ * certificate, `--cert` and `--key` for mutual TLS); a subscriber's token (`--token`, better the
+ * `INCODE_GATEWAY_TOKEN` environment variable) goes with every call.
+ *
+ *   INCODE_GATEWAY_TOKEN=... npm run subscribe -- --addr https://gateway.internal:50051 \
+ *     --ca ca.pem --type EVENT_TYPE_ONBOARDING_STATUS_CHANGED --status ONBOARDING_FINISHED
  */
 
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 
 import { create, toJsonString, type DescEnum } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 
 import {
@@ -45,11 +56,53 @@ export interface Connection {
   close(): void;
 }
 
-/** Connects (lazily) to the gateway's internal listener, e.g. `http://127.0.0.1:50051`. */
-export function connect(baseUrl: string): Connection {
-  const sessionManager = new Http2SessionManager(baseUrl);
+/** How to reach the gateway: TLS material (PEM contents) and the subscriber's token. */
+export interface ConnectOptions {
+  /** CA certificate(s) that signed the gateway's certificate; the system's roots without it. */
+  ca?: string | Buffer;
+  /** Client certificate, for mutual TLS (with `key`). */
+  cert?: string | Buffer;
+  /** Private key of `cert`. */
+  key?: string | Buffer;
+  /** The name to verify the gateway's certificate against, when it is not the URL's host. */
+  serverName?: string;
+  /** A subscriber's bearer token, sent as `authorization: Bearer <token>` with every call. */
+  token?: string;
+}
+
+/** Adds the subscriber's token to every call. */
+function bearer(token: string): Interceptor {
+  return (next) => async (request) => {
+    request.header.set("authorization", `Bearer ${token}`);
+    return next(request);
+  };
+}
+
+/**
+ * Connects (lazily) to the gateway's internal listener: `https://host:50051` over TLS,
+ * `http://host:50051` in plain text.
+ */
+export function connect(baseUrl: string, options: ConnectOptions = {}): Connection {
+  const tls = new URL(baseUrl).protocol === "https:";
+  const tlsOptions = {
+    ...(options.ca !== undefined && { ca: options.ca }),
+    ...(options.cert !== undefined && { cert: options.cert }),
+    ...(options.key !== undefined && { key: options.key }),
+    ...(options.serverName !== undefined && { servername: options.serverName }),
+  };
+  if (!tls && Object.keys(tlsOptions).length > 0) {
+    throw new Error(`TLS options need an https:// address, not ${baseUrl}`);
+  }
+  if ((options.cert === undefined) !== (options.key === undefined)) {
+    throw new Error("a client certificate needs both cert and key");
+  }
+  const sessionManager = new Http2SessionManager(baseUrl, undefined, tls ? tlsOptions : undefined);
+  const interceptors = options.token === undefined ? [] : [bearer(options.token)];
   return {
-    client: createClient(EventStreamService, createGrpcTransport({ baseUrl, sessionManager })),
+    client: createClient(
+      EventStreamService,
+      createGrpcTransport({ baseUrl, sessionManager, interceptors }),
+    ),
     close: () => sessionManager.abort(),
   };
 }
@@ -196,11 +249,16 @@ export function parseEnum<T extends number>(schema: DescEnum, text: string): T {
 }
 
 function usage(): string {
-  return `usage: subscribe [--addr URL] [--type TYPE]... [--interview-id ID]... [--status STATUS]...
+  return `usage: subscribe [--addr URL] [--ca FILE] [--cert FILE --key FILE] [--tls-server-name NAME]
+                 [--token TOKEN] [--type TYPE]... [--interview-id ID]... [--status STATUS]...
                  [--after SEQUENCE] [--max-events N]
 
 Prints the gateway's events from the earliest stored one (or after SEQUENCE) as JSON lines.
-  --addr          the gateway's internal listener (default http://127.0.0.1:50051)
+  --addr          the gateway's internal listener: https:// over TLS (default http://127.0.0.1:50051)
+  --ca            PEM CA certificate that signed the gateway's certificate (https:// only)
+  --cert, --key   PEM client certificate and key, for mutual TLS
+  --tls-server-name  the name to verify the gateway's certificate against
+  --token         a subscriber's bearer token (default $INCODE_GATEWAY_TOKEN; prefer the variable)
   --type          an EventType, e.g. EVENT_TYPE_ONBOARDING_STATUS_CHANGED
   --interview-id  an Incode interviewId
   --status        an OnboardingStatus, e.g. ONBOARDING_STATUS_ONBOARDING_FINISHED or ONBOARDING_FINISHED
@@ -217,6 +275,11 @@ export async function main(argv: string[]): Promise<number> {
       args: argv,
       options: {
         addr: { type: "string", default: "http://127.0.0.1:50051" },
+        ca: { type: "string" },
+        cert: { type: "string" },
+        key: { type: "string" },
+        "tls-server-name": { type: "string" },
+        token: { type: "string" },
         type: { type: "string", multiple: true, default: [] },
         "interview-id": { type: "string", multiple: true, default: [] },
         status: { type: "string", multiple: true, default: [] },
@@ -252,11 +315,23 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
 
+  let connection: Connection;
+  try {
+    connection = connect(args.addr, {
+      ca: args.ca === undefined ? undefined : readFileSync(args.ca),
+      cert: args.cert === undefined ? undefined : readFileSync(args.cert),
+      key: args.key === undefined ? undefined : readFileSync(args.key),
+      serverName: args["tls-server-name"],
+      token: args.token ?? (process.env.INCODE_GATEWAY_TOKEN || undefined),
+    });
+  } catch (error) {
+    process.stderr.write(`cannot set up the connection: ${(error as Error).message}\n`);
+    return 2;
+  }
   const abort = new AbortController();
   const stop = () => abort.abort();
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
-  const connection = connect(args.addr);
   try {
     const outcome = await consume(
       connection.client,

@@ -1,10 +1,12 @@
 /**
  * Runs the real incode-gateway binary for the tests, on ephemeral loopback ports with a
- * temporary data directory, and plays Incode against it.
+ * temporary data directory and TLS on its internal listener, and plays Incode against it.
  */
 
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { readFileSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -47,18 +49,97 @@ export function gatewayBinary(): string {
   return path.join(target, "debug", "incode-gateway");
 }
 
+/** Throwaway TLS material and a subscriber, made with the openssl command line tool. */
+export interface Tls {
+  /** The directory holding the files; remove it when done. */
+  dir: string;
+  /** The CA that signed the gateway's certificate and the client certificate (PEM). */
+  ca: string;
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  /** A client certificate and key for the subscriber `typescript-example` (PEM). */
+  clientCert: string;
+  clientKey: string;
+  clientCertFile: string;
+  clientKeyFile: string;
+  /** The gateway's --config file, with the subscriber. */
+  configFile: string;
+  /** The subscriber's token; the config file holds only its SHA-256 digest. */
+  token: string;
+}
+
+/** Makes a CA, the gateway's certificate (localhost, 127.0.0.1), a client certificate and a config file. */
+export async function makeTls(): Promise<Tls> {
+  const dir = await mkdtemp(path.join(tmpdir(), "incode-gateway-ts-tls-"));
+  const file = (name: string) => path.join(dir, name);
+  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+    "-subj", "/CN=incode-gateway test CA",
+    "-addext", "basicConstraints=critical,CA:TRUE",
+    "-addext", "keyUsage=critical,keyCertSign,cRLSign");
+  const leaf = (name: string, extensions: string) => {
+    writeFileSync(file(`${name}.ext`), extensions);
+    openssl("req", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${name}`);
+    openssl("x509", "-req", "-in", `${name}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key",
+      "-set_serial", `0x${randomBytes(8).toString("hex")}`, "-days", "1",
+      "-out", `${name}.pem`, "-extfile", `${name}.ext`);
+  };
+  leaf("localhost", "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+  leaf("typescript-example", "basicConstraints=CA:FALSE\nsubjectAltName=DNS:typescript-example\nextendedKeyUsage=clientAuth\n");
+
+  const token = randomBytes(32).toString("base64url");
+  // What docs/internal-listener.md says: `printf %s "$TOKEN" | sha256sum`.
+  const digest = createHash("sha256").update(token).digest("hex");
+  writeFileSync(
+    file("gateway.toml"),
+    `[[subscribers]]
+name = "typescript-example"
+tokens = ["sha256:${digest}"]
+consumers = ["typescript-example", "typescript-example-*"]
+`,
+  );
+  return {
+    dir,
+    ca: readFileSync(file("ca.pem"), "utf8"),
+    caFile: file("ca.pem"),
+    certFile: file("localhost.pem"),
+    keyFile: file("localhost.key"),
+    clientCert: readFileSync(file("typescript-example.pem"), "utf8"),
+    clientKey: readFileSync(file("typescript-example.key"), "utf8"),
+    clientCertFile: file("typescript-example.pem"),
+    clientKeyFile: file("typescript-example.key"),
+    configFile: file("gateway.toml"),
+    token,
+  };
+}
+
+/** The flags that turn on TLS (and mutual TLS, with `mutual`) and the subscriber of `tls`. */
+export function tlsFlags(tls: Tls, mutual = false): string[] {
+  return [
+    "--internal-tls-cert",
+    tls.certFile,
+    "--internal-tls-key",
+    tls.keyFile,
+    ...(mutual ? ["--internal-client-ca", tls.caFile] : []),
+    "--config",
+    tls.configFile,
+  ];
+}
+
 export class Gateway {
   private constructor(
     private readonly child: ChildProcess,
     private readonly dataDir: string,
     /** Base URL of the public (webhook) listener. */
     readonly publicUrl: string,
-    /** Base URL of the internal (gRPC) listener. */
+    /** Base URL of the internal (gRPC) listener: https:// when it speaks TLS. */
     readonly grpcUrl: string,
   ) {}
 
-  /** Starts the gateway and resolves once it logged the addresses it listens on. */
-  static async start(): Promise<Gateway> {
+  /** Starts the gateway with these extra flags and resolves once it logged its addresses. */
+  static async start(flags: readonly string[] = []): Promise<Gateway> {
     const dataDir = await mkdtemp(path.join(tmpdir(), "incode-gateway-ts-"));
     const child = spawn(
       gatewayBinary(),
@@ -71,6 +152,7 @@ export class Gateway {
         "--data-dir",
         dataDir,
         ...GATEWAY_FLAGS,
+        ...flags,
       ],
       { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...GATEWAY_ENV } },
     );
@@ -98,7 +180,8 @@ export class Gateway {
     })();
     try {
       const { publicAddr, internalAddr } = await Promise.race([listening, exited]);
-      return new Gateway(child, dataDir, `http://${publicAddr}`, `http://${internalAddr}`);
+      const scheme = flags.includes("--internal-tls-cert") ? "https" : "http";
+      return new Gateway(child, dataDir, `http://${publicAddr}`, `${scheme}://${internalAddr}`);
     } catch (error) {
       child.kill("SIGKILL");
       await rm(dataDir, { recursive: true, force: true });

@@ -1,17 +1,21 @@
 /**
  * The TypeScript client against the real gateway: webhooks posted as Incode posts them arrive,
- * every field intact, through the generated client and through the example program.
+ * every field intact, through the generated client and through the example program, over TLS
+ * with a subscriber token (or a client certificate, under mutual TLS).
  */
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
+import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { context, propagation, trace, SpanKind } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
@@ -21,6 +25,7 @@ import {
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
 
+import { AckRequestSchema } from "../gen/es/incode/gateway/v1/event_stream_pb.js";
 import {
   EventType,
   OnboardingStatus,
@@ -33,7 +38,7 @@ import {
   type Connection,
   type EventStreamClient,
 } from "../src/subscribe.js";
-import { Gateway } from "./gateway.js";
+import { Gateway, makeTls, tlsFlags, type Tls } from "./gateway.js";
 
 const run = promisify(execFile);
 const SUBSCRIBE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../src/subscribe.js");
@@ -71,20 +76,33 @@ function payload<K extends keyof Payloads>(event: Event, kind: K): Payloads[K] {
   return event.payload.value as Payloads[K];
 }
 
+/** Whether `error` is a gRPC error with this code. */
+function hasCode(code: Code): (error: unknown) => boolean {
+  return (error) => {
+    assert.equal(ConnectError.from(error).code, code, String(error));
+    return true;
+  };
+}
+
 describe("TypeScript client", () => {
+  let tls: Tls;
   let gateway: Gateway;
   let connection: Connection;
   let client: EventStreamClient;
 
   before(async () => {
-    gateway = await Gateway.start();
-    connection = connect(gateway.grpcUrl);
+    tls = await makeTls();
+    gateway = await Gateway.start(tlsFlags(tls));
+    connection = connect(gateway.grpcUrl, { ca: tls.ca, token: tls.token });
     client = connection.client;
   });
 
   after(async () => {
     connection?.close();
     await gateway?.stop();
+    if (tls !== undefined) {
+      await rm(tls.dir, { recursive: true, force: true });
+    }
   });
 
   test("receives every notification with every field intact", async () => {
@@ -191,8 +209,12 @@ describe("TypeScript client", () => {
 
     const { stdout } = await run(
       process.execPath,
-      [SUBSCRIBE, "--addr", gateway.grpcUrl, "--interview-id", id, "--status", "ONBOARDING_FINISHED", "--max-events", "1"],
-      { timeout: 10_000 },
+      [
+        SUBSCRIBE,
+        ...["--addr", gateway.grpcUrl, "--ca", tls.caFile],
+        ...["--interview-id", id, "--status", "ONBOARDING_FINISHED", "--max-events", "1"],
+      ],
+      { timeout: 10_000, env: { ...process.env, INCODE_GATEWAY_TOKEN: tls.token } },
     );
 
     const lines = stdout.trimEnd().split("\n");
@@ -260,6 +282,71 @@ describe("TypeScript client", () => {
       propagation.disable();
       context.disable();
       await provider.shutdown();
+    }
+  });
+
+  test("a token is required, and authorizes its own consumers only", async () => {
+    for (const token of [undefined, "not-the-token-" + randomBytes(8).toString("hex")]) {
+      const anonymous = connect(gateway.grpcUrl, { ca: tls.ca, token });
+      try {
+        await assert.rejects(
+          storedEvents(anonymous.client, subscribeRequest({})),
+          hasCode(Code.Unauthenticated),
+        );
+      } finally {
+        anonymous.close();
+      }
+    }
+
+    const own = await client.ack(create(AckRequestSchema, { consumer: "typescript-example-eu", sequence: 0n }));
+    assert.equal(own.sequence, 0n);
+    await assert.rejects(
+      client.ack(create(AckRequestSchema, { consumer: "billing", sequence: 0n })),
+      hasCode(Code.PermissionDenied),
+    );
+  });
+
+  test("a plaintext client is not served", async () => {
+    const plaintext = connect(gateway.grpcUrl.replace("https:", "http:"), { token: tls.token });
+    try {
+      await assert.rejects(storedEvents(plaintext.client, subscribeRequest({})));
+    } finally {
+      plaintext.close();
+    }
+  });
+
+  test("mutual TLS: a client certificate is required, and the example program presents one", async () => {
+    const mutual = await Gateway.start(tlsFlags(tls, true));
+    try {
+      const id = interviewId();
+      await mutual.notify("/webhooks/incode/onboarding-status", {
+        interviewId: id,
+        onboardingStatus: "ONBOARDING_FINISHED",
+      });
+      const withoutCertificate = connect(mutual.grpcUrl, { ca: tls.ca, token: tls.token });
+      try {
+        await assert.rejects(
+          storedEvents(withoutCertificate.client, subscribeRequest({})),
+          hasCode(Code.Unauthenticated),
+        );
+      } finally {
+        withoutCertificate.close();
+      }
+
+      const { stdout } = await run(
+        process.execPath,
+        [
+          SUBSCRIBE,
+          ...["--addr", mutual.grpcUrl, "--ca", tls.caFile],
+          ...["--cert", tls.clientCertFile, "--key", tls.clientKeyFile],
+          ...["--interview-id", id, "--max-events", "1"],
+        ],
+        { timeout: 10_000 },
+      );
+      const json = JSON.parse(stdout) as { onboardingStatusChanged: { interviewId: string } };
+      assert.equal(json.onboardingStatusChanged.interviewId, id);
+    } finally {
+      await mutual.stop();
     }
   });
 });

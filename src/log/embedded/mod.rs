@@ -11,17 +11,21 @@
 //! each request, so an append is durable before it is acknowledged and durability costs one
 //! fsync per batch, not per request. Every table is written at its end only (sequences and
 //! times grow), so a commit writes few pages; the deduplication index is looked up in memory
-//! and rebuilt from its table when the log opens. Reads run on tokio's blocking pool from read transactions,
-//! except for the most recent events, which an in-memory tail serves so that live subscribers
-//! never touch the disk.
+//! and rebuilt from its table when the log opens. Reads run on tokio's blocking pool from read
+//! transactions, except for the most recent events, which an in-memory tail serves so that live
+//! subscribers never touch the disk.
+//!
+//! A ticker thread asks the writer to apply retention every maintenance interval and, after a
+//! storage failure, to probe the disk every second, so the log recovers by itself.
 
 pub mod fault;
+mod reader;
 mod writer;
 
 use std::{
     collections::VecDeque,
     fs::OpenOptions,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -30,13 +34,18 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use prost::Message;
 use redb::{Database, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{AppendOutcome, Bounds, ConsumerName, EventLog, LogError, NewEvent, Sequence};
+use super::{
+    AppendOutcome, Bounds, BoxError, EventLog, LogError, LogReader, NewEvent, PutOutcome, Revision,
+    Sequence, StateStore, Versioned,
+};
 use crate::proto::v1;
 use fault::{FaultSwitch, FaultyBackend};
+use reader::EmbeddedReader;
 use writer::{Request, Writer};
 
 /// `sequence -> [received_at as u64 big-endian nanoseconds since the epoch][encoded Event]`.
@@ -45,14 +54,17 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// entries expire. Time-ordered keys make every append touch only the table's last pages; the
 /// writer looks keys up in an in-memory copy loaded at start-up.
 const DEDUP: TableDefinition<(u64, &[u8; 32]), u64> = TableDefinition::new("dedup");
-/// `consumer name -> last acknowledged sequence`.
-const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
+/// `key -> (revision, value)`: the [`StateStore`].
+const STATE: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("state");
+/// Format 1's `consumer name -> last acknowledged sequence`, moved into [`STATE`] on opening.
+const LEGACY_CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
 /// Counters that must survive even when every event has been removed.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_FORMAT: &str = "format_version";
 const META_HEAD: &str = "head";
-const FORMAT_VERSION: u64 = 1;
+/// 2: durable consumer cursors live in the generic `state` table.
+const FORMAT_VERSION: u64 = 2;
 
 /// Name of the database file inside the data directory.
 pub const FILE_NAME: &str = "events.redb";
@@ -62,10 +74,12 @@ pub const FILE_NAME: &str = "events.redb";
 pub struct Options {
     /// How long an identical repeat counts as a duplicate.
     pub dedup_window: Duration,
-    /// Events older than this are removed by [`EventLog::maintain`].
+    /// Events older than this are removed.
     pub retention: Duration,
     /// At most this many events are kept (the oldest go first); `None` for no limit.
     pub max_events: Option<u64>,
+    /// How often retention and the expiry of deduplication keys run.
+    pub maintenance_interval: Duration,
     /// Most requests committed in one transaction; 1 disables group commit.
     pub max_commit_batch: usize,
     /// How many of the newest events are kept in memory for live readers.
@@ -79,21 +93,33 @@ impl Options {
             dedup_window,
             retention: Duration::from_secs(7 * 24 * 3600),
             max_events: None,
+            maintenance_interval: Duration::from_secs(60),
             max_commit_batch: 1024,
             tail_capacity: 8192,
         }
     }
 }
 
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the event log at {}", path.display())]
+pub struct OpenError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: BoxError,
+}
+
 type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
-/// An [`EventLog`] in a redb file on local disk.
+/// An [`EventLog`] and [`StateStore`] in a redb file on local disk.
 pub struct EmbeddedLog {
     shared: Arc<Shared>,
     requests: mpsc::Sender<Request>,
 }
 
-/// State shared between the async side and the writer thread.
+/// State shared between the async side, the readers and the writer thread.
 struct Shared {
     /// `None` after a storage failure until the writer reopens the database.
     db: RwLock<Option<Arc<Database>>>,
@@ -114,11 +140,50 @@ impl Shared {
 
     fn failure_error(&self) -> LogError {
         let failure = lock(&self.failure).clone();
-        LogError::Storage(
+        LogError::Unavailable(
             failure
                 .unwrap_or_else(|| "storage unavailable".to_owned())
                 .into(),
         )
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            first: self.first.load(Ordering::SeqCst),
+            head: *self.head.borrow(),
+        }
+    }
+
+    /// Up to `limit` events from `from` on, from the in-memory tail when it holds `from`.
+    async fn read(
+        self: &Arc<Self>,
+        from: Sequence,
+        limit: usize,
+    ) -> Result<Vec<Arc<v1::Event>>, LogError> {
+        if from > *self.head.borrow() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        {
+            let tail = lock(&self.tail);
+            if let Some(oldest) = tail.front()
+                && from >= oldest.sequence
+            {
+                let skip = usize::try_from(from - oldest.sequence).unwrap_or(usize::MAX);
+                return Ok(tail.iter().skip(skip).take(limit).cloned().collect());
+            }
+        }
+        self.blocking_read(move |db| writer::read_events(db, from, limit))
+            .await
+    }
+
+    async fn blocking_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let db = self.database()?;
+        tokio::task::spawn_blocking(move || read(&db))
+            .await
+            .map_err(LogError::unavailable)?
     }
 }
 
@@ -131,7 +196,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl EmbeddedLog {
     /// Opens (creating on first start) the log in `data_dir`.
-    pub fn open(data_dir: &Path, options: Options) -> Result<Self, LogError> {
+    pub fn open(data_dir: &Path, options: Options) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
             redb::Builder::new()
@@ -147,7 +212,7 @@ impl EmbeddedLog {
         data_dir: &Path,
         options: Options,
         switch: FaultSwitch,
-    ) -> Result<Self, LogError> {
+    ) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
             let file = OpenOptions::new()
@@ -164,13 +229,13 @@ impl EmbeddedLog {
     }
 
     /// Creates `data_dir` if needed and opens the database through `opener`.
-    fn open_with(data_dir: &Path, opener: Opener, options: Options) -> Result<Self, LogError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| LogError::Open {
+    fn open_with(data_dir: &Path, opener: Opener, options: Options) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError {
             path: data_dir.to_owned(),
             source: source.into(),
         })?;
         let path = data_dir.join(FILE_NAME);
-        let open_error = |source: redb::Error| LogError::Open {
+        let open_error = |source: redb::Error| OpenError {
             path: path.clone(),
             source: source.into(),
         };
@@ -193,15 +258,29 @@ impl EmbeddedLog {
             closed: AtomicBool::new(false),
         });
         let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let maintenance_interval = options.maintenance_interval;
         let writer = Writer::new(shared.clone(), db, opener, options, recovered);
+        let spawn_error = |source: std::io::Error| OpenError {
+            path: path.clone(),
+            source: source.into(),
+        };
         std::thread::Builder::new()
             .name("event-log-writer".to_owned())
             .spawn(move || writer.run(queue))
-            .map_err(|source| LogError::Open {
-                path: path.clone(),
-                source: source.into(),
-            })?;
+            .map_err(spawn_error)?;
+        let ticker_requests = requests.downgrade();
+        let ticker_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("event-log-maintenance".to_owned())
+            .spawn(move || tick(&ticker_shared, &ticker_requests, maintenance_interval))
+            .map_err(spawn_error)?;
         Ok(Self { shared, requests })
+    }
+
+    /// Applies retention and forgets expired deduplication keys now, as the ticker does every
+    /// maintenance interval.
+    pub async fn maintain(&self) -> Result<(), LogError> {
+        self.request(|reply| Request::Maintain(Some(reply))).await
     }
 
     async fn request<T>(
@@ -216,15 +295,32 @@ impl EmbeddedLog {
         // A dropped reply means the writer stopped (shutdown) before answering.
         answer.await.map_err(|_| LogError::Closed)?
     }
+}
 
-    async fn blocking_read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Database) -> Result<T, LogError> + Send + 'static,
-    ) -> Result<T, LogError> {
-        let db = self.shared.database()?;
-        tokio::task::spawn_blocking(move || read(&db))
-            .await
-            .map_err(|join| LogError::Storage(join.into()))?
+/// Drives the writer's housekeeping until the log is dropped or closed: retention every
+/// `interval`, and a probe of the storage every second while it is failing.
+fn tick(shared: &Shared, requests: &mpsc::WeakSender<Request>, interval: Duration) {
+    const PROBE_EVERY: Duration = Duration::from_secs(1);
+    let mut last_maintenance = std::time::Instant::now();
+    loop {
+        std::thread::sleep(PROBE_EVERY.min(interval));
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(requests) = requests.upgrade() else {
+            return;
+        };
+        let request = if last_maintenance.elapsed() >= interval {
+            last_maintenance = std::time::Instant::now();
+            Request::Maintain(None)
+        } else if lock(&shared.failure).is_some() {
+            Request::Probe(None)
+        } else {
+            continue;
+        };
+        if requests.blocking_send(request).is_err() {
+            return;
+        }
     }
 }
 
@@ -246,59 +342,24 @@ impl EventLog for EmbeddedLog {
             .await
     }
 
-    async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<v1::Event>>, LogError> {
-        let from = from.max(self.shared.first.load(Ordering::SeqCst));
-        if from > *self.shared.head.borrow() || limit == 0 {
-            return Ok(Vec::new());
-        }
-        {
-            let tail = lock(&self.shared.tail);
-            if let Some(oldest) = tail.front()
-                && from >= oldest.sequence
-            {
-                let skip = usize::try_from(from - oldest.sequence).unwrap_or(usize::MAX);
-                return Ok(tail.iter().skip(skip).take(limit).cloned().collect());
-            }
-        }
-        self.blocking_read(move |db| writer::read_events(db, from, limit))
-            .await
+    async fn bounds(&self) -> Result<Bounds, LogError> {
+        Ok(self.shared.bounds())
     }
 
     async fn sequence_at(&self, time: SystemTime) -> Result<Sequence, LogError> {
-        let Bounds { first, head } = self.bounds();
+        let Bounds { first, head } = self.shared.bounds();
         let nanos = writer::nanos_since_epoch(time);
-        self.blocking_read(move |db| writer::sequence_at(db, first, head, nanos))
+        self.shared
+            .blocking_read(move |db| writer::sequence_at(db, first, head, nanos))
             .await
     }
 
-    fn bounds(&self) -> Bounds {
-        Bounds {
-            first: self.shared.first.load(Ordering::SeqCst),
-            head: *self.shared.head.borrow(),
-        }
+    async fn read_from(&self, from: Sequence) -> Result<Box<dyn LogReader>, LogError> {
+        Ok(Box::new(EmbeddedReader::new(self.shared.clone(), from)))
     }
 
-    fn watch_head(&self) -> watch::Receiver<Sequence> {
-        self.shared.head.subscribe()
-    }
-
-    async fn ack(&self, consumer: &ConsumerName, sequence: Sequence) -> Result<Sequence, LogError> {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(LogError::Closed);
-        }
-        let consumer = consumer.clone();
-        self.request(|reply| Request::Ack(consumer, sequence, reply))
-            .await
-    }
-
-    async fn cursor(&self, consumer: &ConsumerName) -> Result<Option<Sequence>, LogError> {
-        let consumer = consumer.clone();
-        self.blocking_read(move |db| writer::read_cursor(db, &consumer))
-            .await
-    }
-
-    async fn maintain(&self) -> Result<(), LogError> {
-        self.request(Request::Maintain).await
+    fn known_head(&self) -> Sequence {
+        *self.shared.head.borrow()
     }
 
     async fn check_ready(&self) -> Result<(), LogError> {
@@ -310,7 +371,7 @@ impl EventLog for EmbeddedLog {
         }
         // After a failure, readiness is a real write: the writer reopens the database if it
         // must and commits an empty transaction.
-        self.request(Request::Probe).await
+        self.request(|reply| Request::Probe(Some(reply))).await
     }
 
     async fn close(&self) -> Result<(), LogError> {
@@ -321,6 +382,40 @@ impl EventLog for EmbeddedLog {
             Ok(()) | Err(LogError::Closed) => Ok(()),
             Err(error) => Err(error),
         }
+    }
+}
+
+#[async_trait]
+impl StateStore for EmbeddedLog {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, LogError> {
+        let key = key.to_owned();
+        self.shared
+            .blocking_read(move |db| writer::read_state(db, &key))
+            .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> Result<PutOutcome, LogError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(LogError::Closed);
+        }
+        let put = writer::Put {
+            key: key.to_owned(),
+            value,
+            expected,
+        };
+        self.request(|reply| Request::Put(put, reply)).await
+    }
+
+    async fn count(&self, prefix: &str) -> Result<usize, LogError> {
+        let prefix = prefix.to_owned();
+        self.shared
+            .blocking_read(move |db| writer::count_state(db, &prefix))
+            .await
     }
 }
 
@@ -337,8 +432,7 @@ fn record_time(record: &[u8]) -> Option<u64> {
 }
 
 fn decode_record(sequence: Sequence, record: &[u8]) -> Result<v1::Event, LogError> {
-    let corrupt =
-        |source: Box<dyn std::error::Error + Send + Sync>| LogError::Corrupt { sequence, source };
+    let corrupt = |source: BoxError| LogError::Corrupt { sequence, source };
     let body = record
         .get(8..)
         .ok_or_else(|| corrupt("record shorter than its header".into()))?;

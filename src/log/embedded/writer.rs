@@ -6,27 +6,35 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CONSUMERS, DEDUP, EVENTS, FORMAT_VERSION, META, META_FORMAT, META_HEAD, Opener, Options,
-    Shared, decode_record, encode_record, lock, record_time,
+    DEDUP, EVENTS, FORMAT_VERSION, LEGACY_CONSUMERS, META, META_FORMAT, META_HEAD, Opener, Options,
+    STATE, Shared, decode_record, encode_record, lock, record_time,
 };
 use crate::{
     error::error_chain,
-    log::{AppendOutcome, ConsumerName, DedupKey, LogError, NewEvent, Sequence},
+    log::{AppendOutcome, DedupKey, LogError, NewEvent, PutOutcome, Revision, Sequence, Versioned},
     proto::v1,
 };
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
-/// Work for the writer thread.
+/// A conditional write to the state table.
+pub(super) struct Put {
+    pub key: String,
+    pub value: Bytes,
+    pub expected: Option<Revision>,
+}
+
+/// Work for the writer thread. Housekeeping requests from the ticker carry no reply.
 pub(super) enum Request {
     Append(Box<NewEvent>, Reply<AppendOutcome>),
-    Ack(ConsumerName, Sequence, Reply<Sequence>),
-    Maintain(Reply<()>),
-    Probe(Reply<()>),
+    Put(Put, Reply<PutOutcome>),
+    Maintain(Option<Reply<()>>),
+    Probe(Option<Reply<()>>),
     Close(Reply<()>),
 }
 
@@ -106,48 +114,49 @@ impl Writer {
     /// Serves one batch; returns the reply of a close request, if one came.
     fn serve(&mut self, batch: &mut Vec<Request>) -> Option<Reply<()>> {
         let mut appends = Vec::new();
-        let mut acks = Vec::new();
+        let mut puts = Vec::new();
         let mut others = Vec::new();
         for request in batch.drain(..) {
             match request {
                 Request::Append(event, reply) => appends.push((*event, reply)),
-                Request::Ack(consumer, sequence, reply) => acks.push((consumer, sequence, reply)),
+                Request::Put(put, reply) => puts.push((put, reply)),
                 other => others.push(other),
             }
         }
-        if !appends.is_empty() || !acks.is_empty() {
-            self.commit(appends, acks);
+        if !appends.is_empty() || !puts.is_empty() {
+            self.commit(appends, puts);
         }
         let mut close_reply = None;
         for request in others {
             match request {
                 Request::Maintain(reply) => {
                     let result = self.maintain();
-                    let _ = reply.send(result);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
                 }
                 Request::Probe(reply) => {
                     let result = self.probe();
-                    let _ = reply.send(result);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
                 }
                 Request::Close(reply) => close_reply = Some(reply),
-                Request::Append(..) | Request::Ack(..) => {}
+                Request::Append(..) | Request::Put(..) => {}
             }
         }
         close_reply
     }
 
-    /// Appends and acks in one transaction and one fsync.
+    /// Appends and state writes in one transaction and one fsync.
     fn commit(
         &mut self,
         appends: Vec<(NewEvent, Reply<AppendOutcome>)>,
-        acks: Vec<(ConsumerName, Sequence, Reply<Sequence>)>,
+        puts: Vec<(Put, Reply<PutOutcome>)>,
     ) {
         let (events, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
-        let (cursors, ack_replies): (Vec<_>, Vec<_>) = acks
-            .into_iter()
-            .map(|(consumer, sequence, reply)| ((consumer, sequence), reply))
-            .unzip();
-        match self.write(events, &cursors) {
+        let (puts, put_replies): (Vec<_>, Vec<_>) = puts.into_iter().unzip();
+        match self.write(events, &puts) {
             Ok(written) => {
                 if let Some(last) = written.events.last() {
                     let sequence = last.sequence;
@@ -164,27 +173,23 @@ impl Writer {
                 for (reply, outcome) in replies.into_iter().zip(written.outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
-                for (reply, cursor) in ack_replies.into_iter().zip(written.cursors) {
-                    let _ = reply.send(Ok(cursor));
+                for (reply, outcome) in put_replies.into_iter().zip(written.puts) {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             Err(error) => {
                 let message = self.fail(&error);
                 for reply in replies {
-                    let _ = reply.send(Err(LogError::Storage(message.clone().into())));
+                    let _ = reply.send(Err(LogError::unavailable(message.clone())));
                 }
-                for reply in ack_replies {
-                    let _ = reply.send(Err(LogError::Storage(message.clone().into())));
+                for reply in put_replies {
+                    let _ = reply.send(Err(LogError::unavailable(message.clone())));
                 }
             }
         }
     }
 
-    fn write(
-        &mut self,
-        events: Vec<NewEvent>,
-        cursors: &[(ConsumerName, Sequence)],
-    ) -> Result<Written, redb::Error> {
+    fn write(&mut self, events: Vec<NewEvent>, puts: &[Put]) -> Result<Written, redb::Error> {
         let db = self.database()?;
         let now = nanos_since_epoch(SystemTime::now()).max(self.last_received_nanos);
         let horizon = now.saturating_sub(duration_nanos(self.options.dedup_window));
@@ -193,7 +198,7 @@ impl Writer {
         let mut written = Written {
             outcomes: Vec::with_capacity(events.len()),
             events: Vec::with_capacity(events.len()),
-            cursors: Vec::with_capacity(cursors.len()),
+            puts: Vec::with_capacity(puts.len()),
         };
 
         // Keys added by this batch, to take back out of the in-memory index if it fails.
@@ -223,16 +228,16 @@ impl Writer {
                     written.events.push(Arc::new(event));
                 }
 
-                let mut consumers = txn.open_table(CONSUMERS)?;
-                for (consumer, sequence) in cursors {
-                    let current = consumers
-                        .get(consumer.as_str())?
-                        .map_or(0, |guard| guard.value());
-                    let cursor = current.max(*sequence);
-                    if cursor != current {
-                        consumers.insert(consumer.as_str(), cursor)?;
+                let mut state = txn.open_table(STATE)?;
+                for put in puts {
+                    let current = state.get(put.key.as_str())?.map(|guard| guard.value().0);
+                    if current != put.expected {
+                        written.puts.push(PutOutcome::Conflict);
+                        continue;
                     }
-                    written.cursors.push(cursor);
+                    let revision = current.unwrap_or(0) + 1;
+                    state.insert(put.key.as_str(), (revision, put.value.as_ref()))?;
+                    written.puts.push(PutOutcome::Stored(revision));
                 }
 
                 txn.open_table(META)?.insert(META_HEAD, head)?;
@@ -261,7 +266,7 @@ impl Writer {
             }
             Ok(())
         });
-        result.map_err(|error| LogError::Storage(self.fail(&error).into()))
+        result.map_err(|error| LogError::unavailable(self.fail(&error)))
     }
 
     fn remove_expired_events(&mut self) -> Result<u64, redb::Error> {
@@ -367,7 +372,7 @@ impl Writer {
                 self.recovered();
                 Ok(())
             }
-            Err(error) => Err(LogError::Storage(self.fail(&error).into())),
+            Err(error) => Err(LogError::unavailable(self.fail(&error))),
         }
     }
 
@@ -432,7 +437,7 @@ impl Writer {
 struct Written {
     outcomes: Vec<AppendOutcome>,
     events: Vec<Arc<v1::Event>>,
-    cursors: Vec<Sequence>,
+    puts: Vec<PutOutcome>,
 }
 
 /// Creates the tables of a new log, or checks an existing one, and reads where it stands.
@@ -447,6 +452,10 @@ pub(super) fn recover(db: &Database, window: Duration) -> Result<Recovered, redb
                 meta.insert(META_FORMAT, FORMAT_VERSION)?;
             }
             Some(FORMAT_VERSION) => {}
+            Some(1) => {
+                migrate_consumers(&txn)?;
+                meta.insert(META_FORMAT, FORMAT_VERSION)?;
+            }
             Some(other) => {
                 return Err(redb::Error::Corrupted(format!(
                     "event log format version {other} is not supported (expected {FORMAT_VERSION})"
@@ -475,10 +484,27 @@ pub(super) fn recover(db: &Database, window: Duration) -> Result<Recovered, redb
             last_received_nanos: last.and_then(|(_, at)| at).unwrap_or(0),
             dedup,
         };
-        txn.open_table(CONSUMERS)?;
+        txn.open_table(STATE)?;
     }
     txn.commit()?;
     Ok(recovered)
+}
+
+/// Format 1 kept consumer cursors in their own table; format 2 keeps them as `consumer.<name>`
+/// in the state table, in [`crate::log::Cursors`]' encoding.
+fn migrate_consumers(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut legacy = txn.open_table(LEGACY_CONSUMERS)?;
+    let mut state = txn.open_table(STATE)?;
+    let mut moved = 0;
+    for entry in legacy.iter()? {
+        let (name, cursor) = entry?;
+        let key = format!("consumer.{}", name.value());
+        state.insert(key.as_str(), (1, cursor.value().to_be_bytes().as_slice()))?;
+        moved += 1;
+    }
+    legacy.retain(|_, _| false)?;
+    tracing::info!(consumers = moved, "event log format upgraded to version 2");
+    Ok(())
 }
 
 pub(super) fn read_events(
@@ -486,7 +512,7 @@ pub(super) fn read_events(
     from: Sequence,
     limit: usize,
 ) -> Result<Vec<Arc<v1::Event>>, LogError> {
-    let storage = |e: redb::Error| LogError::Storage(e.into());
+    let storage = |e: redb::Error| LogError::unavailable(e);
     let txn = db.begin_read().map_err(|e| storage(e.into()))?;
     let table = txn.open_table(EVENTS).map_err(|e| storage(e.into()))?;
     let mut events = Vec::with_capacity(limit.min(1024));
@@ -509,7 +535,7 @@ pub(super) fn sequence_at(
     head: Sequence,
     nanos: u64,
 ) -> Result<Sequence, LogError> {
-    let storage = |e: redb::Error| LogError::Storage(e.into());
+    let storage = |e: redb::Error| LogError::unavailable(e);
     let txn = db.begin_read().map_err(|e| storage(e.into()))?;
     let table = txn.open_table(EVENTS).map_err(|e| storage(e.into()))?;
     let (mut low, mut high) = (first, head + 1);
@@ -530,18 +556,33 @@ pub(super) fn sequence_at(
     Ok(low)
 }
 
-pub(super) fn read_cursor(
-    db: &Database,
-    consumer: &ConsumerName,
-) -> Result<Option<Sequence>, LogError> {
-    let storage = |e: redb::Error| LogError::Storage(e.into());
+pub(super) fn read_state(db: &Database, key: &str) -> Result<Option<Versioned>, LogError> {
+    let storage = |e: redb::Error| LogError::unavailable(e);
     let txn = db.begin_read().map_err(|e| storage(e.into()))?;
-    let table = txn.open_table(CONSUMERS).map_err(|e| storage(e.into()))?;
-    let cursor = table
-        .get(consumer.as_str())
-        .map_err(|e| storage(e.into()))?
-        .map(|guard| guard.value());
-    Ok(cursor)
+    let table = txn.open_table(STATE).map_err(|e| storage(e.into()))?;
+    let stored = table.get(key).map_err(|e| storage(e.into()))?;
+    Ok(stored.map(|guard| {
+        let (revision, value) = guard.value();
+        Versioned {
+            value: Bytes::copy_from_slice(value),
+            revision,
+        }
+    }))
+}
+
+pub(super) fn count_state(db: &Database, prefix: &str) -> Result<usize, LogError> {
+    let storage = |e: redb::Error| LogError::unavailable(e);
+    let txn = db.begin_read().map_err(|e| storage(e.into()))?;
+    let table = txn.open_table(STATE).map_err(|e| storage(e.into()))?;
+    let mut count = 0;
+    for entry in table.range(prefix..).map_err(|e| storage(e.into()))? {
+        let (key, _) = entry.map_err(|e| storage(e.into()))?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        count += 1;
+    }
+    Ok(count)
 }
 
 pub(super) fn nanos_since_epoch(time: SystemTime) -> u64 {

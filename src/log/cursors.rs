@@ -1,0 +1,116 @@
+//! Durable consumer cursors, kept in the [`StateStore`] so that every gateway on the same storage
+//! (every replica, over NATS) resumes every consumer from the same place.
+//!
+//! A cursor only moves forward: an ack is a compare-and-set loop that stores
+//! `max(stored, acked)`, so two replicas taking acks of one consumer at once never move it
+//! backwards.
+
+use bytes::Bytes;
+
+use super::{ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned};
+use crate::error::{ErrorCode, ServiceError};
+
+/// Key prefix of consumer cursors in the state store.
+const PREFIX: &str = "consumer.";
+
+/// Why an ack was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    /// Creating one more consumer would exceed the configured number.
+    #[error(
+        "too many durable consumers ({max}); reuse an existing consumer name or ask the operator to raise --max-consumers"
+    )]
+    TooManyConsumers {
+        /// The limit.
+        max: usize,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl ServiceError for CursorError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::TooManyConsumers { .. } => ErrorCode::ResourceExhausted,
+            Self::Log(error) => error.error_code(),
+        }
+    }
+}
+
+/// The cursors of durable consumers.
+#[derive(Clone)]
+pub struct Cursors {
+    state: SharedState,
+    max_consumers: usize,
+}
+
+impl Cursors {
+    /// Cursors in `state`; at most `max_consumers` consumers may be created by acks.
+    pub fn new(state: SharedState, max_consumers: usize) -> Self {
+        Self {
+            state,
+            max_consumers,
+        }
+    }
+
+    /// The last sequence `consumer` acknowledged, or `None` for a consumer never seen.
+    pub async fn get(&self, consumer: &ConsumerName) -> Result<Option<Sequence>, LogError> {
+        let key = key(consumer);
+        self.state
+            .get(&key)
+            .await?
+            .map(|stored| decode(&key, &stored))
+            .transpose()
+    }
+
+    /// Records that `consumer` has processed every event up to `sequence`, durably. Returns the
+    /// consumer's cursor after the ack: an older ack than the stored cursor changes nothing.
+    pub async fn ack(
+        &self,
+        consumer: &ConsumerName,
+        sequence: Sequence,
+    ) -> Result<Sequence, CursorError> {
+        let key = key(consumer);
+        loop {
+            let stored = self.state.get(&key).await?;
+            let (current, expected) = match &stored {
+                Some(stored) => (decode(&key, stored)?, Some(stored.revision)),
+                None => {
+                    // Only a new consumer can take the count over the limit. Replicas creating
+                    // consumers at the same moment may overshoot it by a few.
+                    if self.state.count(PREFIX).await? >= self.max_consumers {
+                        return Err(CursorError::TooManyConsumers {
+                            max: self.max_consumers,
+                        });
+                    }
+                    (0, None)
+                }
+            };
+            if stored.is_some() && sequence <= current {
+                return Ok(current);
+            }
+            let value = Bytes::copy_from_slice(&sequence.to_be_bytes());
+            match self.state.put(&key, value, expected).await? {
+                PutOutcome::Stored(_) => return Ok(sequence),
+                // Another ack of the same consumer won the race: look again.
+                PutOutcome::Conflict => {}
+            }
+        }
+    }
+}
+
+fn key(consumer: &ConsumerName) -> String {
+    format!("{PREFIX}{consumer}")
+}
+
+fn decode(key: &str, stored: &Versioned) -> Result<Sequence, LogError> {
+    let bytes: [u8; 8] = stored
+        .value
+        .as_ref()
+        .try_into()
+        .map_err(|_| LogError::CorruptState {
+            key: key.to_owned(),
+        })?;
+    Ok(Sequence::from_be_bytes(bytes))
+}
