@@ -182,14 +182,14 @@ impl Connection {
     }
 
     /// How readily this connection is closed to make room: lower goes first; `None` never.
-    fn eviction_rank(&self) -> Option<(u8, u64)> {
+    fn eviction_rank(&self) -> Option<(u8, Instant)> {
         let busy = self.is_busy();
         match (self.authenticated.load(Ordering::Relaxed), busy) {
             // Oldest first: a slow client has had the longest.
-            (false, false) => Some((0, 0)),
-            (false, true) => Some((1, 0)),
+            (false, false) => Some((0, self.accepted_at)),
+            (false, true) => Some((1, self.accepted_at)),
             // Longest idle first.
-            (true, false) => Some((2, self.idle_since.load(Ordering::Relaxed))),
+            (true, false) => Some((2, self.at(self.idle_since.load(Ordering::Relaxed)))),
             (true, true) => None,
         }
     }
@@ -239,10 +239,7 @@ impl Shared {
             let victim = registry
                 .open
                 .values()
-                .filter_map(|connection| {
-                    let (class, idle_since) = connection.eviction_rank()?;
-                    Some(((class, idle_since, connection.accepted_at), connection.id))
-                })
+                .filter_map(|connection| Some((connection.eviction_rank()?, connection.id)))
                 .min_by_key(|(rank, _)| *rank)
                 .map(|(_, id)| id);
             let made_room = match victim.and_then(|id| registry.open.remove(&id)) {
@@ -578,5 +575,73 @@ impl hyper::body::Body for WatchedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unauthenticated_go_first_then_the_longest_idle() {
+        let connection = |id| Arc::new(Connection::new(id));
+        let (slow, busy_stranger, idle_incode, busy_incode) =
+            (connection(0), connection(1), connection(2), connection(3));
+        let _request = busy_stranger.request_started(false);
+        idle_incode.authenticated.store(true, Ordering::Relaxed);
+        busy_incode.authenticated.store(true, Ordering::Relaxed);
+        let _served = busy_incode.request_started(false);
+
+        let rank = |c: &Connection| c.eviction_rank().map(|(class, _)| class);
+        assert_eq!(rank(&slow), Some(0));
+        assert_eq!(rank(&busy_stranger), Some(1));
+        assert_eq!(rank(&idle_incode), Some(2));
+        assert_eq!(rank(&busy_incode), None, "never closed for room");
+
+        // Among idle authenticated connections, the one idle longest goes first, whenever each
+        // was accepted.
+        let older = connection(4);
+        std::thread::sleep(Duration::from_millis(5));
+        let newer = connection(5);
+        for c in [&older, &newer] {
+            c.authenticated.store(true, Ordering::Relaxed);
+        }
+        drop(newer.request_started(false));
+        std::thread::sleep(Duration::from_millis(5));
+        drop(older.request_started(false));
+        assert!(newer.eviction_rank() < older.eviction_rank());
+    }
+
+    #[test]
+    fn deadlines_follow_the_connection_state() {
+        let limits = ListenerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1,
+            http2_max_concurrent_streams: 1,
+        };
+        let connection = Arc::new(Connection::new(0));
+        // New: the first head within the header timeout of the accept.
+        assert_eq!(
+            connection.deadline(&limits),
+            Some(connection.accepted_at + limits.header_read_timeout)
+        );
+        // Busy: the request timeout applies instead.
+        let request = connection.request_started(false);
+        assert_eq!(connection.deadline(&limits), None);
+        drop(request);
+        // Idle: the idle timeout, until a byte of the next head arrives.
+        let idle = connection.deadline(&limits).unwrap();
+        assert!(idle >= connection.accepted_at + limits.idle_timeout);
+        connection.on_read();
+        let head = connection.deadline(&limits).unwrap();
+        assert!(head < idle);
+        // HTTP/2 connections are not timed from bytes (pings and settings are not heads).
+        let h2 = Arc::new(Connection::new(1));
+        drop(h2.request_started(true));
+        let idle = h2.deadline(&limits);
+        h2.on_read();
+        assert_eq!(h2.deadline(&limits), idle);
     }
 }
