@@ -2,6 +2,11 @@
 //!
 //! `protox` compiles the `.proto` files in pure Rust, so no system `protoc` is needed; the same
 //! descriptor set is written to `OUT_DIR` for gRPC server reflection.
+//!
+//! The code is generated twice. The messages and the client go to `OUT_DIR` as usual. The
+//! server goes to `OUT_DIR/server`, using those messages, except that its `Subscribe` stream
+//! yields `crate::grpc::encoded::EncodedResponse`: a `SubscribeResponse` already encoded, so that
+//! an event sent to a thousand subscribers is encoded once.
 
 use std::{env, path::PathBuf};
 
@@ -23,7 +28,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .build_client(true)
+        .build_server(false)
+        .compile_fds(descriptors.clone())?;
+
+    let server_dir = out_dir.join("server");
+    std::fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
         .build_server(true)
+        .out_dir(&server_dir)
+        .codec_path("crate::grpc::encoded::Codec")
+        .extern_path(
+            ".incode.gateway.v1.SubscribeResponse",
+            "crate::grpc::encoded::EncodedResponse",
+        )
+        .extern_path(".incode.gateway.v1", "crate::proto::v1")
         .compile_fds(descriptors)?;
     Ok(())
 }

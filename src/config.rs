@@ -108,10 +108,16 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
     pub maintenance_interval: Duration,
 
-    /// Most durable consumers that `Ack` may create; acks of new names beyond it are refused
-    /// with RESOURCE_EXHAUSTED.
+    /// Most durable consumers that `Ack` may create, and most consumer groups; new names
+    /// beyond it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "INCODE_GATEWAY_MAX_CONSUMERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_consumers: u32,
+
+    /// A consumer group member that has not renewed itself for this long (its gateway died or
+    /// lost the storage) is gone: its partitions move to the other members. Members renew five
+    /// times per timeout.
+    #[arg(long, env = "INCODE_GATEWAY_GROUP_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub group_session_timeout: Duration,
 
     /// Most appends committed together in one transaction and fsync (group commit); `1`
     /// commits every append on its own.
@@ -502,6 +508,15 @@ impl Config {
         options.maintenance_interval = self.maintenance_interval;
         options.max_commit_batch = usize::try_from(self.max_commit_batch).unwrap_or(usize::MAX);
         options
+    }
+
+    /// How consumer groups behave.
+    pub fn group_settings(&self) -> crate::groups::GroupSettings {
+        crate::groups::GroupSettings {
+            session_timeout: self.group_session_timeout,
+            max_groups: usize::try_from(self.max_consumers).unwrap_or(usize::MAX),
+            ..crate::groups::GroupSettings::default()
+        }
     }
 
     /// Options of the memory log.

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     OutOfRange,
     /// A quota is used up (too many consumers).
     ResourceExhausted,
+    /// The request is valid but the state does not allow it (a group member that lost its
+    /// partition).
+    FailedPrecondition,
     /// A dependency (the event log) cannot serve now; retrying later may succeed.
     Unavailable,
     /// A bug or an unexpected condition.
@@ -49,6 +52,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::OutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Self::FailedPrecondition => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,6 +70,7 @@ impl ErrorCode {
             Self::NotFound => tonic::Code::NotFound,
             Self::OutOfRange => tonic::Code::OutOfRange,
             Self::ResourceExhausted => tonic::Code::ResourceExhausted,
+            Self::FailedPrecondition => tonic::Code::FailedPrecondition,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
         }

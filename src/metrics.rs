@@ -65,6 +65,25 @@ struct Inner {
     acks: Counter<u64>,
     internal_refusals: Counter<u64>,
     streams: Arc<StreamRegistry>,
+    groups: Arc<GroupRegistry>,
+    group_redeliveries: Counter<u64>,
+}
+
+/// The group members this gateway serves, for the group gauges.
+#[derive(Default)]
+struct GroupRegistry {
+    next_id: AtomicU64,
+    members: Mutex<HashMap<u64, Arc<GroupMemberGauges>>>,
+}
+
+/// One member's figures.
+struct GroupMemberGauges {
+    group: String,
+    member: String,
+    partitions: AtomicU64,
+    members: AtomicU64,
+    /// The lowest cursor of its partitions, `u64::MAX` while it owns none.
+    min_cursor: AtomicU64,
 }
 
 /// The live subscription streams, for the lag gauge.
@@ -106,6 +125,7 @@ impl Metrics {
 
         let streams = Arc::new(StreamRegistry::default());
         let head_log = log.clone();
+        let head_lag_log = log.clone();
         meter
             .u64_observable_gauge("incode_gateway.log.head_sequence")
             .with_description("Sequence of the newest stored event")
@@ -134,6 +154,68 @@ impl Metrics {
                         attributes.push(KeyValue::new("consumer", consumer.clone()));
                     }
                     observer.observe(lag, &attributes);
+                }
+            })
+            .build();
+
+        let groups = Arc::new(GroupRegistry::default());
+        let registry_groups = groups.clone();
+        meter
+            .u64_observable_gauge("incode_gateway.group.members")
+            .with_description(
+                "Live members of each consumer group, as this gateway's members see them",
+            )
+            .with_unit("{member}")
+            .with_callback(move |observer| {
+                let mut seen: HashMap<String, u64> = HashMap::new();
+                for gauges in registry_groups.snapshot() {
+                    let members = gauges.members.load(Ordering::Relaxed);
+                    let entry = seen.entry(gauges.group.clone()).or_default();
+                    *entry = (*entry).max(members);
+                }
+                for (group, members) in seen {
+                    observer.observe(members, &[KeyValue::new("group", group)]);
+                }
+            })
+            .build();
+        let registry_groups = groups.clone();
+        meter
+            .u64_observable_gauge("incode_gateway.group.partitions")
+            .with_description("Partitions each consumer group member served by this gateway owns")
+            .with_unit("{partition}")
+            .with_callback(move |observer| {
+                for gauges in registry_groups.snapshot() {
+                    observer.observe(
+                        gauges.partitions.load(Ordering::Relaxed),
+                        &[
+                            KeyValue::new("group", gauges.group.clone()),
+                            KeyValue::new("member", gauges.member.clone()),
+                        ],
+                    );
+                }
+            })
+            .build();
+        let registry_groups = groups.clone();
+        let lag_log = head_lag_log;
+        meter
+            .u64_observable_gauge("incode_gateway.group.lag")
+            .with_description(
+                "Per consumer group: the head sequence minus the lowest partition cursor among the partitions this gateway's members own",
+            )
+            .with_unit("{event}")
+            .with_callback(move |observer| {
+                let head = lag_log.known_head();
+                let mut lowest: HashMap<String, u64> = HashMap::new();
+                for gauges in registry_groups.snapshot() {
+                    let cursor = gauges.min_cursor.load(Ordering::Relaxed);
+                    if cursor == u64::MAX {
+                        continue;
+                    }
+                    let entry = lowest.entry(gauges.group.clone()).or_insert(u64::MAX);
+                    *entry = (*entry).min(cursor);
+                }
+                for (group, cursor) in lowest {
+                    observer.observe(head.saturating_sub(cursor), &[KeyValue::new("group", group)]);
                 }
             })
             .build();
@@ -185,9 +267,17 @@ impl Metrics {
                 )
                 .with_unit("{request}")
                 .build(),
+            group_redeliveries: meter
+                .u64_counter("incode_gateway.group.redeliveries")
+                .with_description(
+                    "Events sent to a consumer group member that an earlier owner of their partition had received without acknowledging them",
+                )
+                .with_unit("{event}")
+                .build(),
             provider,
             registry,
             streams,
+            groups,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -279,6 +369,37 @@ impl Metrics {
         }
     }
 
+    /// Registers a consumer group member served by this gateway; the guard reports its figures
+    /// and unregisters it when dropped.
+    pub fn group_member_joined(&self, group: &str, member: &str) -> GroupMemberGuard {
+        let id = self.inner.groups.next_id.fetch_add(1, Ordering::Relaxed);
+        let gauges = Arc::new(GroupMemberGauges {
+            group: group.to_owned(),
+            member: member.to_owned(),
+            partitions: AtomicU64::new(0),
+            members: AtomicU64::new(0),
+            min_cursor: AtomicU64::new(u64::MAX),
+        });
+        self.inner
+            .groups
+            .members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id, gauges.clone());
+        GroupMemberGuard {
+            metrics: self.clone(),
+            id,
+            gauges,
+        }
+    }
+
+    /// Counts an event delivered again to a group member.
+    pub fn group_redelivered(&self, group: &str) {
+        self.inner
+            .group_redeliveries
+            .add(1, &[KeyValue::new("group", group.to_owned())]);
+    }
+
     /// The metrics as Prometheus text exposition.
     pub fn render_prometheus(&self) -> String {
         use prometheus::Encoder;
@@ -322,5 +443,46 @@ impl Drop for StreamGuard {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&self.id);
         self.metrics.inner.subscribers.add(-1, &[]);
+    }
+}
+
+impl GroupRegistry {
+    fn snapshot(&self) -> Vec<Arc<GroupMemberGauges>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A group member's registration; unregisters on drop.
+pub struct GroupMemberGuard {
+    metrics: Metrics,
+    id: u64,
+    gauges: Arc<GroupMemberGauges>,
+}
+
+impl GroupMemberGuard {
+    /// The member's partitions, the group's members it sees, and its lowest partition cursor.
+    pub fn set(&self, partitions: u64, members: u64, min_cursor: Option<u64>) {
+        self.gauges.partitions.store(partitions, Ordering::Relaxed);
+        self.gauges.members.store(members, Ordering::Relaxed);
+        self.gauges
+            .min_cursor
+            .store(min_cursor.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl Drop for GroupMemberGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .inner
+            .groups
+            .members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
     }
 }

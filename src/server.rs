@@ -9,6 +9,7 @@ use crate::{
     auth::{Auth, AuthSetupError},
     config::{Config, StorageKind},
     error::error_chain,
+    groups::Groups,
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
@@ -143,11 +144,20 @@ async fn serve(
         storage.state.clone(),
         usize::try_from(config.max_consumers).unwrap_or(usize::MAX),
     );
+    let groups = Groups::new(
+        storage.state.clone(),
+        log.clone(),
+        config.group_settings(),
+        metrics.clone(),
+    );
     let grpc = grpc::serve(
         internal,
-        log.clone(),
-        cursors,
-        metrics.clone(),
+        grpc::Sources {
+            log: log.clone(),
+            cursors,
+            groups,
+            metrics: metrics.clone(),
+        },
         GrpcSettings::from_config(&config, telemetry::traces_enabled()),
         security,
         token.clone(),

@@ -25,6 +25,11 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// The gateway with extra arguments (another storage backend).
+    pub async fn start_with(data_dir: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
             .args([
                 "serve",
@@ -35,6 +40,7 @@ impl GatewayProcess {
             ])
             .args(["--log-format", "json", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("INCODE_GATEWAY_OAUTH_CLIENT_ID", CLIENT_ID)
             .env("INCODE_GATEWAY_OAUTH_CLIENT_SECRET", CLIENT_SECRET)
             .env("INCODE_GATEWAY_TOKEN_SIGNING_KEY", SIGNING_KEY)

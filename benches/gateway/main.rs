@@ -3,8 +3,8 @@
 //!
 //! ```sh
 //! cargo bench --bench gateway -- [--duration 10] [--connections 64] [--rate 1000]
-//!     [--fanout 1,100,1000] [--catch-up-events 1000000] [--only ingest,e2e,fanout,catchup]
-//!     [--json]
+//!     [--fanout 1,100,1000] [--catch-up-events 1000000]
+//!     [--only ingest,e2e,fanout,catchup,group,nats] [--json]
 //! ```
 //!
 //! Every scenario prints as it finishes; `--json` adds one JSON document at the end.
@@ -12,7 +12,13 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // A benchmark stops at the first failure.
 
 mod gateway;
+mod group;
 mod load;
+mod nats;
+// Shared with the integration tests, which use more of it.
+#[allow(dead_code)]
+#[path = "../../tests/it/nats_server.rs"]
+mod nats_server;
 mod scenarios;
 
 use std::time::Duration;

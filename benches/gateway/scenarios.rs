@@ -25,7 +25,7 @@ use crate::{
     load::{self, BodyFn, LoadResult, Target},
 };
 
-const PATH: &str = "/webhooks/incode/onboarding-status";
+pub const PATH: &str = "/webhooks/incode/onboarding-status";
 const WARMUP: Duration = Duration::from_secs(1);
 
 /// Microseconds since the start of the benchmark, carried inside bodies for end-to-end latency.
@@ -35,7 +35,7 @@ fn micros_since_epoch() -> u64 {
     EPOCH.elapsed().as_micros() as u64
 }
 
-fn body(prefix: &'static str) -> BodyFn {
+pub fn body(prefix: &'static str) -> BodyFn {
     Arc::new(move |n| {
         format!(
             r#"{{"interviewId":"{prefix}-{n}","externalId":"customer-{n}","onboardingStatus":"ONBOARDING_FINISHED","flowId":"flow-bench","benchSentMicros":{}}}"#,
@@ -68,6 +68,12 @@ pub async fn run(settings: &Settings) -> Value {
     if settings.runs("catchup") {
         report.insert("catch_up".into(), catch_up(settings).await);
     }
+    if settings.runs("group") {
+        report.insert("group".into(), crate::group::run(settings).await);
+    }
+    if settings.runs("nats") {
+        report.insert("nats".into(), crate::nats::run(settings).await);
+    }
     Value::Object(report)
 }
 
@@ -82,7 +88,7 @@ fn describe(result: &LoadResult) -> Value {
     })
 }
 
-fn print_load(name: &str, result: &LoadResult) {
+pub fn print_load(name: &str, result: &LoadResult) {
     println!(
         "  {name:<34} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  failed {}",
         result.rate(),

@@ -22,7 +22,6 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use super::identity::{Subscriber, Subscribers, certificate_names};
 use crate::{
     error::{ErrorCode, ServiceError, is_plain_name},
-    log::ConsumerName,
     metrics::Metrics,
 };
 
@@ -403,29 +402,25 @@ fn http_refusal(refusal: &Refusal) -> Response {
     response
 }
 
-/// Whether `caller` may subscribe, as `consumer` or to the plain stream; a refusal is logged,
-/// counted and returned as the gRPC status.
+/// Whether `caller` may subscribe, as the durable consumer or consumer group `name`, or to the
+/// plain stream; a refusal is logged, counted and returned as the gRPC status.
 pub fn authorize_subscribe(
     caller: &Caller,
-    consumer: Option<&ConsumerName>,
+    name: Option<&str>,
     metrics: &Metrics,
 ) -> Result<(), tonic::Status> {
-    let decision = match consumer {
-        Some(consumer) => caller.authorize_consumer(consumer.as_str()),
+    let decision = match name {
+        Some(name) => caller.authorize_consumer(name),
         None => caller.authorize_stream(),
     };
     decision.map_err(|refusal| refusal_status(metrics, &refusal, caller, "Subscribe"))
 }
 
-/// Whether `caller` may acknowledge for `consumer`; a refusal is logged, counted and returned
-/// as the gRPC status.
-pub fn authorize_ack(
-    caller: &Caller,
-    consumer: &ConsumerName,
-    metrics: &Metrics,
-) -> Result<(), tonic::Status> {
+/// Whether `caller` may acknowledge for the durable consumer or consumer group `name`; a
+/// refusal is logged, counted and returned as the gRPC status.
+pub fn authorize_ack(caller: &Caller, name: &str, metrics: &Metrics) -> Result<(), tonic::Status> {
     caller
-        .authorize_consumer(consumer.as_str())
+        .authorize_consumer(name)
         .map_err(|refusal| refusal_status(metrics, &refusal, caller, "Ack"))
 }
 

@@ -9,18 +9,22 @@ use std::{
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     GrpcSettings, access,
+    encoded::{EncodedResponse, server::event_stream_service_server::EventStreamService},
     filter::Filter,
+    group_subscription::GroupSubscription,
     subscription::{Start, Subscription},
 };
 use crate::{
     error::{ErrorCode, ServiceError, grpc_status},
+    groups::{GroupName, Groups, JoinOptions},
     log::{ConsumerName, Cursors, InvalidConsumerName, LogError, SharedLog},
     metrics::Metrics,
-    proto::v1::{self, event_stream_service_server::EventStreamService, start_position::Position},
+    proto::v1::{self, start_position::Position},
     telemetry,
 };
 
@@ -28,28 +32,38 @@ use crate::{
 /// disagree a little.
 const CLOCK_SKEW: Duration = Duration::from_secs(5);
 
+/// What the event stream serves from: the log, durable consumers' cursors, consumer groups, and
+/// the instruments that count it all.
+#[derive(Clone)]
+pub struct Sources {
+    /// The events.
+    pub log: SharedLog,
+    /// Durable consumers' cursors.
+    pub cursors: Cursors,
+    /// Consumer groups.
+    pub groups: Groups,
+    /// The instruments.
+    pub metrics: Metrics,
+}
+
 /// The `EventStreamService` implementation.
 pub struct EventStream {
     log: SharedLog,
     cursors: Cursors,
+    groups: Groups,
     metrics: Metrics,
     settings: GrpcSettings,
     shutdown: CancellationToken,
 }
 
 impl EventStream {
-    /// Serves subscriptions over `log`; streams end when `shutdown` is cancelled.
-    pub fn new(
-        log: SharedLog,
-        cursors: Cursors,
-        metrics: Metrics,
-        settings: GrpcSettings,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// Serves subscriptions from `sources`; streams end when `shutdown` is cancelled.
+    pub fn new(sources: Sources, settings: GrpcSettings, shutdown: CancellationToken) -> Self {
         Self {
-            log,
-            cursors,
-            metrics,
+            log: sources.log,
+            cursors: sources.cursors,
+            groups: sources.groups,
+            metrics: sources.metrics,
             settings,
             shutdown,
         }
@@ -132,7 +146,7 @@ impl ServiceError for StartError {
     }
 }
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<EncodedResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventStreamService for EventStream {
@@ -147,10 +161,64 @@ impl EventStreamService for EventStream {
         span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
         let consumer = parse_consumer(&request.consumer)?;
-        span.in_scope(|| access::authorize_subscribe(&caller, consumer.as_ref(), &self.metrics))?;
+        let group = parse_group(&request.group)?;
+        if consumer.is_some() && group.is_some() {
+            return Err(Status::invalid_argument(
+                "consumer and group are mutually exclusive: a stream is a durable consumer or a group member",
+            ));
+        }
+        let name = consumer
+            .as_ref()
+            .map(ConsumerName::as_str)
+            .or(group.as_ref().map(GroupName::as_str));
+        span.in_scope(|| access::authorize_subscribe(&caller, name, &self.metrics))?;
         let filter = Filter::try_from(request.filter.unwrap_or_default())
             .map_err(|error| grpc_status(&error))?;
         let position = request.start.and_then(|start| start.position);
+        if let Some(group) = group {
+            if !filter.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a group member receives every event of its partitions: filters are not allowed with group",
+                ));
+            }
+            // A new group starts at the earliest event unless told otherwise.
+            let position = position.or(Some(Position::Earliest(v1::start_position::Earliest {})));
+            let start = self
+                .resolve_start(position, None)
+                .await
+                .map_err(|error| grpc_status(&error))?;
+            let options = JoinOptions {
+                partitions: request.group_partitions,
+                start_cursor: start.next.saturating_sub(1),
+                max_in_flight: request.max_in_flight,
+            };
+            let member = self
+                .groups
+                .join(&group, options)
+                .instrument(span.clone())
+                .await
+                .map_err(|error| grpc_status(&error))?;
+            span.in_scope(|| {
+                tracing::info!(
+                    subscriber = caller.name(),
+                    group = %group,
+                    member = member.session().member_id(),
+                    "group member subscribed"
+                );
+            });
+            let subscription = GroupSubscription {
+                log: self.log.clone(),
+                member,
+                heartbeat_interval: self.settings.heartbeat_interval,
+                shutdown: self.shutdown.clone(),
+                stream_metrics: self
+                    .metrics
+                    .stream_opened(caller.name(), Some(group.as_str())),
+                metrics: self.metrics.clone(),
+                span,
+            };
+            return Ok(Response::new(Box::pin(subscription.into_stream())));
+        }
         let start = self
             .resolve_start(position, consumer.as_ref())
             .await
@@ -185,16 +253,33 @@ impl EventStreamService for EventStream {
         request: Request<v1::AckRequest>,
     ) -> Result<Response<v1::AckResponse>, Status> {
         let span = rpc_span("Ack", request.metadata());
-        let _entered = span.enter();
         let caller = access::caller_of(&request)?;
         span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
-        let consumer = parse_consumer(&request.consumer)?
-            .ok_or_else(|| Status::invalid_argument("consumer is required"))?;
-        access::authorize_ack(&caller, &consumer, &self.metrics)?;
+        let consumer = parse_consumer(&request.consumer)?;
+        let group = parse_group(&request.group)?;
+        let name = match (&consumer, &group) {
+            (Some(consumer), None) => consumer.as_str(),
+            (None, Some(group)) => group.as_str(),
+            (None, None) => {
+                return Err(Status::invalid_argument("consumer or group is required"));
+            }
+            (Some(_), Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "consumer and group are mutually exclusive",
+                ));
+            }
+        };
+        span.in_scope(|| access::authorize_ack(&caller, name, &self.metrics))?;
+        if group.is_some() && request.member_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "member_id is required with group: the one from the stream's group_assignment",
+            ));
+        }
         let head = self
             .log
             .bounds()
+            .instrument(span.clone())
             .await
             .map_err(|error| grpc_status(&error))?
             .head;
@@ -204,13 +289,42 @@ impl EventStreamService for EventStream {
                 request.sequence
             )));
         }
-        let sequence = self
-            .cursors
-            .ack(&consumer, request.sequence)
-            .await
-            .map_err(|error| grpc_status(&error))?;
+        let response = match group {
+            Some(group) => {
+                if request.sequence == 0 {
+                    return Err(Status::invalid_argument(
+                        "sequence must name an event delivered to this member",
+                    ));
+                }
+                let (partition, sequence) = self
+                    .groups
+                    .ack(&group, &request.member_id, request.sequence)
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|error| span.in_scope(|| grpc_status(&error)))?;
+                v1::AckResponse {
+                    sequence,
+                    partition,
+                }
+            }
+            None => {
+                let consumer = consumer
+                    .as_ref()
+                    .ok_or_else(|| Status::internal("internal error"))?;
+                let sequence = self
+                    .cursors
+                    .ack(consumer, request.sequence)
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|error| span.in_scope(|| grpc_status(&error)))?;
+                v1::AckResponse {
+                    sequence,
+                    partition: 0,
+                }
+            }
+        };
         self.metrics.acked(caller.name());
-        Ok(Response::new(v1::AckResponse { sequence }))
+        Ok(Response::new(response))
     }
 }
 
@@ -237,6 +351,15 @@ fn parse_consumer(name: &str) -> Result<Option<ConsumerName>, Status> {
         return Ok(None);
     }
     ConsumerName::parse(name)
+        .map(Some)
+        .map_err(|error| grpc_status(&error))
+}
+
+fn parse_group(name: &str) -> Result<Option<GroupName>, Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    GroupName::parse(name)
         .map(Some)
         .map_err(|error| grpc_status(&error))
 }

@@ -117,6 +117,11 @@ impl TryFrom<v1::EventFilter> for Filter {
 }
 
 impl Filter {
+    /// Whether the filter lets every event through.
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty() && self.interview_ids.is_empty() && self.statuses.is_empty()
+    }
+
     /// Whether the event matches every non-empty list of the filter.
     pub fn matches(&self, event: &v1::Event) -> bool {
         if !self.types.is_empty() {

@@ -9,8 +9,10 @@
 //! - `incoming`: the accept loops (TCP, then TLS handshakes).
 
 pub mod access;
+mod encoded;
 mod event_stream;
 mod filter;
+mod group_subscription;
 pub mod identity;
 mod incoming;
 mod subscription;
@@ -28,7 +30,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-pub use event_stream::EventStream;
+pub use encoded::EncodedResponse;
+pub use event_stream::{EventStream, Sources};
+
+use encoded::server::event_stream_service_server::EventStreamServiceServer;
 pub use filter::{Filter, FilterError};
 
 use self::{
@@ -41,9 +46,9 @@ use crate::{
         Config,
         file::{ConfigFile, ConfigFileError},
     },
-    log::{Cursors, SharedLog},
+    log::SharedLog,
     metrics::Metrics,
-    proto::v1::{self, event_stream_service_server::EventStreamServiceServer},
+    proto::v1,
 };
 
 /// Settings of the internal listener.
@@ -266,9 +271,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// drain.
 pub fn serve(
     listener: TcpListener,
-    log: SharedLog,
-    cursors: Cursors,
-    metrics: Metrics,
+    sources: Sources,
     settings: GrpcSettings,
     security: Security,
     shutdown: CancellationToken,
@@ -283,16 +286,12 @@ pub fn serve(
         .build_v1()?
         .max_decoding_message_size(limits.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let log_for_health = log.clone();
+    let log_for_health = sources.log.clone();
+    let metrics = sources.metrics.clone();
     let health_service = health_service.max_decoding_message_size(limits.max_message_bytes);
-    let event_stream = EventStreamServiceServer::new(EventStream::new(
-        log,
-        cursors,
-        metrics.clone(),
-        settings,
-        shutdown.clone(),
-    ))
-    .max_decoding_message_size(limits.max_message_bytes);
+    let event_stream =
+        EventStreamServiceServer::new(EventStream::new(sources, settings, shutdown.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
     let guard = GuardState {
         access: security.access.clone(),
         metrics: metrics.clone(),

@@ -16,10 +16,10 @@ use tonic::Status;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::filter::Filter;
+use super::{encoded::EncodedResponse, filter::Filter};
 use crate::{
     error::grpc_status,
-    log::{ConsumerName, LogReader, ReadItem, Sequence, SharedLog},
+    log::{ConsumerName, LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
     metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
     telemetry,
@@ -63,7 +63,7 @@ struct State {
     filter: Filter,
     /// Every sequence up to this one has been delivered or skipped.
     considered: Sequence,
-    buffer: VecDeque<Arc<v1::Event>>,
+    buffer: VecDeque<Arc<LoggedEvent>>,
     announce_caught_up: bool,
     heartbeat_interval: Duration,
     last_sent: Instant,
@@ -80,7 +80,7 @@ impl Subscription {
     /// The stream of messages for this subscription. Dropping it releases everything it holds.
     pub async fn into_stream(
         self,
-    ) -> Result<impl Stream<Item = Result<v1::SubscribeResponse, Status>> + Send, Status> {
+    ) -> Result<impl Stream<Item = Result<EncodedResponse, Status>> + Send, Status> {
         let reader = self
             .log
             .read_from(self.start.next)
@@ -113,7 +113,7 @@ impl Subscription {
 }
 
 impl State {
-    async fn next_message(&mut self) -> Option<Result<v1::SubscribeResponse, Status>> {
+    async fn next_message(&mut self) -> Option<Result<EncodedResponse, Status>> {
         if self.finished {
             return None;
         }
@@ -125,7 +125,7 @@ impl State {
                 self.considered = event.sequence;
                 if self.filter.matches(&event) {
                     self.deliver(&event);
-                    return Some(Ok(respond(Response::Event(Arc::unwrap_or_clone(event)))));
+                    return Some(Ok(EncodedResponse::event(&event)));
                 }
                 if self.last_sent.elapsed() >= self.heartbeat_interval {
                     return Some(Ok(self.heartbeat()));
@@ -167,7 +167,7 @@ impl State {
 
     /// On shutdown the stream ends with `UNAVAILABLE`, which gRPC clients retry (elsewhere),
     /// resuming from the last sequence they saw.
-    fn end_for_shutdown(&mut self) -> Option<Result<v1::SubscribeResponse, Status>> {
+    fn end_for_shutdown(&mut self) -> Option<Result<EncodedResponse, Status>> {
         self.finished = true;
         Some(Err(Status::unavailable(
             "the gateway is shutting down; resubscribe after the last sequence you processed",
@@ -200,15 +200,13 @@ impl State {
         span.add_link(self.span.context().span().span_context().clone());
     }
 
-    fn heartbeat(&self) -> v1::SubscribeResponse {
+    fn heartbeat(&self) -> EncodedResponse {
         respond(Response::Heartbeat(v1::Heartbeat {
             sequence: self.considered,
         }))
     }
 }
 
-fn respond(response: Response) -> v1::SubscribeResponse {
-    v1::SubscribeResponse {
-        response: Some(response),
-    }
+fn respond(response: Response) -> EncodedResponse {
+    EncodedResponse::message(response)
 }

@@ -13,10 +13,9 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::{
-    AppendOutcome, Bounds, DedupKey, EventLog, LogError, LogReader, NewEvent, PutOutcome,
-    READ_BATCH, ReadItem, Revision, Sequence, StateStore, Versioned,
+    AppendOutcome, Bounds, DedupKey, EventLog, LogError, LogReader, LoggedEvent, NewEvent,
+    PutOutcome, READ_BATCH, ReadItem, Revision, Sequence, StateStore, Versioned,
 };
-use crate::proto::v1;
 
 /// Settings of the memory log.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +53,7 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    events: VecDeque<Arc<v1::Event>>,
+    events: VecDeque<Arc<LoggedEvent>>,
     /// Sequence of `events[0]`.
     first: Sequence,
     head: Sequence,
@@ -157,7 +156,7 @@ impl EventLog for MemoryLog {
         let mut event = new.event;
         event.sequence = sequence;
         event.received_at = Some(now.into());
-        state.events.push_back(Arc::new(event));
+        state.events.push_back(Arc::new(LoggedEvent::new(event)));
         state.head = sequence;
         state.last_received_at = Some(now);
         state.dedup.insert(new.dedup_key, (sequence, now));
@@ -305,7 +304,7 @@ mod tests {
     fn new_event(body: &str) -> NewEvent {
         NewEvent {
             dedup_key: DedupKey::for_notification("test", body.as_bytes()),
-            event: v1::Event::default(),
+            event: crate::proto::v1::Event::default(),
         }
     }
 

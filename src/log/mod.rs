@@ -18,10 +18,16 @@ pub mod embedded;
 pub mod memory;
 pub mod nats;
 
-use std::{fmt, sync::Arc, time::SystemTime};
+use std::{
+    fmt,
+    ops::Deref,
+    sync::{Arc, OnceLock},
+    time::SystemTime,
+};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -117,11 +123,70 @@ impl Bounds {
     }
 }
 
+/// A stored event as readers hand it out, shared by every subscriber that receives it.
+///
+/// Besides the event, it keeps the event's encoding as a `SubscribeResponse` (the message every
+/// subscriber receives), made at most once however many subscribers it goes to; a backend that
+/// reads the encoded event from storage supplies it without decoding and encoding again.
+#[derive(Debug)]
+pub struct LoggedEvent {
+    event: v1::Event,
+    response: OnceLock<Bytes>,
+}
+
+/// The key of `SubscribeResponse.event` (field 1, length-delimited).
+const RESPONSE_EVENT_KEY: u8 = 0x0a;
+
+impl LoggedEvent {
+    /// An event whose encoding is made when first asked for.
+    pub fn new(event: v1::Event) -> Self {
+        Self {
+            event,
+            response: OnceLock::new(),
+        }
+    }
+
+    /// An event read from storage together with its encoding (`encoded` is `event` encoded).
+    pub fn with_encoding(event: v1::Event, encoded: &[u8]) -> Self {
+        let response = OnceLock::new();
+        let _ = response.set(frame(encoded.len(), |buf| buf.put_slice(encoded)));
+        Self { event, response }
+    }
+
+    /// The event.
+    pub fn event(&self) -> &v1::Event {
+        &self.event
+    }
+
+    /// The `SubscribeResponse` carrying this event, encoded.
+    pub fn response_bytes(&self) -> &Bytes {
+        self.response
+            .get_or_init(|| frame(self.event.encoded_len(), |buf| self.event.encode_raw(buf)))
+    }
+}
+
+/// `SubscribeResponse { event }` around an encoded event of `len` bytes written by `write`.
+fn frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut buf = BytesMut::with_capacity(1 + prost::length_delimiter_len(len) + len);
+    buf.put_u8(RESPONSE_EVENT_KEY);
+    prost::encoding::encode_varint(len as u64, &mut buf);
+    write(&mut buf);
+    buf.freeze()
+}
+
+impl Deref for LoggedEvent {
+    type Target = v1::Event;
+
+    fn deref(&self) -> &v1::Event {
+        &self.event
+    }
+}
+
 /// What a [`LogReader`] yields, in log order.
 #[derive(Debug, Clone)]
 pub enum ReadItem {
     /// The next stored events, in sequence order, each following the one before it.
-    Events(Vec<Arc<v1::Event>>),
+    Events(Vec<Arc<LoggedEvent>>),
     /// Retention removed the events `first..=last` before this reader reached them; reading goes
     /// on after `last`.
     Gap {
@@ -339,4 +404,34 @@ impl ServiceError for LogError {
 /// Whether `key` is a valid [`StateStore`] key.
 pub fn is_state_key(key: &str) -> bool {
     crate::error::is_plain_name(key, 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::v1::subscribe_response::Response;
+
+    #[test]
+    fn the_shared_encoding_is_the_subscribe_response_of_the_event() {
+        let event = v1::Event {
+            sequence: 300,
+            id: "x".repeat(200),
+            ..v1::Event::default()
+        };
+        let expected = v1::SubscribeResponse {
+            response: Some(Response::Event(event.clone())),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            LoggedEvent::new(event.clone()).response_bytes().as_ref(),
+            expected
+        );
+        let stored = event.encode_to_vec();
+        assert_eq!(
+            LoggedEvent::with_encoding(event, &stored)
+                .response_bytes()
+                .as_ref(),
+            expected
+        );
+    }
 }

@@ -300,6 +300,7 @@ pub async fn run(args: &TailArgs, out: &mut impl Write) -> Result<(), TailError>
                 );
             }
             Some(Response::Heartbeat(heartbeat)) => cursor = Some(heartbeat.sequence),
+            Some(Response::GroupAssignment(_)) => {}
             None => {}
         }
     }
@@ -414,6 +415,7 @@ fn request(args: &TailArgs) -> SubscribeRequest {
             onboarding_statuses: args.statuses.iter().map(|&s| s.into()).collect(),
         }),
         consumer: args.consumer.clone().unwrap_or_default(),
+        ..SubscribeRequest::default()
     }
 }
 

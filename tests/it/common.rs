@@ -165,6 +165,7 @@ impl Gateway {
             }),
             filter: Some(filter),
             consumer: consumer.to_owned(),
+            ..Default::default()
         };
         self.client()
             .await

@@ -30,6 +30,7 @@ async fn events_cursors_and_dedup_survive_a_restart() {
         .ack(AckRequest {
             consumer: "billing".into(),
             sequence: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -75,6 +76,7 @@ async fn a_new_consumer_starts_at_the_earliest_and_acks_only_move_forward() {
     let ack = |consumer: &str, sequence| AckRequest {
         consumer: consumer.into(),
         sequence,
+        ..Default::default()
     };
     assert_eq!(
         client

@@ -154,6 +154,7 @@ async fn subscribe(
         }),
         filter: Some(EventFilter::default()),
         consumer: consumer.to_owned(),
+        ..Default::default()
     };
     EventStreamServiceClient::new(channel.clone())
         .subscribe(with_token(request, token))
@@ -170,6 +171,7 @@ async fn ack(
     let request = AckRequest {
         consumer: consumer.to_owned(),
         sequence,
+        ..Default::default()
     };
     EventStreamServiceClient::new(channel.clone())
         .ack(with_token(request, token))
@@ -767,6 +769,7 @@ async fn spans_and_logs_name_the_subscriber_and_never_a_token() {
             AckRequest {
                 consumer: consumer.to_owned(),
                 sequence: 0,
+                ..Default::default()
             },
             Some(token),
         );

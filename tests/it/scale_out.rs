@@ -340,6 +340,7 @@ async fn a_consumer_acked_on_one_replica_resumes_on_the_other() {
     let ack = |sequence| AckRequest {
         consumer: "billing".into(),
         sequence,
+        ..Default::default()
     };
     assert_eq!(
         a.client()

@@ -247,6 +247,7 @@ async fn tail_as_a_consumer_resumes_after_its_cursor_without_moving_it() {
         .ack(v1::AckRequest {
             consumer: "billing".into(),
             sequence: 1,
+            ..Default::default()
         })
         .await
         .unwrap();

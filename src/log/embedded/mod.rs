@@ -40,8 +40,8 @@ use redb::{Database, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    AppendOutcome, Bounds, BoxError, EventLog, LogError, LogReader, NewEvent, PutOutcome, Revision,
-    Sequence, StateStore, Versioned,
+    AppendOutcome, Bounds, BoxError, EventLog, LogError, LogReader, LoggedEvent, NewEvent,
+    PutOutcome, Revision, Sequence, StateStore, Versioned,
 };
 use crate::proto::v1;
 use fault::{FaultSwitch, FaultyBackend};
@@ -126,7 +126,7 @@ struct Shared {
     head: watch::Sender<Sequence>,
     first: AtomicU64,
     /// The newest events, contiguous and ending at the head.
-    tail: Mutex<VecDeque<Arc<v1::Event>>>,
+    tail: Mutex<VecDeque<Arc<LoggedEvent>>>,
     /// The last storage failure, until a write succeeds again.
     failure: Mutex<Option<String>>,
     closed: AtomicBool,
@@ -159,7 +159,7 @@ impl Shared {
         self: &Arc<Self>,
         from: Sequence,
         limit: usize,
-    ) -> Result<Vec<Arc<v1::Event>>, LogError> {
+    ) -> Result<Vec<Arc<LoggedEvent>>, LogError> {
         if from > *self.head.borrow() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -431,7 +431,7 @@ fn record_time(record: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(record.get(..8)?.try_into().ok()?))
 }
 
-fn decode_record(sequence: Sequence, record: &[u8]) -> Result<v1::Event, LogError> {
+fn decode_record(sequence: Sequence, record: &[u8]) -> Result<LoggedEvent, LogError> {
     let corrupt = |source: BoxError| LogError::Corrupt { sequence, source };
     let body = record
         .get(8..)
@@ -442,7 +442,8 @@ fn decode_record(sequence: Sequence, record: &[u8]) -> Result<v1::Event, LogErro
             format!("record holds sequence {}", event.sequence).into(),
         ));
     }
-    Ok(event)
+    // The stored bytes are the event's encoding: subscribers get them as they are.
+    Ok(LoggedEvent::with_encoding(event, body))
 }
 
 #[cfg(test)]

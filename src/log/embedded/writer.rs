@@ -16,8 +16,10 @@ use super::{
 };
 use crate::{
     error::error_chain,
-    log::{AppendOutcome, DedupKey, LogError, NewEvent, PutOutcome, Revision, Sequence, Versioned},
-    proto::v1,
+    log::{
+        AppendOutcome, DedupKey, LogError, LoggedEvent, NewEvent, PutOutcome, Revision, Sequence,
+        Versioned,
+    },
 };
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
@@ -225,7 +227,7 @@ impl Writer {
                     self.dedup.insert(new.dedup_key, (head, now));
                     added.push(new.dedup_key);
                     written.outcomes.push(AppendOutcome::Appended(head));
-                    written.events.push(Arc::new(event));
+                    written.events.push(Arc::new(LoggedEvent::new(event)));
                 }
 
                 let mut state = txn.open_table(STATE)?;
@@ -436,7 +438,7 @@ impl Writer {
 
 struct Written {
     outcomes: Vec<AppendOutcome>,
-    events: Vec<Arc<v1::Event>>,
+    events: Vec<Arc<LoggedEvent>>,
     puts: Vec<PutOutcome>,
 }
 
@@ -511,7 +513,7 @@ pub(super) fn read_events(
     db: &Database,
     from: Sequence,
     limit: usize,
-) -> Result<Vec<Arc<v1::Event>>, LogError> {
+) -> Result<Vec<Arc<LoggedEvent>>, LogError> {
     let storage = |e: redb::Error| LogError::unavailable(e);
     let txn = db.begin_read().map_err(|e| storage(e.into()))?;
     let table = txn.open_table(EVENTS).map_err(|e| storage(e.into()))?;

@@ -336,8 +336,24 @@ fn validate(options: &NatsOptions) -> Result<(), NatsOpenError> {
     Ok(())
 }
 
+/// The server URLs for messages, with any credentials in them (`nats://user:pass@host`)
+/// replaced by `***`.
+fn redacted_servers(servers: &[String]) -> String {
+    servers
+        .iter()
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            (None, Some(at)) => format!("***{}", &url[at..]),
+            _ => url.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 async fn connect(options: &NatsOptions) -> Result<async_nats::Client, NatsOpenError> {
-    let servers = options.servers.join(",");
+    let servers = redacted_servers(&options.servers);
     let mut connect = ConnectOptions::new()
         .name("incode-gateway")
         .retry_on_initial_connect()
@@ -617,5 +633,23 @@ fn nanos_since_epoch(time: SystemTime) -> i128 {
     match time.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(since) => i128::try_from(since.as_nanos()).unwrap_or(i128::MAX),
         Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_server_urls_are_not_shown() {
+        let servers = [
+            "nats://gateway:s3cret@nats-1:4222".to_owned(),
+            "tls://token@nats-2:4222".to_owned(),
+            "nats-3:4222".to_owned(),
+        ];
+        assert_eq!(
+            redacted_servers(&servers),
+            "nats://***@nats-1:4222,tls://***@nats-2:4222,nats-3:4222"
+        );
     }
 }

@@ -26,7 +26,7 @@ use prost::Message;
 
 use super::bounds_of;
 use crate::{
-    log::{LogError, LogReader, READ_BATCH, ReadItem, Sequence},
+    log::{LogError, LogReader, LoggedEvent, READ_BATCH, ReadItem, Sequence},
     proto::v1,
 };
 
@@ -45,7 +45,7 @@ pub(super) struct NatsReader {
 }
 
 enum Out {
-    Event(Arc<v1::Event>),
+    Event(Arc<LoggedEvent>),
     Gap(Sequence, Sequence),
     CaughtUp(Sequence),
 }
@@ -112,7 +112,8 @@ impl NatsReader {
             self.out.push_back(Out::Gap(self.next, sequence - 1));
         }
         self.next = sequence + 1;
-        self.out.push_back(Out::Event(Arc::new(event)));
+        self.out
+            .push_back(Out::Event(Arc::new(LoggedEvent::new(event))));
         if info.pending == 0 {
             self.out.push_back(Out::CaughtUp(sequence));
         }

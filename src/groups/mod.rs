@@ -1,0 +1,433 @@
+//! Consumer groups: the replicas of one internal service share the stream. Each event goes to one
+//! member, every event of one interview to the same member, in sequence order.
+//!
+//! A group has a fixed number of partitions; an event's partition is a stable hash of its
+//! interview id ([`records::partition_of`]). Each partition has a cursor (its last acknowledged
+//! sequence) and at most one owner. Members agree on the assignment without a leader: they
+//! renew themselves in the group's record, see the same sorted list of live members, and each
+//! member takes the partitions `p` with `p % members == its index` once their previous owner let
+//! go or expired, and lets go of the others. Every change is a compare-and-set in the
+//! [`StateStore`], so the group works the same over the embedded log and over JetStream, with
+//! members on different gateway replicas.
+//!
+//! Delivery is at least once: a partition that changes owner resumes after its cursor, so what
+//! the previous owner did not acknowledge is delivered again, in order. A member that lost a
+//! partition cannot move its cursor: its ack is refused (fencing), and its stream is told.
+
+pub mod records;
+mod session;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, SystemTime},
+};
+
+pub use records::partition_of;
+pub use session::{Claim, Member, Session};
+
+use crate::{
+    error::{ErrorCode, ServiceError},
+    log::{LogError, PutOutcome, ReadItem, Sequence, SharedLog, SharedState},
+    metrics::Metrics,
+};
+use records::{GroupRecord, PartitionRecord};
+
+/// The name of a consumer group: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupName(String);
+
+impl GroupName {
+    /// Longest accepted name.
+    pub const MAX_LEN: usize = 128;
+
+    /// Parses a group name.
+    pub fn parse(name: &str) -> Result<Self, GroupError> {
+        if crate::error::is_plain_name(name, Self::MAX_LEN) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(GroupError::InvalidName)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How groups behave.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// A member that has not renewed itself for this long is gone, and its partitions move.
+    pub session_timeout: Duration,
+    /// Partitions of a new group when the subscriber does not say.
+    pub default_partitions: u32,
+    /// Most unacknowledged events a member holds when the subscriber does not say.
+    pub default_max_in_flight: u32,
+    /// Most groups that may be created.
+    pub max_groups: usize,
+}
+
+impl GroupSettings {
+    /// Most partitions a group may have.
+    pub const MAX_PARTITIONS: u32 = 1024;
+    /// Most unacknowledged events a member may ask to hold.
+    pub const MAX_IN_FLIGHT: u32 = 10_000;
+
+    /// How often a member renews itself and looks at the assignment.
+    pub fn heartbeat(&self) -> Duration {
+        (self.session_timeout / 5).max(Duration::from_millis(50))
+    }
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            default_partitions: 16,
+            default_max_in_flight: 256,
+            max_groups: 10_000,
+        }
+    }
+}
+
+/// Why a group operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The group name is outside the allowed alphabet or length.
+    #[error("group must be 1 to 128 ASCII letters, digits, '-', '_' or '.'")]
+    InvalidName,
+    /// A partition count outside 1..=1024.
+    #[error(
+        "group_partitions must be between 1 and {}",
+        GroupSettings::MAX_PARTITIONS
+    )]
+    InvalidPartitions,
+    /// A flow-control bound that is too large.
+    #[error("max_in_flight must be at most {}", GroupSettings::MAX_IN_FLIGHT)]
+    InvalidMaxInFlight,
+    /// The group exists with another partition count.
+    #[error(
+        "group {group} has {existing} partitions, not {asked}; a group's partition count is fixed when it is created"
+    )]
+    PartitionsMismatch {
+        /// The group.
+        group: GroupName,
+        /// Its partition count.
+        existing: u32,
+        /// The count asked for.
+        asked: u32,
+    },
+    /// Creating one more group would exceed the limit.
+    #[error(
+        "too many consumer groups ({max}); reuse an existing group or ask the operator to raise --max-consumers"
+    )]
+    TooManyGroups {
+        /// The limit.
+        max: usize,
+    },
+    /// The group does not exist.
+    #[error("group {group} does not exist")]
+    UnknownGroup {
+        /// The group.
+        group: GroupName,
+    },
+    /// The acking member does not own the event's partition (any more).
+    #[error(
+        "member {member} does not own partition {partition} of group {group}: it moved to another member, which receives its unacknowledged events again"
+    )]
+    NotOwner {
+        /// The group.
+        group: GroupName,
+        /// The partition.
+        partition: u32,
+        /// The member that acked.
+        member: String,
+    },
+    /// The acked event is no longer stored, so its partition is unknown.
+    #[error(
+        "event {sequence} is no longer stored (retention removed it), so it cannot be acknowledged in a group"
+    )]
+    EventNotStored {
+        /// The sequence.
+        sequence: Sequence,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl ServiceError for GroupError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidName | Self::InvalidPartitions | Self::InvalidMaxInFlight => {
+                ErrorCode::BadRequest
+            }
+            Self::PartitionsMismatch { .. }
+            | Self::NotOwner { .. }
+            | Self::EventNotStored { .. }
+            | Self::UnknownGroup { .. } => ErrorCode::FailedPrecondition,
+            Self::TooManyGroups { .. } => ErrorCode::ResourceExhausted,
+            Self::Log(error) => error.error_code(),
+        }
+    }
+}
+
+/// What a member asks for when it joins.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinOptions {
+    /// Partitions of the group if it is created now; 0 for the default or the existing count.
+    pub partitions: u32,
+    /// The cursor every partition of a new group starts from (`next - 1` of its start).
+    pub start_cursor: Sequence,
+    /// Most unacknowledged events this member holds; 0 for the default.
+    pub max_in_flight: u32,
+}
+
+/// The consumer groups of one gateway: the members connected to it, and acks.
+#[derive(Clone)]
+pub struct Groups {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: SharedState,
+    log: SharedLog,
+    settings: GroupSettings,
+    metrics: Metrics,
+    /// Members whose streams this gateway serves, by member id: acks for them update their
+    /// flow control at once.
+    local: Mutex<HashMap<String, Weak<Session>>>,
+}
+
+impl Groups {
+    /// Groups kept in `state`, over the events of `log`.
+    pub fn new(
+        state: SharedState,
+        log: SharedLog,
+        settings: GroupSettings,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state,
+                log,
+                settings,
+                metrics,
+                local: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &GroupSettings {
+        &self.inner.settings
+    }
+
+    /// Joins `group` as a new member, creating the group if it does not exist. The member takes
+    /// part in the assignment until it is dropped, which lets go of its partitions.
+    pub async fn join(
+        &self,
+        group: &GroupName,
+        options: JoinOptions,
+    ) -> Result<Member, GroupError> {
+        let settings = &self.inner.settings;
+        if options.partitions > GroupSettings::MAX_PARTITIONS {
+            return Err(GroupError::InvalidPartitions);
+        }
+        if options.max_in_flight > GroupSettings::MAX_IN_FLIGHT {
+            return Err(GroupError::InvalidMaxInFlight);
+        }
+        let record = self.create_or_check(group, &options).await?;
+        let max_in_flight = match options.max_in_flight {
+            0 => settings.default_max_in_flight,
+            n => n,
+        };
+        let member_id = uuid::Uuid::now_v7().simple().to_string();
+        let session = Session::start(session::SessionInit {
+            group: group.clone(),
+            member_id: member_id.clone(),
+            partitions: record.partitions,
+            start: record.start,
+            max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+            state: self.inner.state.clone(),
+            settings: *settings,
+            metrics: self.inner.metrics.clone(),
+        })
+        .await?;
+        let mut local = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        local.retain(|_, session| session.strong_count() > 0);
+        local.insert(member_id, Arc::downgrade(&session));
+        Ok(Member::new(session))
+    }
+
+    async fn create_or_check(
+        &self,
+        group: &GroupName,
+        options: &JoinOptions,
+    ) -> Result<GroupRecord, GroupError> {
+        let state = &self.inner.state;
+        let key = records::group_key(group.as_str());
+        loop {
+            if let Some(stored) = state.get(&key).await? {
+                let record: GroupRecord = records::decode(&key, &stored)?;
+                if options.partitions != 0 && options.partitions != record.partitions {
+                    return Err(GroupError::PartitionsMismatch {
+                        group: group.clone(),
+                        existing: record.partitions,
+                        asked: options.partitions,
+                    });
+                }
+                return Ok(record);
+            }
+            let max = self.inner.settings.max_groups;
+            if state.count(records::GROUP_PREFIX).await? >= max {
+                return Err(GroupError::TooManyGroups { max });
+            }
+            let record = GroupRecord {
+                partitions: match options.partitions {
+                    0 => self.inner.settings.default_partitions,
+                    n => n,
+                },
+                start: options.start_cursor,
+                members: Default::default(),
+            };
+            match state.put(&key, records::encode(&record), None).await? {
+                PutOutcome::Stored(_) => {
+                    tracing::info!(
+                        group = %group,
+                        partitions = record.partitions,
+                        start = record.start,
+                        "consumer group created"
+                    );
+                    return Ok(record);
+                }
+                // Another member created it meanwhile: check against theirs.
+                PutOutcome::Conflict => {}
+            }
+        }
+    }
+
+    /// Records that `member` of `group` processed the event `sequence` and every earlier event
+    /// of its partition. Returns the partition and its cursor after the ack.
+    pub async fn ack(
+        &self,
+        group: &GroupName,
+        member: &str,
+        sequence: Sequence,
+    ) -> Result<(u32, Sequence), GroupError> {
+        let local = self.local_session(member);
+        let partition = match local.as_ref().and_then(|s| s.in_flight_partition(sequence)) {
+            Some(partition) => partition,
+            None => self.partition_of_stored(group, sequence).await?,
+        };
+        let cursor = match &local {
+            // Acks of one partition are written one after the other, each write taking every
+            // ack that arrived meanwhile (group commit for acks).
+            Some(session) => session.commit_ack(partition, sequence).await?,
+            None => write_ack(&self.inner.state, group, partition, member, sequence).await?,
+        };
+        Ok((partition, cursor))
+    }
+
+    fn local_session(&self, member: &str) -> Option<Arc<Session>> {
+        self.inner
+            .local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(member)
+            .and_then(Weak::upgrade)
+    }
+
+    /// The partition of a stored event, read from the log: for an ack that reaches a gateway
+    /// other than the one serving the member's stream.
+    async fn partition_of_stored(
+        &self,
+        group: &GroupName,
+        sequence: Sequence,
+    ) -> Result<u32, GroupError> {
+        let key = records::group_key(group.as_str());
+        let record: GroupRecord = match self.inner.state.get(&key).await? {
+            Some(stored) => records::decode(&key, &stored)?,
+            None => {
+                return Err(GroupError::UnknownGroup {
+                    group: group.clone(),
+                });
+            }
+        };
+        let mut reader = self.inner.log.read_from(sequence).await?;
+        let item = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .map_err(LogError::unavailable)??;
+        match item {
+            ReadItem::Events(events) => match events.first() {
+                Some(event) if event.sequence == sequence => {
+                    Ok(records::partition_of(event, record.partitions))
+                }
+                _ => Err(GroupError::EventNotStored { sequence }),
+            },
+            ReadItem::Gap { .. } | ReadItem::CaughtUp(_) => {
+                Err(GroupError::EventNotStored { sequence })
+            }
+        }
+    }
+}
+
+/// Moves `partition`'s cursor to `sequence` if `member` owns it; the cursor after the write.
+async fn write_ack(
+    state: &SharedState,
+    group: &GroupName,
+    partition: u32,
+    member: &str,
+    sequence: Sequence,
+) -> Result<Sequence, GroupError> {
+    let key = records::partition_key(group.as_str(), partition);
+    loop {
+        let stored = state.get(&key).await?;
+        let (record, expected) = match &stored {
+            Some(stored) => (
+                records::decode::<PartitionRecord>(&key, stored)?,
+                Some(stored.revision),
+            ),
+            None => (PartitionRecord::default(), None),
+        };
+        if record.owner.as_deref() != Some(member) {
+            return Err(GroupError::NotOwner {
+                group: group.clone(),
+                partition,
+                member: member.to_owned(),
+            });
+        }
+        if sequence <= record.cursor {
+            return Ok(record.cursor);
+        }
+        let updated = PartitionRecord {
+            cursor: sequence,
+            ..record
+        };
+        if let PutOutcome::Stored(_) = state.put(&key, records::encode(&updated), expected).await? {
+            return Ok(sequence);
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for expiry times other replicas compare against.
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}

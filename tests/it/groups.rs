@@ -1,0 +1,563 @@
+//! Consumer groups, as members see them: sharing by interview, rebalancing when members come
+//! and go, redelivery of what a departed member did not acknowledge, and fencing of a member
+//! that lost its partition. Every scenario runs on the embedded log with one gateway, and over
+//! NATS with members spread over two gateway replicas (acking through the other replica, too).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use incode_gateway::{
+    Config,
+    config::StorageKind,
+    proto::v1::{
+        self, AckRequest, SubscribeRequest, event_stream_service_client::EventStreamServiceClient,
+        subscribe_response::Response,
+    },
+};
+use tokio::{sync::watch, task::JoinHandle};
+use tonic::{Code, transport::Channel};
+
+use crate::{common::*, nats_server::NatsServer};
+
+const PATH: &str = "/webhooks/incode/onboarding-status";
+const PARTITIONS: u32 = 12;
+
+/// One gateway on the embedded log, or two replicas over one NATS server.
+struct Env {
+    gateways: Vec<Gateway>,
+    _nats: Option<NatsServer>,
+}
+
+impl Env {
+    fn config() -> Config {
+        let mut config = Config::for_tests();
+        config.group_session_timeout = Duration::from_secs(2);
+        config.heartbeat_interval = Duration::from_millis(500);
+        config
+    }
+
+    async fn embedded() -> Self {
+        Self {
+            gateways: vec![Gateway::start_with(Self::config()).await],
+            _nats: None,
+        }
+    }
+
+    async fn nats() -> Self {
+        let nats = NatsServer::start().await;
+        let mut gateways = Vec::new();
+        for _ in 0..2 {
+            let mut config = Self::config();
+            config.storage = StorageKind::Nats;
+            config.nats.urls = vec![nats.url()];
+            gateways.push(Gateway::start_with(config).await);
+        }
+        Self {
+            gateways,
+            _nats: Some(nats),
+        }
+    }
+
+    /// The gateway member `n` subscribes through, and the one it acks through.
+    fn for_member(&self, n: usize) -> (&Gateway, &Gateway) {
+        let count = self.gateways.len();
+        (&self.gateways[n % count], &self.gateways[(n + 1) % count])
+    }
+
+    /// Posts `per_interview` events for each of `interviews` interviews, interleaved, through the
+    /// gateways in turn.
+    async fn post(&self, prefix: &str, interviews: usize, per_interview: usize) {
+        let mut n = 0;
+        for round in 0..per_interview {
+            for interview in 0..interviews {
+                let gateway = &self.gateways[n % self.gateways.len()];
+                let body = serde_json::json!({
+                    "interviewId": format!("{prefix}-{interview}"),
+                    "onboardingStatus": "UNKNOWN",
+                    "round": round,
+                })
+                .to_string();
+                gateway.notify(PATH, &body).await;
+                n += 1;
+            }
+        }
+    }
+}
+
+/// A group member: a stream read in the background, acking each event unless told not to.
+struct Member {
+    name: String,
+    assignment: watch::Receiver<Option<v1::GroupAssignment>>,
+    received: Arc<Mutex<Vec<v1::Event>>>,
+    acked: Arc<Mutex<Vec<u64>>>,
+    refused: Arc<Mutex<Vec<(u64, Code)>>>,
+    acking: Arc<AtomicBool>,
+    ack_client: EventStreamServiceClient<Channel>,
+    task: JoinHandle<()>,
+}
+
+impl Member {
+    async fn join(name: &str, subscribe: &Gateway, ack: &Gateway, group: &str) -> Self {
+        let mut stream = subscribe
+            .client()
+            .await
+            .subscribe(SubscribeRequest {
+                group: group.to_owned(),
+                group_partitions: PARTITIONS,
+                max_in_flight: 64,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (assignment_tx, assignment) = watch::channel(None);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let acking = Arc::new(AtomicBool::new(true));
+        let ack_client = ack.client().await;
+        let task = tokio::spawn({
+            let (received, acked, refused, acking, mut client) = (
+                received.clone(),
+                acked.clone(),
+                refused.clone(),
+                acking.clone(),
+                ack_client.clone(),
+            );
+            let group = group.to_owned();
+            async move {
+                let mut member_id = String::new();
+                while let Ok(Some(message)) = stream.message().await {
+                    match message.response {
+                        Some(Response::GroupAssignment(assigned)) => {
+                            member_id = assigned.member_id.clone();
+                            assignment_tx.send_replace(Some(assigned));
+                        }
+                        Some(Response::Event(event)) => {
+                            let sequence = event.sequence;
+                            received.lock().unwrap().push(event);
+                            if acking.load(Ordering::SeqCst) {
+                                let answer = client
+                                    .ack(AckRequest {
+                                        group: group.clone(),
+                                        member_id: member_id.clone(),
+                                        sequence,
+                                        ..Default::default()
+                                    })
+                                    .await;
+                                match answer {
+                                    Ok(_) => acked.lock().unwrap().push(sequence),
+                                    Err(status) => {
+                                        refused.lock().unwrap().push((sequence, status.code()))
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            assignment,
+            received,
+            acked,
+            refused,
+            acking,
+            ack_client,
+            task,
+        }
+    }
+
+    fn partitions(&self) -> BTreeSet<u32> {
+        self.assignment
+            .borrow()
+            .as_ref()
+            .map(|a| a.partitions.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn member_id(&self) -> String {
+        self.assignment
+            .borrow()
+            .as_ref()
+            .map(|a| a.member_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn received(&self) -> Vec<v1::Event> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Goes away: the stream is dropped.
+    fn leave(&self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until the members' assignments cover every partition once and each sees them all.
+async fn settled(members: &[&Member]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let mut seen = BTreeMap::new();
+        let mut disjoint = true;
+        let mut agree = true;
+        for member in members {
+            let assignment = member.assignment.borrow().clone();
+            let Some(assignment) = assignment else {
+                agree = false;
+                continue;
+            };
+            agree &= assignment.members as usize == members.len();
+            for partition in assignment.partitions {
+                disjoint &= seen.insert(partition, member.name.clone()).is_none();
+            }
+        }
+        if agree && disjoint && seen.len() == PARTITIONS as usize {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group did not settle: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `members` together received every sequence in `1..=total` (at least once).
+async fn all_received(members: &[&Member], total: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        let seen: BTreeSet<u64> = members
+            .iter()
+            .flat_map(|m| m.received().into_iter().map(|e| e.sequence))
+            .collect();
+        if seen.len() as u64 == total {
+            assert_eq!(seen, (1..=total).collect());
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {total} events reached the group",
+            seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// For each member, its events of each interview arrived in sequence order.
+fn in_order_per_interview(member: &Member) {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for event in member.received() {
+        let previous = last.insert(interview_id(&event).to_owned(), event.sequence);
+        if let Some(previous) = previous {
+            assert!(
+                previous < event.sequence,
+                "{}: {} out of order ({previous} then {})",
+                member.name,
+                interview_id(&event),
+                event.sequence
+            );
+        }
+    }
+}
+
+async fn three_members_share_the_stream_by_interview(env: Env) {
+    let members = [
+        Member::join("a", env.for_member(0).0, env.for_member(0).1, "billing").await,
+        Member::join("b", env.for_member(1).0, env.for_member(1).1, "billing").await,
+        Member::join("c", env.for_member(2).0, env.for_member(2).1, "billing").await,
+    ];
+    let refs: Vec<&Member> = members.iter().collect();
+    settled(&refs).await;
+    env.post("share", 30, 10).await;
+    all_received(&refs, 300).await;
+
+    // With no membership change, each event went to exactly one member, each interview to one
+    // member, in order, and every member got a share.
+    let mut owner_of_interview = HashMap::new();
+    let mut deliveries = 0;
+    for member in &members {
+        let received = member.received();
+        assert!(!received.is_empty(), "{} got no share", member.name);
+        deliveries += received.len();
+        for event in &received {
+            let owner = owner_of_interview
+                .entry(interview_id(event).to_owned())
+                .or_insert(member.name.clone());
+            assert_eq!(owner, &member.name, "{} split", interview_id(event));
+        }
+        in_order_per_interview(member);
+        assert!(member.refused.lock().unwrap().is_empty());
+    }
+    assert_eq!(deliveries, 300, "an event reached two members");
+    assert_eq!(owner_of_interview.len(), 30);
+}
+
+async fn a_departed_members_unacknowledged_events_reach_the_others(env: Env) {
+    let a = Member::join("a", env.for_member(0).0, env.for_member(0).1, "audit").await;
+    let b = Member::join("b", env.for_member(1).0, env.for_member(1).1, "audit").await;
+    let c = Member::join("c", env.for_member(2).0, env.for_member(2).1, "audit").await;
+    settled(&[&a, &b, &c]).await;
+
+    // c takes its share and acknowledges nothing, then goes away mid-stream.
+    c.acking.store(false, Ordering::SeqCst);
+    env.post("leave", 30, 5).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while c.received().len() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "c received nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unacked: BTreeSet<u64> = c.received().iter().map(|e| e.sequence).collect();
+    c.leave();
+    settled(&[&a, &b]).await;
+    env.post("after", 30, 5).await;
+    all_received(&[&a, &b], 300).await;
+
+    // Nothing is lost: every event is acknowledged by a or b, c's unacknowledged ones included.
+    let acked = || -> BTreeSet<u64> {
+        a.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .chain(b.acked.lock().unwrap().iter())
+            .copied()
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while acked().len() < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "acks missing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked = acked();
+    assert_eq!(acked, (1..=300).collect());
+    assert!(unacked.is_subset(&acked));
+    in_order_per_interview(&a);
+    in_order_per_interview(&b);
+}
+
+async fn a_member_that_joins_late_gets_work(env: Env) {
+    let a = Member::join("a", env.for_member(0).0, env.for_member(0).1, "late").await;
+    settled(&[&a]).await;
+    env.post("early", 20, 2).await;
+    all_received(&[&a], 40).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while a.acked.lock().unwrap().len() < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "a did not ack");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let d = Member::join("d", env.for_member(1).0, env.for_member(1).1, "late").await;
+    settled(&[&a, &d]).await;
+    assert!(!d.partitions().is_empty());
+    env.post("later", 20, 2).await;
+    all_received(&[&a, &d], 80).await;
+    assert!(
+        d.received().iter().any(|e| e.sequence > 40),
+        "the late member got no work"
+    );
+    // It started after the group's cursors, not from the beginning.
+    assert!(d.received().iter().all(|e| e.sequence > 40));
+}
+
+async fn a_stale_members_ack_is_refused(env: Env) {
+    let a = Member::join("a", env.for_member(0).0, env.for_member(0).1, "fenced").await;
+    settled(&[&a]).await;
+    a.acking.store(false, Ordering::SeqCst);
+    env.post("stale", 24, 1).await;
+    all_received(&[&a], 24).await;
+    let held = a.received();
+
+    // b joins: some partitions move to it, with a's unacknowledged events.
+    let b = Member::join("b", env.for_member(1).0, env.for_member(1).1, "fenced").await;
+    settled(&[&a, &b]).await;
+    let moved = b.partitions();
+    let stale = held
+        .iter()
+        .find(|e| moved.contains(&incode_gateway::groups::partition_of(e, PARTITIONS)))
+        .expect("no event of a partition that moved");
+    let mut client = a.ack_client.clone();
+    let status = client
+        .ack(AckRequest {
+            group: "fenced".into(),
+            member_id: a.member_id(),
+            sequence: stale.sequence,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("does not own"),
+        "{}",
+        status.message()
+    );
+    // The new owner receives it again.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !b.received().iter().any(|e| e.sequence == stale.sequence) {
+        assert!(tokio::time::Instant::now() < deadline, "never redelivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the Prometheus series `name` whose labels include `labels`; fails when missing.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.split(['{', ' ']).next() == Some(name)
+                && labels.iter().all(|label| line.contains(label))
+        })
+        .and_then(|line| line.rsplit_once(' '))
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_metrics_show_members_partitions_lag_and_redeliveries() {
+    let env = Env::embedded().await;
+    let gateway = &env.gateways[0];
+    let a = Member::join("a", gateway, gateway, "metered").await;
+    settled(&[&a]).await;
+    a.acking.store(false, Ordering::SeqCst);
+    env.post("metered", 24, 1).await;
+    all_received(&[&a], 24).await;
+    let b = Member::join("b", gateway, gateway, "metered").await;
+    settled(&[&a, &b]).await;
+    // b gets a's unacknowledged events of the partitions that moved to it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while b.received().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing redelivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let text = gateway
+        .http
+        .get(format!("http://{}/metrics", gateway.grpc_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let group = "group=\"metered\"";
+    assert_eq!(metric(&text, "incode_gateway_group_members", &[group]), 2.0);
+    let a_partitions = metric(
+        &text,
+        "incode_gateway_group_partitions",
+        &[group, &format!("member=\"{}\"", a.member_id())],
+    );
+    let b_partitions = metric(
+        &text,
+        "incode_gateway_group_partitions",
+        &[group, &format!("member=\"{}\"", b.member_id())],
+    );
+    assert_eq!(a_partitions + b_partitions, f64::from(PARTITIONS));
+    assert!(a_partitions > 0.0 && b_partitions > 0.0);
+    // Nothing is acknowledged: the group trails the head by every event.
+    assert_eq!(metric(&text, "incode_gateway_group_lag", &[group]), 24.0);
+    assert!(metric(&text, "incode_gateway_group_redeliveries_total", &[group]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_group_requests_are_refused() {
+    let gateway = Gateway::start().await;
+    let mut client = gateway.client().await;
+    for (request, code) in [
+        (
+            SubscribeRequest {
+                group: "g".into(),
+                consumer: "c".into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            SubscribeRequest {
+                group: "bad name".into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            SubscribeRequest {
+                group: "g".into(),
+                group_partitions: 5000,
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+    ] {
+        let status = client.subscribe(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+    let _first = client
+        .subscribe(SubscribeRequest {
+            group: "g".into(),
+            group_partitions: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = client
+        .subscribe(SubscribeRequest {
+            group: "g".into(),
+            group_partitions: 8,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("has 4 partitions"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .ack(AckRequest {
+            group: "g".into(),
+            sequence: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Env::embedded().await).await;
+                }
+            )*
+        }
+        mod nats_two_replicas {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Env::nats().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    three_members_share_the_stream_by_interview,
+    a_departed_members_unacknowledged_events_reach_the_others,
+    a_member_that_joins_late_gets_work,
+    a_stale_members_ack_is_refused,
+);
