@@ -2,7 +2,9 @@
 //! `INCODE_GATEWAY_*` environment equivalents. `incode-gateway serve --help` lists every key with
 //! its default; this file is the one place they are defined. Authentication settings may also
 //! come from a TOML file ([`file`]); flags and environment override it. The tools' options
-//! (`tail`, `simulate`) are defined beside the tools, in [`crate::tools`].
+//! (`tail`, `simulate`) are defined beside the tools, in [`crate::tools`], and so are two
+//! groups of `serve` options: the public listener's limits ([`crate::http::PublicListenerArgs`])
+//! and the client authentication limits ([`crate::auth::ClientAuthLimitArgs`]).
 
 pub mod file;
 
@@ -174,6 +176,13 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthArgs,
 
+    /// Timeouts and limits of the public listener, and whom it trusts.
+    #[command(flatten)]
+    pub public_listener: crate::http::PublicListenerArgs,
+
+    /// Limits on client authentication at the token endpoint.
+    #[command(flatten)]
+    pub client_auth_limits: crate::auth::ClientAuthLimitArgs,
     /// The NATS JetStream backend (`--storage nats`).
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -398,13 +407,15 @@ pub struct AuthArgs {
     )]
     pub oauth_client_secret: Option<Secret>,
 
-    /// Lifetime of the access tokens /oauth/token issues (its `expires_in`) [default: 1h].
+    /// Lifetime of the access tokens /oauth/token issues (its `expires_in`), at most 24h
+    /// [default: 1h].
     #[arg(long, env = "INCODE_GATEWAY_TOKEN_TTL", value_parser = parse_duration)]
     pub token_ttl: Option<Duration>,
 
     /// File with the base64 key that signs access tokens (at least 32 random bytes, e.g. from
-    /// `openssl rand -base64 32`); every replica needs the same one. Without a signing key a
-    /// random one is generated at start-up, and tokens do not survive a restart.
+    /// `openssl rand -base64 32`); every replica needs the same one. Without one, the embedded
+    /// storage generates a key on first start and keeps it in --data-dir (`token-signing-key`,
+    /// mode 0600); the memory storage uses a random key, and tokens do not survive a restart.
     #[arg(
         long,
         env = "INCODE_GATEWAY_TOKEN_SIGNING_KEY_FILE",
@@ -487,7 +498,7 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
 }
 
 /// A duration that must not be zero (an interval of nothing would spin).
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(Duration::ZERO) => Err("must be longer than zero".to_owned()),
         Ok(duration) => Ok(duration),

@@ -1,6 +1,6 @@
 //! Wires the event log and both listeners together, and takes them down in order.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -130,11 +130,16 @@ async fn serve(
         AppState::new(log.clone(), auth, metrics.clone()),
         HttpSettings {
             max_body_bytes: config.max_body_bytes,
+            trust_incoming_trace_context: config.public_listener.trust_incoming_trace_context,
         },
     );
-    // The peer address feeds the throttle on failed client authentication.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let http = axum::serve(public, app).with_graceful_shutdown(token.clone().cancelled_owned());
+    let http = http::serve(
+        public,
+        app,
+        config.public_listener.limits(),
+        config.public_listener.trusted_proxies(),
+        token.clone(),
+    );
     let cursors = Cursors::new(
         storage.state.clone(),
         usize::try_from(config.max_consumers).unwrap_or(usize::MAX),

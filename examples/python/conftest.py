@@ -28,7 +28,14 @@ PROTO = REPO / "proto"
 
 # Flags every test gateway is started with, besides its ports and data directory. The one place
 # to add a flag the gateway starts requiring.
-GATEWAY_FLAGS = ["--log-format", "json", "--allow-unauthenticated-webhooks"]
+# The trace test plays Incode's caller with a traceparent of its own and checks that the event
+# continues it; by default the gateway only links an incoming trace.
+GATEWAY_FLAGS = [
+    "--log-format",
+    "json",
+    "--allow-unauthenticated-webhooks",
+    "--trust-incoming-trace-context",
+]
 
 # Tracing on, so that events carry the W3C trace context of the webhook that brought them. The
 # collector address is a closed port: spans are dropped, quickly.

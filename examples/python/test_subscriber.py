@@ -230,6 +230,74 @@ def test_events_are_handled_without_opentelemetry(subscriber, monkeypatch):
         assert span is None
 
 
+def nested(depth: int, objects_only: bool):
+    """A value that makes a body nest ``depth`` levels in all (the body itself is level 1)."""
+    value = "leaf"
+    for level in range(depth, 1, -1):
+        value = {"k": value} if objects_only or level % 2 == 0 else [value]
+    return value
+
+
+def post_status(gateway, path: str, body: bytes) -> int:
+    import urllib.error
+
+    try:
+        status, _ = gateway.post(path, body)
+        return status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_adversarial_but_accepted_bodies_decode_in_python(subscriber, gateway, tls):
+    """What the gateway accepts, the Python protobuf runtime decodes: the deepest nesting it
+    allows (objects cost the most levels), odd keys and strings, the largest exact integers,
+    large lists, and an unknown kind nested far deeper (kept as text)."""
+    from incode.gateway.v1 import events_pb2
+
+    ids = [interview_id() for _ in range(6)]
+    extras = [
+        {"deep": nested(24, objects_only=True)},
+        {"deep": nested(24, objects_only=False)},
+        {"\u0000": "\u0000", "": {"": [None, True, False]}, "😀\u2028": "\U0010ffff"},
+        {"exact": [2**53, -(2**53), 1e308, -0.0, 5e-324, 0.1]},
+        {"many": list(range(5000)), "long": "x" * 30000},
+    ]
+    for session, extra in zip(ids, extras):
+        gateway.notify(
+            "/webhooks/incode/onboarding-status",
+            {"interviewId": session, "onboardingStatus": "ONBOARDING_FINISHED", **extra},
+        )
+    unknown_kind = json.dumps({"interviewId": ids[5], "x": nested(100, objects_only=False)})
+    assert post_status(gateway, "/webhooks/incode/document-expired", unknown_kind.encode()) == 200
+
+    # One level deeper, or an integer a double cannot hold, is refused before it is stored.
+    too_deep = {"interviewId": interview_id(), "onboardingStatus": "UNKNOWN", "deep": nested(25, True)}
+    assert post_status(gateway, "/webhooks/incode/onboarding-status", json.dumps(too_deep).encode()) == 422
+    inexact = {"interviewId": interview_id(), "onboardingStatus": "UNKNOWN", "n": 2**53 + 1}
+    assert post_status(gateway, "/webhooks/incode/onboarding-status", json.dumps(inexact).encode()) == 422
+
+    with tls_channel(subscriber, gateway, tls) as channel:
+        stub = subscriber.event_stream_pb2_grpc.EventStreamServiceStub(channel)
+        events = stored_events(
+            stub,
+            subscriber.subscribe_request(interview_ids=ids),
+            subscriber.call_metadata(tls.token),
+        )
+
+    assert [event_id(event) for event in events] == ids
+    for event, extra in zip(events, extras):
+        # Decoded once by grpcio from the stream; again from its own bytes.
+        again = events_pb2.Event.FromString(event.SerializeToString())
+        assert again == event
+        fields = json_format.MessageToDict(event.onboarding_status_changed.additional_fields)
+        assert fields == extra
+    kept = events[5].unrecognized_notification
+    assert kept.raw_json == unknown_kind
+
+
+def event_id(event) -> str:
+    kind = event.WhichOneof("payload")
+    return getattr(event, kind).interview_id
 
 def rpc_error(call) -> grpc.RpcError:
     """The error a call that must fail raised."""

@@ -2,13 +2,19 @@
 //!
 //! Plain secrets are kept only as SHA-256 digests and compared in constant time (a fixed-length
 //! digest, so the secret's length does not leak either); hashed secrets are argon2id PHC strings,
-//! verified with the parameters they carry. A client may have several secrets, so that one can
-//! be rotated without downtime.
+//! verified with the parameters they carry, which must lie within [`ARGON2_BOUNDS`]: strong
+//! enough to be worth hashing, cheap enough that a request cannot make the gateway spend seconds
+//! of CPU. A client may have several secrets, so that one can be rotated without downtime.
+//!
+//! Every check does the same argon2 work, whether the client id is known or not and whichever of
+//! its secrets matches: as many verifications, with the same parameters, as the client with the
+//! costliest secrets needs (the rest against decoy hashes). So the time of an answer tells
+//! nothing about which client ids exist.
 
 use std::{collections::HashMap, fmt};
 
 use argon2::{
-    Argon2,
+    Algorithm, Argon2, Params, Version,
     password_hash::{
         PasswordHash, PasswordHashString, PasswordHasher, PasswordVerifier, SaltString,
         rand_core::OsRng,
@@ -21,6 +27,40 @@ use super::Secret;
 
 /// Longest accepted client id, in bytes.
 const MAX_CLIENT_ID_LEN: usize = 256;
+
+/// The accepted argon2id parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Argon2Bounds {
+    /// Memory in KiB (`m`): at least, at most.
+    pub memory_kib: (u32, u32),
+    /// Passes (`t`): at least, at most.
+    pub iterations: (u32, u32),
+    /// Lanes (`p`): at least, at most.
+    pub parallelism: (u32, u32),
+    /// Least `m × t`: OWASP's weakest recommended combination is m = 7 MiB with t = 5.
+    pub min_memory_times_iterations: u64,
+}
+
+/// The bounds hashed secrets are checked against when the configuration is loaded. OWASP's
+/// recommendations (m = 19 MiB, t = 2, p = 1, the `hash-secret` default, and its equivalents)
+/// are inside; a single check costs at most 256 MiB and 16 passes.
+pub const ARGON2_BOUNDS: Argon2Bounds = Argon2Bounds {
+    memory_kib: (7 * 1024, 256 * 1024),
+    iterations: (1, 16),
+    parallelism: (1, 8),
+    min_memory_times_iterations: 7 * 1024 * 5,
+};
+
+impl Argon2Bounds {
+    fn contain(&self, params: &Params) -> bool {
+        let within = |value: u32, (low, high): (u32, u32)| (low..=high).contains(&value);
+        within(params.m_cost(), self.memory_kib)
+            && within(params.t_cost(), self.iterations)
+            && within(params.p_cost(), self.parallelism)
+            && u64::from(params.m_cost()) * u64::from(params.t_cost())
+                >= self.min_memory_times_iterations
+    }
+}
 
 /// The identifier of a configured OAuth client. Not a secret: it is logged and becomes the
 /// `sub` of the client's tokens.
@@ -110,9 +150,36 @@ pub enum ClientConfigError {
         /// The algorithm the hash names.
         algorithm: String,
     },
+    /// A hash's parameters are outside [`ARGON2_BOUNDS`].
+    #[error(
+        "a secret of OAuth client `{client}` is hashed with m={memory_kib},t={iterations},p={parallelism}; \
+         accepted are m from 7168 to 262144 (KiB), t from 1 to 16, p from 1 to 8, and m×t at least \
+         35840; `incode-gateway hash-secret` uses m=19456,t=2,p=1"
+    )]
+    HashParamsOutOfBounds {
+        /// The client.
+        client: ClientId,
+        /// `m`.
+        memory_kib: u32,
+        /// `t`.
+        iterations: u32,
+        /// `p`.
+        parallelism: u32,
+    },
     /// A decoy hash for unknown clients could not be computed.
     #[error("could not prepare argon2 verification")]
     Decoy(#[source] argon2::password_hash::Error),
+}
+
+/// Why presented credentials were refused; for the log, never for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialsRefused {
+    /// No client has this id.
+    #[error("unknown client id")]
+    UnknownClient,
+    /// The client exists; the secret is none of its secrets.
+    #[error("wrong secret for a known client id")]
+    WrongSecret,
 }
 
 /// A client as configured: its id and every secret it may authenticate with, each either plain
@@ -154,10 +221,18 @@ impl StoredSecret {
                 algorithm: hash.algorithm.to_string(),
             });
         }
-        argon2::Params::try_from(&hash).map_err(|source| ClientConfigError::InvalidHash {
+        let params = Params::try_from(&hash).map_err(|source| ClientConfigError::InvalidHash {
             client: client.clone(),
             source,
         })?;
+        if !ARGON2_BOUNDS.contain(&params) {
+            return Err(ClientConfigError::HashParamsOutOfBounds {
+                client: client.clone(),
+                memory_kib: params.m_cost(),
+                iterations: params.t_cost(),
+                parallelism: params.p_cost(),
+            });
+        }
         if hash.salt.is_none() || hash.hash.is_none() {
             return Err(ClientConfigError::IncompleteHash {
                 client: client.clone(),
@@ -179,9 +254,10 @@ pub struct ClientCredentials {
 /// The configured clients.
 pub struct ClientRegistry {
     clients: HashMap<ClientId, Vec<StoredSecret>>,
-    /// Verified against for unknown client ids when hashed secrets are in use, so that an unknown
-    /// id takes as long to refuse as a known one.
-    decoy: Option<PasswordHashString>,
+    /// Hashes of random secrets with the parameters of the costliest client's hashed secrets.
+    /// Every check verifies the client's own hashes, then as many of these as it takes to match
+    /// that client's work, so that no id answers faster or slower than another.
+    padding: Vec<PasswordHashString>,
 }
 
 impl fmt::Debug for ClientRegistry {
@@ -206,22 +282,43 @@ impl ClientRegistry {
                 .iter()
                 .map(|secret| StoredSecret::parse(&id, secret))
                 .collect::<Result<Vec<_>, _>>()?;
+            let ambiguous = changes_under_form_decoding(id.as_str())
+                || config.secrets.iter().any(|secret| {
+                    !secret.expose().starts_with("$argon2")
+                        && changes_under_form_decoding(secret.expose())
+                });
+            if ambiguous {
+                tracing::warn!(
+                    client = %id,
+                    "this OAuth client's id or a plain secret contains '%' or '+': in HTTP Basic, \
+                     clients must form-urlencode them (RFC 6749 section 2.3.1), which many skip; \
+                     prefer ids and secrets of letters and digits"
+                );
+            }
             if clients.contains_key(&id) {
                 return Err(ClientConfigError::DuplicateClient { client: id });
             }
             clients.insert(id, secrets);
         }
-        let uses_hashes = clients
+        let costliest = clients
             .values()
-            .flatten()
-            .any(|secret| matches!(secret, StoredSecret::Argon2id(_)));
-        let decoy = if uses_hashes {
-            let random = SaltString::generate(&mut OsRng);
-            Some(hash_secret(random.as_str()).map_err(ClientConfigError::Decoy)?)
-        } else {
-            None
-        };
-        Ok(Self { clients, decoy })
+            .map(|secrets| {
+                secrets
+                    .iter()
+                    .filter_map(StoredSecret::params)
+                    .collect::<Vec<_>>()
+            })
+            .max_by_key(|params| params.iter().map(cost).sum::<u64>())
+            .unwrap_or_default();
+        let padding = costliest
+            .iter()
+            .map(|params| {
+                let random = SaltString::generate(&mut OsRng);
+                hash_with(random.as_str(), params.clone())
+            })
+            .collect::<Result<_, _>>()
+            .map_err(ClientConfigError::Decoy)?;
+        Ok(Self { clients, padding })
     }
 
     /// Whether no client is configured.
@@ -242,40 +339,74 @@ impl ClientRegistry {
     /// The client these credentials belong to, if the secret is one of its secrets.
     ///
     /// Argon2 is slow by design: call this on a blocking thread.
-    pub fn verify(&self, credentials: &ClientCredentials) -> Option<ClientId> {
+    pub fn verify(&self, credentials: &ClientCredentials) -> Result<ClientId, CredentialsRefused> {
         let presented = credentials.secret.expose();
         let presented_digest = digest(presented);
-        let Some((id, secrets)) = self.clients.get_key_value(credentials.id.as_str()) else {
-            // Do the work a known client would cost, then refuse.
-            let _ = presented_digest.ct_eq(&[0; 32]);
-            if let Some(decoy) = &self.decoy {
-                let _ = verify_hash(decoy, presented);
-            }
-            return None;
+        let (id, secrets) = match self.clients.get_key_value(credentials.id.as_str()) {
+            Some((id, secrets)) => (Some(id), secrets.as_slice()),
+            None => (None, &[][..]),
         };
-        let plain_match = secrets
+        // Plain secrets: every one compared, in constant time.
+        let mut matched = secrets
             .iter()
             .filter_map(|secret| match secret {
                 StoredSecret::Plain(expected) => Some(expected.ct_eq(&presented_digest)),
                 StoredSecret::Argon2id(_) => None,
             })
             .fold(Choice::from(0), |matched, this| matched | this);
-        if bool::from(plain_match) {
-            return Some(id.clone());
+        if id.is_none() {
+            let _ = presented_digest.ct_eq(&[0; 32]);
         }
-        let hash_match = secrets.iter().any(|secret| match secret {
-            StoredSecret::Argon2id(hash) => verify_hash(hash, presented),
-            StoredSecret::Plain(_) => false,
-        });
-        hash_match.then(|| id.clone())
+        // Hashed secrets: every one verified (no early exit), then padded to the costliest work.
+        let mut verified = 0;
+        for secret in secrets {
+            if let StoredSecret::Argon2id(hash) = secret {
+                matched |= Choice::from(u8::from(verify_hash(hash, presented)));
+                verified += 1;
+            }
+        }
+        for decoy in self.padding.iter().skip(verified) {
+            let _ = verify_hash(decoy, presented);
+        }
+        match (id, bool::from(matched)) {
+            (Some(id), true) => Ok(id.clone()),
+            (Some(_), false) => Err(CredentialsRefused::WrongSecret),
+            (None, _) => Err(CredentialsRefused::UnknownClient),
+        }
     }
+}
+
+impl StoredSecret {
+    fn params(&self) -> Option<Params> {
+        match self {
+            Self::Plain(_) => None,
+            Self::Argon2id(hash) => Params::try_from(&hash.password_hash()).ok(),
+        }
+    }
+}
+
+/// The work of one verification, in KiB × passes × lanes.
+fn cost(params: &Params) -> u64 {
+    u64::from(params.m_cost()) * u64::from(params.t_cost()) * u64::from(params.p_cost())
+}
+
+/// Whether an id or a plain secret reads differently once form-urlencoded and decoded again.
+fn changes_under_form_decoding(text: &str) -> bool {
+    text.contains(['%', '+'])
 }
 
 /// Hashes a secret with argon2id (the `argon2` crate's defaults, which follow OWASP's
 /// recommendation) and a random salt, as a PHC string.
 pub fn hash_secret(secret: &str) -> Result<PasswordHashString, argon2::password_hash::Error> {
+    hash_with(secret, Params::default())
+}
+
+fn hash_with(
+    secret: &str,
+    params: Params,
+) -> Result<PasswordHashString, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password(secret.as_bytes(), &salt)?
         .serialize())
 }
@@ -317,19 +448,31 @@ mod tests {
             client("b", &[hashed.as_str()]),
         ])
         .unwrap();
-        let a = registry.get("a").cloned();
+        let a = registry
+            .get("a")
+            .cloned()
+            .ok_or(CredentialsRefused::UnknownClient);
+        let wrong = Err(CredentialsRefused::WrongSecret);
         assert_eq!(registry.verify(&credentials("a", "one")), a);
         assert_eq!(registry.verify(&credentials("a", "two")), a);
-        assert_eq!(registry.verify(&credentials("a", "three")), None);
-        assert_eq!(registry.verify(&credentials("a", "")), None);
-        assert_eq!(registry.verify(&credentials("b", "one")), None);
+        assert_eq!(registry.verify(&credentials("a", "three")), wrong);
+        assert_eq!(registry.verify(&credentials("a", "")), wrong);
+        assert_eq!(registry.verify(&credentials("b", "one")), wrong);
         assert_eq!(
             registry.verify(&credentials("b", "hashed-secret")),
-            registry.get("b").cloned()
+            registry
+                .get("b")
+                .cloned()
+                .ok_or(CredentialsRefused::UnknownClient)
         );
-        assert_eq!(registry.verify(&credentials("c", "one")), None);
+        assert_eq!(
+            registry.verify(&credentials("c", "one")),
+            Err(CredentialsRefused::UnknownClient)
+        );
         // The hash itself is not a password.
-        assert_eq!(registry.verify(&credentials("b", hashed.as_str())), None);
+        assert_eq!(registry.verify(&credentials("b", hashed.as_str())), wrong);
+        // Unknown ids and plain-secret clients do the costliest client's argon2 work too.
+        assert_eq!(registry.padding.len(), 1);
     }
 
     #[test]
@@ -349,6 +492,34 @@ mod tests {
                 "PHC string",
             ),
             (vec![client("a", &[argon2i])], "only argon2id"),
+            (
+                vec![client(
+                    "a",
+                    &["$argon2id$v=19$m=4096,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"],
+                )],
+                "m=4096,t=2,p=1",
+            ),
+            (
+                vec![client(
+                    "a",
+                    &["$argon2id$v=19$m=1048576,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"],
+                )],
+                "accepted are m from 7168",
+            ),
+            (
+                vec![client(
+                    "a",
+                    &["$argon2id$v=19$m=19456,t=100,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"],
+                )],
+                "t=100",
+            ),
+            (
+                vec![client(
+                    "a",
+                    &["$argon2id$v=19$m=8192,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"],
+                )],
+                "m×t at least",
+            ),
         ];
         for (configs, expected) in cases {
             let error = ClientRegistry::new(configs).unwrap_err().to_string();

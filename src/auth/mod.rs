@@ -20,12 +20,16 @@ use std::{net::IpAddr, sync::Arc, time::Instant};
 use axum::http::HeaderMap;
 
 pub use clients::{
-    ClientConfig, ClientConfigError, ClientCredentials, ClientId, ClientRegistry, hash_secret,
+    ARGON2_BOUNDS, Argon2Bounds, ClientConfig, ClientConfigError, ClientCredentials, ClientId,
+    ClientRegistry, CredentialsRefused, hash_secret,
 };
 pub use hash_command::{HashSecretError, hash_secret_command};
 pub use secret::Secret;
-pub use settings::{AuthSettings, AuthSetupError};
-pub use throttle::{FailureThrottle, ThrottleSettings, Throttled};
+pub use settings::{
+    AuthSettings, AuthSetupError, ClientAuthLimitArgs, DEFAULT_TOKEN_TTL, KeyPolicy, MAX_TOKEN_TTL,
+    SIGNING_KEY_FILE,
+};
+pub use throttle::{Charge, FailureThrottle, ThrottleSettings, Throttled};
 pub use token::{
     ALGORITHM, AUDIENCE, Claims, ISSUER, IssueError, IssuedToken, KeyError, LEEWAY, MIN_KEY_BYTES,
     TokenError, TokenKey, TokenSettings, Tokens,
@@ -38,9 +42,12 @@ pub enum ClientAuthError {
     /// The source failed too often lately.
     #[error("too many failed client authentications from this address; retry later")]
     Throttled(Throttled),
-    /// Unknown client, or a secret that is not one of its secrets.
+    /// Too many secret checks are running; the attempt was not checked (nor charged).
+    #[error("too many client authentications are being checked; retry shortly")]
+    Busy,
+    /// Unknown client, or a secret that is not one of its secrets (the reason is for the log).
     #[error("client authentication failed")]
-    InvalidClient,
+    InvalidClient(CredentialsRefused),
     /// The verification task failed.
     #[error("client authentication could not be completed")]
     Internal(#[source] tokio::task::JoinError),
@@ -53,6 +60,8 @@ pub struct Auth {
     tokens: Tokens,
     webhook_headers: Vec<WebhookHeader>,
     throttle: FailureThrottle,
+    /// Permits for argon2 checks running at once; an attempt finding none is refused at once.
+    secret_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Auth {
@@ -92,6 +101,9 @@ impl Auth {
             tokens: Tokens::new(settings.tokens),
             webhook_headers: settings.webhook_headers,
             throttle: FailureThrottle::new(settings.throttle),
+            secret_checks: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_secret_checks,
+            )),
         })
     }
 
@@ -110,31 +122,37 @@ impl Auth {
         !self.clients.is_empty()
     }
 
-    /// The client one of `candidates` authenticates as. `candidates` are alternative readings of
-    /// one set of credentials; the whole call counts as one attempt for `source`'s throttle.
+    /// The client `credentials` authenticate as. `source` is the client's address, whose failures
+    /// are throttled.
     pub async fn authenticate_client(
         self: Arc<Self>,
         source: IpAddr,
-        candidates: Vec<ClientCredentials>,
+        credentials: ClientCredentials,
     ) -> Result<ClientId, ClientAuthError> {
-        self.throttle
+        let charge = self
+            .throttle
             .try_acquire(source, Instant::now())
             .map_err(ClientAuthError::Throttled)?;
+        // Fail fast rather than queue: a queue of argon2 checks is a queue of seconds.
+        let Ok(permit) = self.secret_checks.clone().try_acquire_owned() else {
+            self.throttle.refund(charge, Instant::now());
+            return Err(ClientAuthError::Busy);
+        };
         let auth = self.clone();
         // Argon2 takes tens of milliseconds of CPU by design: keep it off the async workers.
         let verified = tokio::task::spawn_blocking(move || {
-            candidates
-                .iter()
-                .find_map(|credentials| auth.clients.verify(credentials))
+            let verified = auth.clients.verify(&credentials);
+            drop(permit);
+            verified
         })
         .await
         .map_err(ClientAuthError::Internal)?;
         match verified {
-            Some(client) => {
-                self.throttle.refund(source, Instant::now());
+            Ok(client) => {
+                self.throttle.refund(charge, Instant::now());
                 Ok(client)
             }
-            None => Err(ClientAuthError::InvalidClient),
+            Err(reason) => Err(ClientAuthError::InvalidClient(reason)),
         }
     }
 
@@ -154,5 +172,95 @@ impl Auth {
         };
         webhook::check_headers(&self.webhook_headers, headers)?;
         Ok(Authenticated::new(client))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, time::Duration};
+
+    use super::*;
+
+    fn auth(burst: u32) -> Arc<Auth> {
+        Arc::new(
+            Auth::new(AuthSettings {
+                clients: vec![ClientConfig {
+                    id: "incode".into(),
+                    secrets: vec![Secret::new("s3cret")],
+                }],
+                tokens: TokenSettings {
+                    ttl: Duration::from_secs(60),
+                    signing_key: TokenKey::generate().unwrap(),
+                    verify_only_keys: Vec::new(),
+                },
+                webhook_headers: Vec::new(),
+                allow_unauthenticated_webhooks: false,
+                throttle: ThrottleSettings {
+                    burst,
+                    ..ThrottleSettings::default()
+                },
+                max_concurrent_secret_checks: 2,
+            })
+            .unwrap(),
+        )
+    }
+
+    fn credentials(secret: &str) -> ClientCredentials {
+        ClientCredentials {
+            id: "incode".into(),
+            secret: Secret::new(secret),
+        }
+    }
+
+    const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+    #[tokio::test]
+    async fn secret_checks_fail_fast_when_all_are_taken_and_are_not_charged() {
+        let auth = auth(3);
+        let held = auth
+            .secret_checks
+            .clone()
+            .acquire_many_owned(2)
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            let refused = auth
+                .clone()
+                .authenticate_client(SOURCE, credentials("x"))
+                .await;
+            assert!(matches!(refused, Err(ClientAuthError::Busy)), "{refused:?}");
+        }
+        drop(held);
+        // Ten refusals while busy charged nothing: three failures are still allowed.
+        for _ in 0..3 {
+            let refused = auth
+                .clone()
+                .authenticate_client(SOURCE, credentials("x"))
+                .await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(ClientAuthError::InvalidClient(
+                        CredentialsRefused::WrongSecret
+                    ))
+                ),
+                "{refused:?}"
+            );
+        }
+        let throttled = auth
+            .clone()
+            .authenticate_client(SOURCE, credentials("s3cret"))
+            .await;
+        assert!(
+            matches!(throttled, Err(ClientAuthError::Throttled(_))),
+            "{throttled:?}"
+        );
+        let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        assert!(
+            auth.clone()
+                .authenticate_client(other, credentials("s3cret"))
+                .await
+                .is_ok()
+        );
     }
 }

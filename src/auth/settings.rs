@@ -6,17 +6,110 @@ use std::{
     time::Duration,
 };
 
+use clap::Args;
+
 use super::{
     ClientConfig, ClientConfigError, KeyError, Secret, ThrottleSettings, TokenKey, TokenSettings,
     WebhookHeader, WebhookHeaderError,
 };
 use crate::config::{
-    AuthArgs, Config,
+    AuthArgs, Config, StorageKind,
     file::{ConfigFile, ConfigFileError},
 };
 
 /// Token lifetime when none is configured.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Longest accepted token lifetime: a stolen token must not stay good for days.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Name of the signing key file the gateway generates in its data directory.
+pub const SIGNING_KEY_FILE: &str = "token-signing-key";
+
+/// Limits on client authentication at the token endpoint: the throttle on failures per client
+/// address, and the number of argon2 secret checks at once.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Client authentication limits")]
+pub struct ClientAuthLimitArgs {
+    /// Failed client authentications one client address may make in a row before it is
+    /// throttled (answered 429 with Retry-After).
+    #[arg(long, env = "INCODE_GATEWAY_AUTH_FAILURE_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub auth_failure_burst: u32,
+
+    /// After the burst, one more attempt per this much time.
+    #[arg(long, env = "INCODE_GATEWAY_AUTH_FAILURE_INTERVAL", default_value = "6s", value_parser = crate::config::parse_positive_duration)]
+    pub auth_failure_interval: Duration,
+
+    /// Most client addresses the throttle tracks at once (about 100 bytes each). When full,
+    /// the addresses it cannot track share one budget: it fails closed.
+    #[arg(long, env = "INCODE_GATEWAY_AUTH_THROTTLE_MAX_ADDRESSES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_throttle_max_addresses: u32,
+
+    /// Do not throttle failed client authentication (for example when a proxy in front
+    /// already does).
+    #[arg(
+        long,
+        env = "INCODE_GATEWAY_DISABLE_AUTH_THROTTLE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub disable_auth_throttle: bool,
+
+    /// Most argon2 secret checks running at once; a token request finding none free is answered
+    /// 503 (temporarily_unavailable) at once. Only hashed secrets cost argon2 time.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_CONCURRENT_SECRET_CHECKS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_concurrent_secret_checks: u32,
+}
+
+impl Default for ClientAuthLimitArgs {
+    fn default() -> Self {
+        Self {
+            auth_failure_burst: 10,
+            auth_failure_interval: Duration::from_secs(6),
+            auth_throttle_max_addresses: 65_536,
+            disable_auth_throttle: false,
+            max_concurrent_secret_checks: 2,
+        }
+    }
+}
+
+impl ClientAuthLimitArgs {
+    /// The throttle these options describe.
+    pub fn throttle(&self) -> ThrottleSettings {
+        ThrottleSettings {
+            enabled: !self.disable_auth_throttle,
+            burst: self.auth_failure_burst,
+            replenish_every: self.auth_failure_interval,
+            max_sources: usize::try_from(self.auth_throttle_max_addresses).unwrap_or(usize::MAX),
+            ..ThrottleSettings::default()
+        }
+    }
+}
+
+/// Where the token signing key comes from when none is configured. The caller picks it from the
+/// storage backend: what replicas share decides what they need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPolicy {
+    /// Generate one on first start and keep it in this file (mode 0600), so that tokens survive
+    /// a restart. For a single gateway with its own data directory.
+    PersistInDataDir(PathBuf),
+    /// A random key for the life of the process, with a warning. For storage that does not
+    /// survive a restart either.
+    Ephemeral,
+    /// Refuse to start: replicas behind one load balancer must all verify each other's tokens,
+    /// so the key must be configured, the same on each.
+    RequireConfigured,
+}
+
+impl KeyPolicy {
+    /// The policy for a storage backend.
+    pub fn for_storage(storage: StorageKind, data_dir: &Path) -> Self {
+        match storage {
+            StorageKind::Embedded => Self::PersistInDataDir(data_dir.join(SIGNING_KEY_FILE)),
+            StorageKind::Memory => Self::Ephemeral,
+            StorageKind::Nats => Self::RequireConfigured,
+        }
+    }
+}
 
 /// Everything [`super::Auth`] is built from.
 #[derive(Debug)]
@@ -31,6 +124,8 @@ pub struct AuthSettings {
     pub allow_unauthenticated_webhooks: bool,
     /// The throttle on failed client authentication.
     pub throttle: ThrottleSettings,
+    /// Most argon2 secret checks at once.
+    pub max_concurrent_secret_checks: usize,
 }
 
 /// Why the authentication settings are not usable. Messages never include secret values.
@@ -77,9 +172,31 @@ pub enum AuthSetupError {
     /// No signing key was configured and none could be generated.
     #[error("could not generate a token signing key")]
     GenerateKey(#[source] KeyError),
+    /// The generated signing key could not be stored.
+    #[error("cannot store the generated token signing key in {path}")]
+    WriteKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage backend needs a configured signing key and none is.
+    #[error(
+        "OAuth clients are configured but no token signing key is, and this storage serves several \
+         replicas that must verify each other's tokens: set the same --token-signing-key-file (or \
+         INCODE_GATEWAY_TOKEN_SIGNING_KEY, or oauth.signing_key_file) on every replica"
+    )]
+    SigningKeyRequired,
     /// The token lifetime is shorter than a second.
     #[error("the token lifetime (--token-ttl) must be at least one second")]
     TokenTtlTooShort,
+    /// The token lifetime is longer than allowed.
+    #[error("the token lifetime (--token-ttl) must be at most {}", humantime::format_duration(*max))]
+    TokenTtlTooLong {
+        /// The longest accepted lifetime.
+        max: Duration,
+    },
     /// A webhook header is not usable.
     #[error(transparent)]
     WebhookHeader(#[from] WebhookHeaderError),
@@ -109,10 +226,17 @@ impl AuthSettings {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
-        Self::resolve(&config.auth, file)
+        let policy = KeyPolicy::for_storage(config.storage, &config.data_dir);
+        Self::resolve(&config.auth, &config.client_auth_limits, file, &policy)
     }
 
-    fn resolve(args: &AuthArgs, file: ConfigFile) -> Result<Self, AuthSetupError> {
+    /// Resolves the settings; a missing signing key is handled as `policy` says.
+    pub fn resolve(
+        args: &AuthArgs,
+        limits: &ClientAuthLimitArgs,
+        file: ConfigFile,
+        policy: &KeyPolicy,
+    ) -> Result<Self, AuthSetupError> {
         // `[[subscribers]]` belongs to the internal listener (crate::grpc).
         let ConfigFile {
             oauth, webhooks, ..
@@ -147,6 +271,9 @@ impl AuthSettings {
         if ttl < Duration::from_secs(1) {
             return Err(AuthSetupError::TokenTtlTooShort);
         }
+        if ttl > MAX_TOKEN_TTL {
+            return Err(AuthSetupError::TokenTtlTooLong { max: MAX_TOKEN_TTL });
+        }
 
         let from_flags = signing_key(
             args.token_signing_key.as_ref(),
@@ -160,17 +287,7 @@ impl AuthSettings {
             oauth.signing_key_file.as_deref(),
             "oauth.signing_key_file",
         )?;
-        let signing_key = match from_flags.or(from_file) {
-            Some(key) => key,
-            None => {
-                tracing::warn!(
-                    "no token signing key is configured; using a random one: access tokens will not \
-                     survive a restart and will not work across replicas. Set \
-                     --token-signing-key-file (or INCODE_GATEWAY_TOKEN_SIGNING_KEY) to keep them"
-                );
-                TokenKey::generate().map_err(AuthSetupError::GenerateKey)?
-            }
-        };
+        let configured = from_flags.or(from_file);
 
         let mut verify_only_keys = Vec::new();
         for (index, key) in oauth.verify_keys.iter().enumerate() {
@@ -199,6 +316,16 @@ impl AuthSettings {
             webhook_headers.push(header);
         }
 
+        // Last, once everything else is known to be usable: this may write the data directory.
+        let signing_key = match configured {
+            Some(key) => key,
+            // Without clients no token is ever issued: any key will do.
+            None if clients.is_empty() => {
+                TokenKey::generate().map_err(AuthSetupError::GenerateKey)?
+            }
+            None => unconfigured_signing_key(policy)?,
+        };
+
         Ok(Self {
             clients,
             tokens: TokenSettings {
@@ -209,10 +336,113 @@ impl AuthSettings {
             webhook_headers,
             allow_unauthenticated_webhooks: args.allow_unauthenticated_webhooks
                 || webhooks.allow_unauthenticated,
-            throttle: ThrottleSettings::default(),
+            throttle: limits.throttle(),
+            max_concurrent_secret_checks: usize::try_from(limits.max_concurrent_secret_checks)
+                .unwrap_or(1),
         })
     }
 }
+
+/// The signing key when none is configured, as `policy` says.
+fn unconfigured_signing_key(policy: &KeyPolicy) -> Result<TokenKey, AuthSetupError> {
+    match policy {
+        KeyPolicy::RequireConfigured => Err(AuthSetupError::SigningKeyRequired),
+        KeyPolicy::Ephemeral => {
+            tracing::warn!(
+                "no token signing key is configured; using a random one: access tokens will not \
+                 survive a restart and will not work across replicas. Set \
+                 --token-signing-key-file (or INCODE_GATEWAY_TOKEN_SIGNING_KEY) to keep them"
+            );
+            TokenKey::generate().map_err(AuthSetupError::GenerateKey)
+        }
+        KeyPolicy::PersistInDataDir(path) => load_or_create_key(path),
+    }
+}
+
+/// The key in `path`, generated and written there (mode 0600) on first start.
+fn load_or_create_key(path: &Path) -> Result<TokenKey, AuthSetupError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            warn_if_readable_by_others(path);
+            let key = parse_key(&Secret::new(text), || {
+                format!("the generated key file {}", path.display())
+            })?;
+            tracing::info!(path = %path.display(), key_id = key.id(), "token signing key loaded from the data directory");
+            Ok(key)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = TokenKey::generate().map_err(AuthSetupError::GenerateKey)?;
+            write_key_file(path, &key).map_err(|source| AuthSetupError::WriteKeyFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            tracing::info!(
+                path = %path.display(),
+                key_id = key.id(),
+                "generated a token signing key and stored it in the data directory; to run \
+                 replicas, give each the same key with --token-signing-key-file"
+            );
+            Ok(key)
+        }
+        Err(source) => Err(AuthSetupError::ReadKeyFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes the key as base64 to a temporary file readable by the owner only, flushes it to disk
+/// and renames it into place, so that a crash never leaves half a key behind.
+fn write_key_file(path: &Path, key: &TokenKey) -> std::io::Result<()> {
+    use std::io::Write;
+
+    use base64::Engine;
+
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = (|| {
+        let mut file = options.open(&temporary)?;
+        let text = zeroize::Zeroizing::new(format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(key.expose_bytes())
+        ));
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        // The rename itself must reach the disk too.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "the token signing key file can be read by other users; chmod 600 it"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_path: &Path) {}
 
 fn signing_key(
     inline: Option<&Secret>,
@@ -256,6 +486,15 @@ mod tests {
         config::file::{ClientEntry, OAuthSection, WebhooksSection},
     };
 
+    fn resolve(args: &AuthArgs, file: ConfigFile) -> Result<AuthSettings, AuthSetupError> {
+        AuthSettings::resolve(
+            args,
+            &ClientAuthLimitArgs::default(),
+            file,
+            &KeyPolicy::Ephemeral,
+        )
+    }
+
     const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
     const KEY_B: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
 
@@ -288,8 +527,7 @@ mod tests {
             webhook_headers: vec![Secret::new("X-A=flag")],
             ..AuthArgs::default()
         };
-        let settings =
-            AuthSettings::resolve(&args, file_with_client("incode", "from-file")).unwrap();
+        let settings = resolve(&args, file_with_client("incode", "from-file")).unwrap();
         assert_eq!(settings.clients.len(), 1);
         assert_eq!(settings.clients[0].secrets[0].expose(), "from-flags");
         assert_eq!(settings.tokens.ttl, Duration::from_secs(120));
@@ -305,8 +543,7 @@ mod tests {
         check_headers(&settings.webhook_headers, &with_x_a("flag")).unwrap();
         assert!(check_headers(&settings.webhook_headers, &with_x_a("file")).is_err());
 
-        let settings =
-            AuthSettings::resolve(&AuthArgs::default(), file_with_client("other", "x")).unwrap();
+        let settings = resolve(&AuthArgs::default(), file_with_client("other", "x")).unwrap();
         assert_eq!(settings.tokens.ttl, Duration::from_secs(60));
         let key_a = TokenKey::parse(&Secret::new(KEY_A)).unwrap();
         assert_eq!(settings.tokens.signing_key.id(), key_a.id());
@@ -314,7 +551,7 @@ mod tests {
 
     #[test]
     fn defaults_and_inconsistencies() {
-        let settings = AuthSettings::resolve(&AuthArgs::default(), ConfigFile::default()).unwrap();
+        let settings = resolve(&AuthArgs::default(), ConfigFile::default()).unwrap();
         assert_eq!(settings.tokens.ttl, DEFAULT_TOKEN_TTL);
         assert!(settings.clients.is_empty());
 
@@ -323,7 +560,7 @@ mod tests {
             ..AuthArgs::default()
         };
         assert!(matches!(
-            AuthSettings::resolve(&half, ConfigFile::default()),
+            resolve(&half, ConfigFile::default()),
             Err(AuthSetupError::ClientIdWithoutSecret)
         ));
         let twice = AuthArgs {
@@ -332,14 +569,132 @@ mod tests {
             ..AuthArgs::default()
         };
         assert!(matches!(
-            AuthSettings::resolve(&twice, ConfigFile::default()),
+            resolve(&twice, ConfigFile::default()),
             Err(AuthSetupError::TwoSigningKeys { .. })
         ));
         let short = AuthArgs {
             token_signing_key: Some(Secret::new("c2hvcnQ=")),
             ..AuthArgs::default()
         };
-        let error = AuthSettings::resolve(&short, ConfigFile::default()).unwrap_err();
+        let error = resolve(&short, ConfigFile::default()).unwrap_err();
         assert!(error.to_string().contains("--token-signing-key"), "{error}");
+    }
+
+    fn with_client() -> AuthArgs {
+        AuthArgs {
+            oauth_client_id: Some("incode".into()),
+            oauth_client_secret: Some(Secret::new("s3cret")),
+            ..AuthArgs::default()
+        }
+    }
+
+    fn resolve_with(policy: &KeyPolicy) -> Result<AuthSettings, AuthSetupError> {
+        AuthSettings::resolve(
+            &with_client(),
+            &ClientAuthLimitArgs::default(),
+            ConfigFile::default(),
+            policy,
+        )
+    }
+
+    #[test]
+    fn a_generated_key_is_kept_in_the_data_directory_for_the_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new").join(SIGNING_KEY_FILE);
+        let policy = KeyPolicy::PersistInDataDir(path.clone());
+        let first = resolve_with(&policy).unwrap().tokens.signing_key;
+        let second = resolve_with(&policy).unwrap().tokens.signing_key;
+        assert_eq!(first.id(), second.id(), "the key survives a restart");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            TokenKey::parse(&Secret::new(text)).unwrap().id(),
+            first.id()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Nothing else was left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SIGNING_KEY_FILE]);
+
+        // A damaged file is an error, not a silent new key.
+        std::fs::write(&path, "not base64!").unwrap();
+        let error = resolve_with(&policy).unwrap_err();
+        assert!(error.to_string().contains("generated key file"), "{error}");
+    }
+
+    #[test]
+    fn storage_shared_by_replicas_requires_a_configured_key() {
+        assert!(matches!(
+            resolve_with(&KeyPolicy::RequireConfigured),
+            Err(AuthSetupError::SigningKeyRequired)
+        ));
+        let configured = AuthArgs {
+            token_signing_key: Some(Secret::new(KEY_A)),
+            ..with_client()
+        };
+        let settings = AuthSettings::resolve(
+            &configured,
+            &ClientAuthLimitArgs::default(),
+            ConfigFile::default(),
+            &KeyPolicy::RequireConfigured,
+        )
+        .unwrap();
+        let key_a = TokenKey::parse(&Secret::new(KEY_A)).unwrap();
+        assert_eq!(settings.tokens.signing_key.id(), key_a.id());
+        // Without OAuth clients no key is needed, and nothing is written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SIGNING_KEY_FILE);
+        AuthSettings::resolve(
+            &AuthArgs::default(),
+            &ClientAuthLimitArgs::default(),
+            ConfigFile::default(),
+            &KeyPolicy::PersistInDataDir(path.clone()),
+        )
+        .unwrap();
+        assert!(!path.exists());
+        assert_eq!(
+            KeyPolicy::for_storage(StorageKind::Memory, dir.path()),
+            KeyPolicy::Ephemeral
+        );
+        assert_eq!(
+            KeyPolicy::for_storage(StorageKind::Embedded, dir.path()),
+            KeyPolicy::PersistInDataDir(path)
+        );
+        // Replicas over NATS verify each other's tokens: the key must be configured.
+        assert_eq!(
+            KeyPolicy::for_storage(StorageKind::Nats, dir.path()),
+            KeyPolicy::RequireConfigured
+        );
+    }
+
+    #[test]
+    fn the_token_lifetime_is_bounded() {
+        for (ttl, ok) in [
+            (MAX_TOKEN_TTL, true),
+            (MAX_TOKEN_TTL + Duration::from_secs(1), false),
+            (Duration::from_millis(500), false),
+        ] {
+            let args = AuthArgs {
+                token_ttl: Some(ttl),
+                ..AuthArgs::default()
+            };
+            assert_eq!(resolve(&args, ConfigFile::default()).is_ok(), ok, "{ttl:?}");
+        }
+        let error = resolve(
+            &AuthArgs {
+                token_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+                ..AuthArgs::default()
+            },
+            ConfigFile::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("at most 1day"), "{error}");
     }
 }

@@ -7,9 +7,15 @@
 //! `replenish_every`. (`governor` implements GCRA too, but charges on every check and offers no
 //! refund; its keyed store also grows until pruned by hand.)
 //!
+//! The source is the client's address: the TCP peer, or behind a trusted proxy the address the
+//! proxy reports (see [`crate::http`]), so that an attacker behind the same proxy as Incode only
+//! throttles itself.
+//!
 //! Memory is bounded: at most `max_sources` sources are tracked; sources whose budget is full
-//! again are pruned when room is needed. IPv6 sources are tracked per /64, the block a single
-//! host usually has.
+//! again are pruned when room is needed. When the table is still full, the throttle fails
+//! closed: every source it cannot track shares one more budget of the same size, so no source
+//! goes unthrottled, however many addresses an attacker has. IPv6 sources are tracked per /64,
+//! the block a single host usually has.
 
 use std::{
     collections::HashMap,
@@ -21,6 +27,8 @@ use std::{
 /// The throttle's parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottleSettings {
+    /// Whether failures are throttled at all.
+    pub enabled: bool,
     /// Failed attempts allowed in a row before throttling starts.
     pub burst: u32,
     /// After that, one more attempt per this much time.
@@ -34,6 +42,7 @@ pub struct ThrottleSettings {
 impl Default for ThrottleSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             burst: 10,
             replenish_every: Duration::from_secs(6),
             max_sources: 65_536,
@@ -61,7 +70,25 @@ pub struct FailureThrottle {
 struct State {
     /// Per source, the GCRA "theoretical arrival time": the budget is full again at that instant.
     sources: HashMap<IpAddr, Instant>,
+    /// The shared budget of the sources that do not fit in `sources`.
+    overflow: Option<Instant>,
     next_prune: Option<Instant>,
+}
+
+/// One attempt charged by [`FailureThrottle::try_acquire`], to give back with
+/// [`FailureThrottle::refund`] when it succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge(Budget);
+
+/// Whose budget an attempt was charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// The throttle is off: nothing was charged.
+    None,
+    /// A tracked source's own budget.
+    Source(IpAddr),
+    /// The budget shared by the sources the full table cannot track.
+    Overflow,
 }
 
 impl FailureThrottle {
@@ -71,48 +98,74 @@ impl FailureThrottle {
             settings,
             state: Mutex::new(State {
                 sources: HashMap::new(),
+                overflow: None,
                 next_prune: None,
             }),
         }
     }
 
     /// Charges one attempt to `source`, or says when it may try again.
-    pub fn try_acquire(&self, source: IpAddr, now: Instant) -> Result<(), Throttled> {
+    pub fn try_acquire(&self, source: IpAddr, now: Instant) -> Result<Charge, Throttled> {
+        if !self.settings.enabled {
+            return Ok(Charge(Budget::None));
+        }
         let key = source_key(source);
-        let period = self.settings.replenish_every;
-        let tolerance = period.saturating_mul(self.settings.burst.saturating_sub(1));
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(&full_at) = state.sources.get(&key) {
-            let debt = full_at.saturating_duration_since(now);
-            if debt > tolerance {
-                return Err(Throttled {
-                    retry_after: debt - tolerance,
-                });
-            }
-            state.sources.insert(key, full_at.max(now) + period);
-            return Ok(());
+        if let Some(full_at) = state.sources.get_mut(&key) {
+            self.charge(full_at, now)?;
+            return Ok(Charge(Budget::Source(key)));
         }
         if state.sources.len() >= self.settings.max_sources {
             self.prune(&mut state, now);
         }
         if state.sources.len() < self.settings.max_sources {
-            state.sources.insert(key, now + period);
+            state
+                .sources
+                .insert(key, now + self.settings.replenish_every);
+            return Ok(Charge(Budget::Source(key)));
         }
+        // Fail closed: untracked sources share one budget rather than go unthrottled.
+        let full_at = state.overflow.get_or_insert(now);
+        self.charge(full_at, now)?;
+        Ok(Charge(Budget::Overflow))
+    }
+
+    /// One GCRA step: take one attempt from the budget that is full again at `full_at`.
+    fn charge(&self, full_at: &mut Instant, now: Instant) -> Result<(), Throttled> {
+        let period = self.settings.replenish_every;
+        let tolerance = period.saturating_mul(self.settings.burst.saturating_sub(1));
+        let debt = full_at.saturating_duration_since(now);
+        if debt > tolerance {
+            return Err(Throttled {
+                retry_after: debt - tolerance,
+            });
+        }
+        *full_at = (*full_at).max(now) + period;
         Ok(())
     }
 
-    /// Gives back the attempt charged by [`Self::try_acquire`]: it succeeded.
-    pub fn refund(&self, source: IpAddr, now: Instant) {
-        let key = source_key(source);
+    /// Gives back an attempt charged by [`Self::try_acquire`]: it succeeded, or was never
+    /// checked.
+    pub fn refund(&self, charge: Charge, now: Instant) {
         let period = self.settings.replenish_every;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(full_at) = state.sources.get(&key).copied() {
-            match full_at.checked_sub(period) {
-                Some(earlier) if earlier > now => {
-                    state.sources.insert(key, earlier);
+        match charge.0 {
+            Budget::None => {}
+            Budget::Source(key) => {
+                if let Some(full_at) = state.sources.get(&key).copied() {
+                    match full_at.checked_sub(period) {
+                        Some(earlier) if earlier > now => {
+                            state.sources.insert(key, earlier);
+                        }
+                        _ => {
+                            state.sources.remove(&key);
+                        }
+                    }
                 }
-                _ => {
-                    state.sources.remove(&key);
+            }
+            Budget::Overflow => {
+                if let Some(full_at) = state.overflow {
+                    state.overflow = full_at.checked_sub(period).filter(|earlier| *earlier > now);
                 }
             }
         }
@@ -136,7 +189,8 @@ impl FailureThrottle {
         if state.sources.len() >= self.settings.max_sources {
             tracing::warn!(
                 tracked = state.sources.len(),
-                "too many sources are failing client authentication to track them all; new ones are not throttled"
+                "too many client addresses are failing client authentication to track them all; \
+                 the others share one budget until some recover"
             );
         }
     }
@@ -159,6 +213,7 @@ mod tests {
 
     fn settings() -> ThrottleSettings {
         ThrottleSettings {
+            enabled: true,
             burst: 3,
             replenish_every: Duration::from_secs(10),
             max_sources: 4,
@@ -205,8 +260,8 @@ mod tests {
         let now = Instant::now();
         let source = ip("192.0.2.1");
         for _ in 0..100 {
-            throttle.try_acquire(source, now).unwrap();
-            throttle.refund(source, now);
+            let charge = throttle.try_acquire(source, now).unwrap();
+            throttle.refund(charge, now);
         }
         assert_eq!(throttle.tracked_sources(), 0);
     }
@@ -233,7 +288,7 @@ mod tests {
     fn the_table_is_bounded_and_recovered_sources_are_pruned() {
         let throttle = FailureThrottle::new(settings());
         let start = Instant::now();
-        for host in 1..=10 {
+        for host in 1..=4 {
             throttle
                 .try_acquire(ip(&format!("192.0.2.{host}")), start)
                 .unwrap();
@@ -246,5 +301,57 @@ mod tests {
         }
         assert_eq!(throttle.tracked_sources(), 1);
         assert!(throttle.try_acquire(ip("198.51.100.1"), recovered).is_err());
+    }
+
+    #[test]
+    fn a_full_table_fails_closed() {
+        let throttle = FailureThrottle::new(settings());
+        let start = Instant::now();
+        // Four sources, out of attempts for the next 30 s: nothing to prune.
+        for host in 1..=4 {
+            for _ in 0..3 {
+                throttle
+                    .try_acquire(ip(&format!("192.0.2.{host}")), start)
+                    .unwrap();
+            }
+        }
+        // Sources that do not fit share one budget: three attempts in all, not three each.
+        let mut outcomes = Vec::new();
+        for host in 10..16 {
+            outcomes.push(
+                throttle
+                    .try_acquire(ip(&format!("192.0.2.{host}")), start)
+                    .is_ok(),
+            );
+        }
+        assert_eq!(outcomes, [true, true, true, false, false, false]);
+        assert_eq!(throttle.tracked_sources(), 4);
+        // A success among them gives its attempt back to the shared budget.
+        let later = start + Duration::from_millis(500);
+        assert!(throttle.try_acquire(ip("192.0.2.20"), later).is_err());
+        let after_a_period = start + Duration::from_secs(10);
+        let charge = throttle
+            .try_acquire(ip("192.0.2.21"), after_a_period)
+            .unwrap();
+        assert_eq!(charge, Charge(Budget::Overflow));
+        throttle.refund(charge, after_a_period);
+        assert!(
+            throttle
+                .try_acquire(ip("192.0.2.22"), after_a_period)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_disabled_throttle_never_refuses_or_tracks() {
+        let throttle = FailureThrottle::new(ThrottleSettings {
+            enabled: false,
+            ..settings()
+        });
+        let now = Instant::now();
+        for _ in 0..100 {
+            throttle.try_acquire(ip("192.0.2.1"), now).unwrap();
+        }
+        assert_eq!(throttle.tracked_sources(), 0);
     }
 }

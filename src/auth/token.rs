@@ -9,6 +9,11 @@
 //!
 //! Every token names the key that signed it (`kid`, derived from the key itself), so a key can be
 //! rotated: the new key signs, the old one stays as verify-only until its tokens have expired.
+//!
+//! The JWS compact serialisation (RFC 7515) of one fixed algorithm is a few lines, so it is
+//! written here on `hmac` and `sha2` rather than taken from a JWT library: those pull in every
+//! other algorithm's code (RSA among them) and accept more token shapes than this gateway issues.
+//! The signature is checked, in constant time, before the claims are parsed.
 
 use std::{
     collections::HashMap,
@@ -20,7 +25,7 @@ use base64::{
     Engine,
     engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
 };
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -31,8 +36,8 @@ use super::{ClientId, Secret};
 pub const ISSUER: &str = "incode-gateway";
 /// The `aud` of every token: the webhook endpoints.
 pub const AUDIENCE: &str = "incode-gateway:webhooks";
-/// The one accepted signing algorithm.
-pub const ALGORITHM: Algorithm = Algorithm::HS256;
+/// The one accepted signing algorithm, as the JWS `alg` header names it.
+pub const ALGORITHM: &str = "HS256";
 /// Tolerated clock difference between replicas (and between issuing and checking).
 pub const LEEWAY: Duration = Duration::from_secs(30);
 /// Smallest accepted key, in bytes: the size of the HMAC-SHA-256 output.
@@ -40,11 +45,15 @@ pub const MIN_KEY_BYTES: usize = 32;
 /// Longest token looked at; ours are about 300 bytes.
 const MAX_TOKEN_LEN: usize = 4096;
 
+type HmacSha256 = Hmac<Sha256>;
+
 /// HMAC key material for tokens: at least [`MIN_KEY_BYTES`] random bytes, written as base64
 /// (standard or URL-safe alphabet, padding optional).
 pub struct TokenKey {
     id: String,
     bytes: Zeroizing<Vec<u8>>,
+    /// HMAC-SHA-256 keyed with `bytes`, cloned for each use.
+    mac: HmacSha256,
 }
 
 impl fmt::Debug for TokenKey {
@@ -70,6 +79,9 @@ pub enum KeyError {
     /// The system's random number generator failed.
     #[error("could not generate a token key")]
     Random(#[source] argon2::password_hash::rand_core::Error),
+    /// HMAC refused the key (it takes keys of any length, so this does not happen).
+    #[error("the token key is not usable for HMAC-SHA-256")]
+    Hmac,
 }
 
 impl TokenKey {
@@ -103,7 +115,8 @@ impl TokenKey {
         hasher.update(b"incode-gateway token key id\0");
         hasher.update(bytes.as_slice());
         let id = URL_SAFE_NO_PAD.encode(&hasher.finalize()[..12]);
-        Ok(Self { id, bytes })
+        let mac = <HmacSha256 as Mac>::new_from_slice(&bytes).map_err(|_| KeyError::Hmac)?;
+        Ok(Self { id, bytes, mac })
     }
 
     /// The key id that tokens signed with this key carry in their header.
@@ -191,7 +204,10 @@ pub enum TokenError {
     WrongIssuer,
     /// A claim is missing or of the wrong type.
     #[error("the access token's claims are incomplete or invalid")]
-    InvalidClaims(#[source] jsonwebtoken::errors::Error),
+    InvalidClaims(#[source] serde_json::Error),
+    /// The header names an extension that must be understood (`crit`); none is.
+    #[error("the access token's header requires an unsupported extension")]
+    UnsupportedHeader,
     /// `sub` is not a configured client (any more).
     #[error("the access token's client is not configured")]
     UnknownClient,
@@ -203,19 +219,33 @@ pub enum IssueError {
     /// The system clock is before 1970.
     #[error("the system clock is before the Unix epoch")]
     Clock,
-    /// Signing failed.
-    #[error("could not sign the access token")]
-    Sign(#[source] jsonwebtoken::errors::Error),
+    /// The claims could not be serialised.
+    #[error("could not encode the access token")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// Issues and verifies access tokens.
 pub struct Tokens {
     ttl: Duration,
     signing_key_id: String,
-    encoding: EncodingKey,
-    decoding: HashMap<String, DecodingKey>,
-    validation: Validation,
+    /// The signing key's HMAC state, cloned for each token.
+    signing: HmacSha256,
+    /// Every key that verifies, by key id.
+    verifying: HashMap<String, HmacSha256>,
     verified: VerifiedTokens,
+}
+
+/// The JOSE header of a token: what this gateway writes, and what it reads of others.
+#[derive(Serialize, Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    typ: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    /// Extensions the verifier must understand (RFC 7515 §4.1.11); this one understands none.
+    #[serde(default, skip_serializing)]
+    crit: Option<serde_json::Value>,
 }
 
 /// Tokens whose signature and claims were already checked, by the SHA-256 of their exact text.
@@ -263,7 +293,7 @@ impl fmt::Debug for Tokens {
         f.debug_struct("Tokens")
             .field("ttl", &self.ttl)
             .field("signing_key_id", &self.signing_key_id)
-            .field("key_ids", &self.decoding.keys().collect::<Vec<_>>())
+            .field("key_ids", &self.verifying.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -271,25 +301,17 @@ impl fmt::Debug for Tokens {
 impl Tokens {
     /// Tokens signed with `settings.signing_key`, verified with it and the verify-only keys.
     pub fn new(settings: TokenSettings) -> Self {
-        let mut decoding = HashMap::new();
-        for key in settings
+        let verifying = settings
             .verify_only_keys
             .iter()
             .chain(std::iter::once(&settings.signing_key))
-        {
-            decoding.insert(key.id.clone(), DecodingKey::from_secret(&key.bytes));
-        }
-        let mut validation = Validation::new(ALGORITHM);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = LEEWAY.as_secs();
+            .map(|key| (key.id.clone(), key.mac.clone()))
+            .collect();
         Self {
             ttl: settings.ttl,
             signing_key_id: settings.signing_key.id.clone(),
-            encoding: EncodingKey::from_secret(&settings.signing_key.bytes),
-            decoding,
-            validation,
+            signing: settings.signing_key.mac.clone(),
+            verifying,
             verified: VerifiedTokens::default(),
         }
     }
@@ -311,10 +333,22 @@ impl Tokens {
             exp: now.saturating_add(expires_in),
             jti: uuid::Uuid::now_v7().to_string(),
         };
-        let mut header = Header::new(ALGORITHM);
-        header.kid = Some(self.signing_key_id.clone());
-        let token =
-            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(IssueError::Sign)?;
+        let header = JoseHeader {
+            alg: ALGORITHM.to_owned(),
+            typ: Some("JWT".to_owned()),
+            kid: Some(self.signing_key_id.clone()),
+            crit: None,
+        };
+        let header = serde_json::to_vec(&header).map_err(IssueError::Encode)?;
+        let payload = serde_json::to_vec(&claims).map_err(IssueError::Encode)?;
+        let mut token = URL_SAFE_NO_PAD.encode(header);
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(payload));
+        let mut mac = self.signing.clone();
+        mac.update(token.as_bytes());
+        let signature = mac.finalize().into_bytes();
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
         Ok(IssuedToken {
             access_token: Secret::new(token),
             expires_in,
@@ -337,35 +371,66 @@ impl Tokens {
             }
             return Ok(claims);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let claims = self.check(token, now)?;
+        self.verified.insert(digest, &claims);
+        Ok(claims)
+    }
+
+    /// Verifies a token's text from scratch (no cache).
+    fn check(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header: JoseHeader = URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or(TokenError::Malformed)?;
         if header.alg != ALGORITHM {
             return Err(TokenError::WrongAlgorithm);
         }
+        if header.crit.is_some() {
+            return Err(TokenError::UnsupportedHeader);
+        }
         let key_id = header.kid.ok_or(TokenError::MissingKeyId)?;
-        let key = self.decoding.get(&key_id).ok_or(TokenError::UnknownKey)?;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-            .map_err(classify)?
-            .claims;
+        let key = self.verifying.get(&key_id).ok_or(TokenError::UnknownKey)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        // The signing input is the text as sent, up to the second dot.
+        let signed = &token[..header_and_payload_len(token)];
+        let mut mac = key.clone();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::InvalidSignature)?;
+
+        // Authentic from here on: one of our keys signed these bytes.
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(TokenError::InvalidClaims)?;
+        if claims.iss != ISSUER {
+            return Err(TokenError::WrongIssuer);
+        }
+        if claims.aud != AUDIENCE {
+            return Err(TokenError::WrongAudience);
+        }
+        if claims.exp.saturating_add(LEEWAY.as_secs()) < now {
+            return Err(TokenError::Expired);
+        }
         if claims.iat > now.saturating_add(LEEWAY.as_secs()) {
             return Err(TokenError::IssuedInFuture);
         }
-        self.verified.insert(digest, &claims);
         Ok(claims)
     }
 }
 
-fn classify(error: jsonwebtoken::errors::Error) -> TokenError {
-    match error.kind() {
-        ErrorKind::InvalidSignature => TokenError::InvalidSignature,
-        ErrorKind::ExpiredSignature => TokenError::Expired,
-        ErrorKind::InvalidAudience => TokenError::WrongAudience,
-        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-        ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
-        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
-            TokenError::Malformed
-        }
-        _ => TokenError::InvalidClaims(error),
-    }
+/// Length of `header.payload` in a token already known to have three dot-separated parts.
+fn header_and_payload_len(token: &str) -> usize {
+    token.rfind('.').unwrap_or(token.len())
 }
 
 fn unix_seconds(time: SystemTime) -> Option<u64> {
@@ -456,6 +521,36 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_a_standard_hs256_jws() {
+        let tokens = tokens(key(KEY), vec![]);
+        let token = tokens.issue(&client()).unwrap().access_token;
+        let parts: Vec<&str> = token.expose().split('.').collect();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header["alg"], "HS256");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["kid"], key(KEY).id());
+        // RFC 7515 §5.1: the MAC of `header.payload` under the key, base64url without padding.
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(key(KEY).expose_bytes()).unwrap();
+        mac.update(format!("{}.{}", parts[0], parts[1]).as_bytes());
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()),
+            parts[2]
+        );
+        // A claim changed after signing breaks the signature.
+        let forged_claims = URL_SAFE_NO_PAD.encode(
+            String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap())
+                .unwrap()
+                .replace("incode", "incodf"),
+        );
+        let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+        assert!(matches!(
+            tokens.verify(&forged),
+            Err(TokenError::InvalidSignature)
+        ));
+    }
+
+    #[test]
     fn verify_only_keys_verify_and_unknown_keys_do_not() {
         let old = tokens(key(KEY), vec![]);
         let token = old.issue(&client()).unwrap().access_token;
@@ -471,12 +566,22 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         let tokens = tokens(key(KEY), vec![]);
-        for garbage in ["", "a.b.c", "not a token", "eyJhbGciOiJub25lIn0.e30."] {
+        for garbage in ["", "a.b.c", "not a token", "a.b.c.d", "e30.e30.e30"] {
             assert!(
                 matches!(tokens.verify(garbage), Err(TokenError::Malformed)),
                 "{garbage}"
             );
         }
+        // `alg: none`, and a header that demands an extension.
+        assert!(matches!(
+            tokens.verify("eyJhbGciOiJub25lIn0.e30."),
+            Err(TokenError::WrongAlgorithm)
+        ));
+        let crit = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"x","crit":["exp"]}"#);
+        assert!(matches!(
+            tokens.verify(&format!("{crit}.e30.AAAA")),
+            Err(TokenError::UnsupportedHeader)
+        ));
         assert!(matches!(
             tokens.verify(&"a".repeat(5000)),
             Err(TokenError::TooLong)

@@ -1,8 +1,19 @@
 //! Subscription filters, checked once when a subscription starts.
+//!
+//! Every list is bounded, and so is every id in it, so that one request cannot make the gateway
+//! build and probe a table of hundreds of thousands of entries for each event it streams.
 
 use std::collections::HashSet;
 
-use crate::proto::v1::{self, event::Payload};
+use crate::{
+    incode::limits::MAX_INTERVIEW_ID_BYTES,
+    proto::v1::{self, event::Payload},
+};
+
+/// Most interview ids in one filter.
+pub const MAX_INTERVIEW_IDS: usize = 1024;
+/// Most entries in `types` or `onboarding_statuses` (each has far fewer distinct values).
+pub const MAX_ENUM_VALUES: usize = 32;
 
 /// A validated [`v1::EventFilter`].
 #[derive(Debug, Default, Clone)]
@@ -21,6 +32,26 @@ pub enum FilterError {
     /// An onboarding status value that is not defined.
     #[error("filter.onboarding_statuses: {0} is not a valid onboarding status")]
     OnboardingStatus(i32),
+    /// A list longer than allowed.
+    #[error("filter.{list} has {len} entries; at most {max} are allowed")]
+    TooMany {
+        /// The list's field name.
+        list: &'static str,
+        /// Its length.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// An interview id longer than any the gateway stores, or empty.
+    #[error(
+        "filter.interview_ids[{index}] must be 1 to {MAX_INTERVIEW_ID_BYTES} bytes long (it has {len})"
+    )]
+    InterviewIdLength {
+        /// Its position in the list.
+        index: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 impl crate::error::ServiceError for FilterError {
@@ -33,6 +64,34 @@ impl TryFrom<v1::EventFilter> for Filter {
     type Error = FilterError;
 
     fn try_from(filter: v1::EventFilter) -> Result<Self, FilterError> {
+        for (list, len, max) in [
+            ("types", filter.types.len(), MAX_ENUM_VALUES),
+            (
+                "interview_ids",
+                filter.interview_ids.len(),
+                MAX_INTERVIEW_IDS,
+            ),
+            (
+                "onboarding_statuses",
+                filter.onboarding_statuses.len(),
+                MAX_ENUM_VALUES,
+            ),
+        ] {
+            if len > max {
+                return Err(FilterError::TooMany { list, len, max });
+            }
+        }
+        if let Some((index, id)) = filter
+            .interview_ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| id.is_empty() || id.len() > MAX_INTERVIEW_ID_BYTES)
+        {
+            return Err(FilterError::InterviewIdLength {
+                index,
+                len: id.len(),
+            });
+        }
         let types = filter
             .types
             .into_iter()
@@ -98,4 +157,43 @@ fn interview_id(event: &v1::Event) -> Option<&str> {
         Payload::UnrecognizedNotification(p) => &p.interview_id,
     };
     (!id.is_empty()).then_some(id.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_ids_are_bounded() {
+        let ids = |n: usize| (0..n).map(|i| format!("id-{i}")).collect::<Vec<_>>();
+        let filter = |interview_ids, types: Vec<i32>, statuses: Vec<i32>| v1::EventFilter {
+            types,
+            interview_ids,
+            onboarding_statuses: statuses,
+        };
+        assert!(Filter::try_from(filter(ids(MAX_INTERVIEW_IDS), vec![1; 32], vec![0; 32])).is_ok());
+        for (bad, expected) in [
+            (
+                filter(ids(MAX_INTERVIEW_IDS + 1), vec![], vec![]),
+                "filter.interview_ids has 1025",
+            ),
+            (filter(vec![], vec![1; 33], vec![]), "filter.types has 33"),
+            (
+                filter(vec![], vec![], vec![0; 33]),
+                "filter.onboarding_statuses has 33",
+            ),
+            (
+                filter(vec!["a".into(), String::new()], vec![], vec![]),
+                "interview_ids[1]",
+            ),
+            (
+                filter(vec!["x".repeat(257)], vec![], vec![]),
+                "1 to 256 bytes",
+            ),
+        ] {
+            let error = Filter::try_from(bad).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(Filter::try_from(filter(vec!["x".repeat(256)], vec![], vec![])).is_ok());
+    }
 }

@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{ApiError, AppState, oauth::REALM};
+use super::{ApiError, AppState, ClientAddress, oauth::REALM, serve::ConnectionHandle};
 use crate::auth::{Authenticated, WebhookAuthError};
 
 impl FromRequestParts<AppState> for Authenticated {
@@ -25,15 +25,30 @@ impl FromRequestParts<AppState> for Authenticated {
             otel.name = "webhook verify credentials"
         )
         .entered();
-        state.auth().check_webhook(&parts.headers).map_err(|error| {
-            // Unauthenticated callers choose the URL, so it is not a label: one series only.
-            state
-                .metrics()
-                .webhook("any", crate::metrics::WebhookOutcome::Unauthorized);
-            Refused(error)
-        })
+        match state.auth().check_webhook(&parts.headers) {
+            Ok(authenticated) => {
+                if let Some(connection) = parts.extensions.get::<ConnectionHandle>() {
+                    connection.mark_authenticated();
+                }
+                Ok(authenticated)
+            }
+            Err(error) => {
+                // The precise reason is for the operator; the caller gets a generic answer.
+                tracing::info!(reason = %error, "webhook call refused");
+                // Unauthenticated callers choose the URL, so it is not a label: one series only.
+                state
+                    .metrics()
+                    .webhook("any", crate::metrics::WebhookOutcome::Unauthorized);
+                Err(Refused(error))
+            }
+        }
     }
 }
+
+/// What a refused caller is told about an invalid token: nothing that helps forge a better one.
+const INVALID_TOKEN: &str = "the access token is not valid";
+/// What a caller without the shared webhook header is told: not which header is expected.
+const INVALID_HEADER: &str = "the request lacks a valid webhook credential";
 
 /// A webhook call that failed the guard.
 #[derive(Debug)]
@@ -41,7 +56,13 @@ pub struct Refused(WebhookAuthError);
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let detail = self.0.to_string();
+        let detail = match &self.0 {
+            WebhookAuthError::InvalidToken(_) => INVALID_TOKEN.to_owned(),
+            WebhookAuthError::HeaderMismatch { .. } => INVALID_HEADER.to_owned(),
+            WebhookAuthError::MissingToken | WebhookAuthError::AmbiguousAuthorization => {
+                self.0.to_string()
+            }
+        };
         let (status, error, challenge) = match &self.0 {
             // No credentials at all: a challenge without an error code (§3.1).
             WebhookAuthError::MissingToken => (
@@ -87,8 +108,9 @@ fn quotable(text: &str) -> String {
         .collect()
 }
 
-/// The address of the TCP peer, for per-source throttling. Served without connect info (as in
-/// handler tests), every request shares the unspecified address.
+/// The client's address, for per-client throttling: the one [`super::serve`] resolved (through
+/// trusted proxies), else the TCP peer. Served without either (as in handler tests), every
+/// request shares the unspecified address.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PeerIp(pub IpAddr);
 
@@ -96,11 +118,29 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip()),
-        ))
+        let client = parts
+            .extensions
+            .get::<ClientAddress>()
+            .map(|client| client.0)
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|info| info.0.ip())
+            });
+        Ok(Self(client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+    }
+}
+
+/// The connection a request came in on, when served by [`super::serve`]; marks it
+/// authenticated once a request on it is.
+#[derive(Clone)]
+pub(super) struct Connection(pub Option<ConnectionHandle>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Connection {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Self(parts.extensions.get::<ConnectionHandle>().cloned()))
     }
 }

@@ -2,17 +2,19 @@
 //! else.
 //!
 //! Each resource has its own router; [`app`] merges them and adds the layers every request
-//! goes through.
+//! goes through. [`serve`] runs it on the internet-facing socket, with timeouts and a connection
+//! limit; [`TrustedProxies`] decides whose forwarding headers are believed.
 
+mod args;
 mod auth;
+mod client_address;
 mod error;
 mod health;
 mod oauth;
+mod serve;
 mod webhooks;
 
-use std::sync::Arc;
-
-use std::time::Duration;
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -20,12 +22,26 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath},
     http::{Request, Response},
 };
+use opentelemetry::trace::TraceContextExt;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub use args::PublicListenerArgs;
 pub use auth::Refused;
+pub use client_address::{ForwardedHeader, TrustedProxies};
 pub use error::ApiError;
+pub use serve::{ListenerLimits, MAX_HEAD_BYTES, serve};
+
+/// Pure parsing functions exposed for the fuzz targets in `fuzz/`; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::oauth::parse_token_request;
+}
+
+/// The client's address as [`TrustedProxies`] resolved it, in each request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
 
 use self::auth::PeerIp;
 use crate::{auth::Auth, log::SharedLog, metrics::Metrics, telemetry};
@@ -68,6 +84,8 @@ impl AppState {
 pub struct HttpSettings {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Whether an incoming `traceparent` is continued (else only linked).
+    pub trust_incoming_trace_context: bool,
 }
 
 /// The public router.
@@ -82,16 +100,20 @@ pub fn app(state: AppState, settings: HttpSettings) -> Router {
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(server_span)
+                .make_span_with(move |request: &Request<Body>| {
+                    server_span(request, settings.trust_incoming_trace_context)
+                })
                 .on_response(record_response),
         )
         .with_state(state)
 }
 
 /// The HTTP server span of a request, named and attributed per the OpenTelemetry semantic
-/// conventions, continuing the trace of an incoming `traceparent`. Headers and query strings are
-/// never recorded: they may carry credentials.
-fn server_span(request: &Request<Body>) -> Span {
+/// conventions. An incoming `traceparent` comes from the internet: by default the span starts a
+/// new trace with a link to the caller's context (so a caller can neither join our traces nor
+/// force their sampling); with `trust_incoming` it continues the caller's trace. Headers and
+/// query strings are never recorded: they may carry credentials.
+fn server_span(request: &Request<Body>, trust_incoming: bool) -> Span {
     let method = request.method().as_str();
     let route = request
         .extensions()
@@ -112,9 +134,16 @@ fn server_span(request: &Request<Body>) -> Span {
         url.scheme = "http",
         http.response.status_code = Empty,
     );
-    let parent = telemetry::extract_from_headers(request.headers());
-    // Fails only when the span is disabled, and then there is nothing to parent.
-    let _ = span.set_parent(parent);
+    let caller = telemetry::extract_from_headers(request.headers());
+    if trust_incoming {
+        // Fails only when the span is disabled, and then there is nothing to parent.
+        let _ = span.set_parent(caller);
+    } else {
+        let caller = caller.span().span_context().clone();
+        if caller.is_valid() {
+            span.add_link(caller);
+        }
+    }
     span
 }
 

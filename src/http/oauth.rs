@@ -24,7 +24,7 @@ use base64::{
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::{AppState, PeerIp};
+use super::{AppState, PeerIp, auth::Connection};
 use crate::{
     auth::{ClientAuthError, ClientCredentials, Secret},
     error::error_chain,
@@ -45,15 +45,17 @@ struct TokenResponse<'a> {
     expires_in: u64,
 }
 
-/// The `error` codes of §5.2, plus two it does not define: `slow_down` (registered by RFC 8628,
-/// §3.5, for "wait before trying again") for throttled clients, with 429, and `server_error` (from
-/// the authorization endpoint's list, §4.1.2.1) for our own failures, with 500.
+/// The `error` codes of §5.2, plus three it does not define: `slow_down` (registered by RFC 8628,
+/// §3.5, for "wait before trying again") for throttled clients, with 429, and
+/// `temporarily_unavailable` (503) and `server_error` (500), from the authorization endpoint's
+/// list (§4.1.2.1), for our own limits and failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ErrorCode {
     InvalidRequest,
     InvalidClient,
     UnsupportedGrantType,
     SlowDown,
+    TemporarilyUnavailable,
     ServerError,
 }
 
@@ -64,6 +66,7 @@ impl ErrorCode {
             Self::InvalidClient => "invalid_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::SlowDown => "slow_down",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::ServerError => "server_error",
         }
     }
@@ -73,6 +76,7 @@ impl ErrorCode {
             Self::InvalidRequest | Self::UnsupportedGrantType => StatusCode::BAD_REQUEST,
             Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::SlowDown => StatusCode::TOO_MANY_REQUESTS,
+            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,6 +143,7 @@ fn no_store(headers: &mut HeaderMap) {
 async fn token(
     State(state): State<AppState>,
     PeerIp(source): PeerIp,
+    Connection(connection): Connection,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -151,7 +156,12 @@ async fn token(
         .instrument(span.clone())
         .await;
     let outcome = match &result {
-        Ok(_) => "issued",
+        Ok(_) => {
+            if let Some(connection) = connection {
+                connection.mark_authenticated();
+            }
+            "issued"
+        }
         Err(error) => error.code.as_str(),
     };
     span.record("oauth.outcome", outcome);
@@ -168,28 +178,16 @@ async fn issue(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
-    require_form(headers)?;
     let body = body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             OAuthError::invalid_request("the request body is too large")
         }
         _ => OAuthError::invalid_request("the request body could not be read"),
     })?;
-    let params = Params::parse(&body)?;
-    match params.grant_type.as_deref() {
-        None => return Err(OAuthError::invalid_request("grant_type is missing")),
-        Some("client_credentials") => {}
-        Some(_) => {
-            return Err(OAuthError::new(
-                ErrorCode::UnsupportedGrantType,
-                "only the client_credentials grant is supported",
-            ));
-        }
-    }
-    let candidates = client_credentials(headers, params)?;
+    let credentials = parse_request(headers, &body)?;
 
     let client = match Arc::clone(state.auth())
-        .authenticate_client(source, candidates)
+        .authenticate_client(source, credentials)
         .instrument(tracing::info_span!(
             "authenticate client",
             otel.name = "oauth authenticate client"
@@ -197,12 +195,23 @@ async fn issue(
         .await
     {
         Ok(client) => client,
-        Err(ClientAuthError::InvalidClient) => {
-            tracing::info!(%source, "client authentication failed");
+        Err(ClientAuthError::InvalidClient(reason)) => {
+            // The reason is for the operator; the caller learns only that it failed.
+            tracing::info!(%source, %reason, "client authentication failed");
             return Err(OAuthError::new(
                 ErrorCode::InvalidClient,
                 "client authentication failed",
             ));
+        }
+        Err(ClientAuthError::Busy) => {
+            tracing::warn!(%source, "client authentication refused: too many secret checks running");
+            return Err(OAuthError {
+                retry_after: Some(Duration::from_secs(1)),
+                ..OAuthError::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the gateway is busy checking other credentials; retry shortly",
+                )
+            });
         }
         Err(ClientAuthError::Throttled(throttled)) => {
             tracing::warn!(%source, retry_after = ?throttled.retry_after, "client authentication throttled");
@@ -241,6 +250,34 @@ async fn issue(
     Ok(response)
 }
 
+/// The client credentials of a token request (headers and the whole body), checked for
+/// everything but the secret itself: the form content type, the parameters, the grant.
+fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ClientCredentials, OAuthError> {
+    require_form(headers)?;
+    let params = Params::parse(body)?;
+    match params.grant_type.as_deref() {
+        None => return Err(OAuthError::invalid_request("grant_type is missing")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                "only the client_credentials grant is supported",
+            ));
+        }
+    }
+    client_credentials(headers, params)
+}
+
+/// [`parse_request`] for the fuzz targets: the credentials, or the status and `error` code of
+/// the refusal.
+#[doc(hidden)]
+pub fn parse_token_request(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ClientCredentials, (StatusCode, &'static str)> {
+    parse_request(headers, body).map_err(|error| (error.code.status(), error.code.as_str()))
+}
+
 /// `application/x-www-form-urlencoded`, with any parameters (§4.4.2).
 fn require_form(headers: &HeaderMap) -> Result<(), OAuthError> {
     let is_form = headers
@@ -271,7 +308,9 @@ struct Params {
 
 impl Params {
     /// §3.1: parameters without a value count as omitted, none may appear twice, and unknown
-    /// ones (`scope` among them: this endpoint grants one fixed access) are ignored.
+    /// ones (`scope` among them: this endpoint grants one fixed access) are ignored. Names and
+    /// values must decode to UTF-8 (Appendix B): a lossy decoding would read different bytes as
+    /// the same credentials.
     fn parse(body: &[u8]) -> Result<Self, OAuthError> {
         fn set<T>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), OAuthError> {
             if slot.replace(value).is_some() {
@@ -282,17 +321,26 @@ impl Params {
             Ok(())
         }
         let mut params = Self::default();
-        for (name, value) in form_urlencoded::parse(body) {
+        let body = std::str::from_utf8(body)
+            .map_err(|_| OAuthError::invalid_request("the form body is not UTF-8"))?;
+        for pair in body.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (Some(name), Some(value)) = (form_decode(name), form_decode(value)) else {
+                return Err(OAuthError::invalid_request(
+                    "a form parameter does not decode to UTF-8",
+                ));
+            };
+            let value = zeroize::Zeroizing::new(value);
             if value.is_empty() {
                 continue;
             }
-            match name.as_ref() {
-                "grant_type" => set(&mut params.grant_type, "grant_type", value.into_owned())?,
-                "client_id" => set(&mut params.client_id, "client_id", value.into_owned())?,
+            match name.as_str() {
+                "grant_type" => set(&mut params.grant_type, "grant_type", value.to_string())?,
+                "client_id" => set(&mut params.client_id, "client_id", value.to_string())?,
                 "client_secret" => set(
                     &mut params.client_secret,
                     "client_secret",
-                    Secret::new(value.into_owned()),
+                    Secret::new(value.as_str()),
                 )?,
                 _ => {}
             }
@@ -301,24 +349,24 @@ impl Params {
     }
 }
 
-/// The credentials to try: HTTP Basic or the body, not both (§2.3).
+/// The credentials presented: HTTP Basic or the body, not both (§2.3).
 fn client_credentials(
     headers: &HeaderMap,
     params: Params,
-) -> Result<Vec<ClientCredentials>, OAuthError> {
+) -> Result<ClientCredentials, OAuthError> {
     let basic = basic_credentials(headers)?;
     match (basic, params.client_id, params.client_secret) {
         (Some(_), _, Some(_)) => Err(OAuthError::invalid_request(
             "the client authenticated twice: with HTTP Basic and with client_secret in the body",
         )),
-        (Some(candidates), Some(id), None) if !candidates.iter().any(|c| c.id == id) => Err(
-            OAuthError::invalid_request("client_id in the body differs from the HTTP Basic one"),
-        ),
-        (Some(candidates), _, None) => Ok(candidates),
-        (None, Some(id), secret) => Ok(vec![ClientCredentials {
+        (Some(basic), Some(id), None) if basic.id != id => Err(OAuthError::invalid_request(
+            "client_id in the body differs from the HTTP Basic one",
+        )),
+        (Some(basic), _, None) => Ok(basic),
+        (None, Some(id), secret) => Ok(ClientCredentials {
             id,
             secret: secret.unwrap_or_default(),
-        }]),
+        }),
         (None, None, Some(_)) => Err(OAuthError::invalid_request("client_id is missing")),
         (None, None, None) => Err(OAuthError::new(
             ErrorCode::InvalidClient,
@@ -336,9 +384,10 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// The credentials of an `Authorization: Basic` header, if there is one.
 ///
 /// §2.3.1 has the client form-urlencode its id and secret before base64, so they are decoded
-/// that way. Many clients skip that step; for them, when decoding changes anything, the text as
-/// sent is tried too (a secret with `%` or `+` would otherwise never match).
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<Vec<ClientCredentials>>, OAuthError> {
+/// that way, and only that way: one reading per request, so one secret check. (A client that
+/// skips the encoding step still works when its id and secret have no `%` or `+`, which is
+/// why the gateway warns at start-up about configured secrets that do.)
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<ClientCredentials>, OAuthError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),
@@ -364,29 +413,14 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<Vec<ClientCredentials
         .and_then(|bytes| String::from_utf8(bytes).map_err(|_| malformed()))
         .map(Secret::new)?;
     let (id, secret) = decoded.expose().split_once(':').ok_or_else(malformed)?;
-
-    let mut candidates = Vec::with_capacity(2);
-    if let (Some(form_id), Some(form_secret)) = (form_decode(id), form_decode(secret)) {
-        candidates.push(ClientCredentials {
-            id: form_id,
-            secret: Secret::new(form_secret),
-        });
-    }
-    let as_sent = candidates
-        .first()
-        .is_none_or(|decoded| decoded.id != id || decoded.secret.expose() != secret);
-    if as_sent {
-        candidates.push(ClientCredentials {
-            id: id.to_owned(),
-            secret: Secret::new(secret),
-        });
-    }
-    Ok(Some(candidates))
+    let id = form_decode(id).ok_or_else(malformed)?;
+    let secret = form_decode(secret).map(Secret::new).ok_or_else(malformed)?;
+    Ok(Some(ClientCredentials { id, secret }))
 }
 
 /// `application/x-www-form-urlencoded` decoding of one value; `None` if it is not UTF-8 then.
 fn form_decode(text: &str) -> Option<String> {
-    let spaced = text.replace('+', " ");
+    let spaced = zeroize::Zeroizing::new(text.replace('+', " "));
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
         .ok()
@@ -407,34 +441,37 @@ mod tests {
         headers
     }
 
-    fn pairs(candidates: &[ClientCredentials]) -> Vec<(&str, &str)> {
-        candidates
-            .iter()
-            .map(|c| (c.id.as_str(), c.secret.expose()))
-            .collect()
+    fn pair(credentials: &ClientCredentials) -> (&str, &str) {
+        (credentials.id.as_str(), credentials.secret.expose())
     }
 
     #[test]
-    fn basic_credentials_are_form_decoded_and_tried_as_sent() {
+    fn basic_credentials_are_form_decoded_once() {
         let plain = basic_credentials(&basic("incode:s3cret")).unwrap().unwrap();
-        assert_eq!(pairs(&plain), [("incode", "s3cret")]);
+        assert_eq!(pair(&plain), ("incode", "s3cret"));
 
         let encoded = basic_credentials(&basic("my+client:p%40ss%3Aw+rd"))
             .unwrap()
             .unwrap();
-        assert_eq!(
-            pairs(&encoded),
-            [("my client", "p@ss:w rd"), ("my+client", "p%40ss%3Aw+rd")]
-        );
+        assert_eq!(pair(&encoded), ("my client", "p@ss:w rd"));
 
         // Only the first colon separates: an unencoded secret may contain more.
         let colon = basic_credentials(&basic("a:b:c")).unwrap().unwrap();
-        assert_eq!(pairs(&colon), [("a", "b:c")]);
+        assert_eq!(pair(&colon), ("a", "b:c"));
+        // Percent signs that encode nothing stay as they are.
+        let literal = basic_credentials(&basic("a:100%")).unwrap().unwrap();
+        assert_eq!(pair(&literal), ("a", "100%"));
     }
 
     #[test]
     fn malformed_basic_credentials_are_invalid_requests() {
-        for value in ["Basic !!!", "Basic bm9jb2xvbg==", "Basic //79"] {
+        // Not base64; no colon; not UTF-8; a percent-encoded byte that is not UTF-8 ("a:%ff").
+        for value in [
+            "Basic !!!",
+            "Basic bm9jb2xvbg==",
+            "Basic //79",
+            "Basic YTolZmY=",
+        ] {
             let mut headers = HeaderMap::new();
             headers.insert(header::AUTHORIZATION, value.parse().unwrap());
             let error = basic_credentials(&headers).unwrap_err();
@@ -456,5 +493,18 @@ mod tests {
         let error = Params::parse(b"grant_type=a&grant_type=b").unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidRequest);
         assert!(error.description.contains("grant_type"));
+        let params = Params::parse(b"client_id=my+client%21&&client_secret=a%2Bb%3D").unwrap();
+        assert_eq!(params.client_id.as_deref(), Some("my client!"));
+        assert_eq!(params.client_secret.unwrap().expose(), "a+b=");
+        // Found by fuzzing: invalid UTF-8, raw or percent-encoded, used to be replaced by
+        // U+FFFD, so that different secrets read the same.
+        for body in [
+            &b"client_id=a&client_secret=\xff"[..],
+            b"client_secret=%ff",
+            b"%ff=x",
+        ] {
+            let error = Params::parse(body).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{body:?}");
+        }
     }
 }

@@ -25,7 +25,6 @@ use crate::{
     incode::{Endpoint, KindName, Notification},
     log::{AppendOutcome, DedupKey, NewEvent},
     metrics::WebhookOutcome,
-    proto::v1,
     telemetry,
 };
 
@@ -171,13 +170,12 @@ async fn store(
     let kind = notification.kind().to_owned();
     let dedup_key = DedupKey::for_notification(&kind, body);
     let ingest = tracing::Span::current();
-    let event = v1::Event {
-        id: uuid::Uuid::now_v7().to_string(),
-        r#type: notification.event_type().into(),
-        trace_context: telemetry::inject_span(&ingest),
-        payload: Some(notification.into()),
-        ..v1::Event::default()
-    };
+    let event = notification
+        .into_event(
+            uuid::Uuid::now_v7().to_string(),
+            telemetry::inject_span(&ingest),
+        )
+        .map_err(|error| ApiError::from_service_error(&error, error.code()))?;
     ingest.record("incode.notification.kind", kind.as_str());
     ingest.record("incode_gateway.event.id", event.id.as_str());
     let event_type = event.r#type().as_str_name();

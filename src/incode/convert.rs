@@ -1,14 +1,35 @@
 //! Conversion of decoded notifications to the protobuf contract.
 
+use std::collections::HashMap;
+
 use prost_types::{ListValue, Struct, value::Kind};
 use serde_json::{Map, Value};
 
 use super::{
-    Notification, OnboardingStatusNotification, UnrecognizedNotification, WatchlistNotification,
+    DecodeError, Notification, OnboardingStatusNotification, UnrecognizedNotification,
+    WatchlistNotification, limits,
 };
 use crate::proto::v1;
 
 impl Notification {
+    /// The event that stores this notification (its log position and time are set when it is
+    /// appended), refused when it is larger than subscribers accept.
+    pub fn into_event(
+        self,
+        id: String,
+        trace_context: HashMap<String, String>,
+    ) -> Result<v1::Event, DecodeError> {
+        let event = v1::Event {
+            id,
+            r#type: self.event_type().into(),
+            trace_context,
+            payload: Some(self.into()),
+            ..v1::Event::default()
+        };
+        limits::check_event_size(&event)?;
+        Ok(event)
+    }
+
     /// The contract's event type for this notification.
     pub fn event_type(&self) -> v1::EventType {
         match self {

@@ -5,9 +5,11 @@
 //! wrong JSON type is an error) and lenient about everything else: fields it does not model are
 //! kept in `additional_fields`, unknown statuses keep their raw spelling, and bodies of an unknown
 //! shape are kept verbatim. Incode does not send a notification a third time, so nothing
-//! well-formed is ever rejected.
+//! well-formed is rejected, except what the event format cannot carry ([`limits`]): a stored
+//! event that subscribers cannot decode would be worse than a refusal Incode is told about.
 
 mod convert;
+pub mod limits;
 mod status;
 
 use std::fmt;
@@ -191,6 +193,7 @@ impl OnboardingStatusNotification {
         let interview_id = take_interview_id(&mut object)?;
         let external_id = take_optional_string(&mut object, Self::EXTERNAL_ID)?;
         let status = take_string(&mut object, Self::STATUS)?;
+        limits::check_struct_fields(&object)?;
         Ok(Self {
             interview_id,
             external_id,
@@ -205,10 +208,14 @@ impl WatchlistNotification {
     const SEARCH_ID: &str = "search_id";
 
     fn from_object(mut object: Map<String, Value>) -> Result<Self, DecodeError> {
+        let interview_id = take_interview_id(&mut object)?;
+        let reference = take_string(&mut object, Self::REF)?;
+        let search_id = take_string(&mut object, Self::SEARCH_ID)?;
+        limits::check_struct_fields(&object)?;
         Ok(Self {
-            interview_id: take_interview_id(&mut object)?,
-            reference: take_string(&mut object, Self::REF)?,
-            search_id: take_string(&mut object, Self::SEARCH_ID)?,
+            interview_id,
+            reference,
+            search_id,
             additional_fields: object,
         })
     }
@@ -216,9 +223,11 @@ impl WatchlistNotification {
 
 impl UnrecognizedNotification {
     fn new(kind: &str, raw_json: &str, object: &Map<String, Value>) -> Self {
+        // An id too long for any filter is left out; the body keeps it.
         let interview_id = object
             .get(OnboardingStatusNotification::INTERVIEW_ID)
             .and_then(Value::as_str)
+            .filter(|id| limits::check_interview_id(id).is_ok())
             .map(str::to_owned);
         Self {
             kind: kind.to_owned(),
@@ -234,6 +243,7 @@ fn take_interview_id(object: &mut Map<String, Value>) -> Result<InterviewId, Dec
     if id.trim().is_empty() {
         return Err(DecodeError::EmptyField { field });
     }
+    limits::check_interview_id(&id)?;
     Ok(InterviewId(id))
 }
 
@@ -360,6 +370,38 @@ pub enum DecodeError {
         "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'"
     )]
     InvalidKind,
+    /// A field is longer than the gateway keeps.
+    #[error("{field} must be at most {limit} bytes long")]
+    FieldTooLong {
+        /// The field's name as Incode spells it.
+        field: &'static str,
+        /// The longest accepted length.
+        limit: usize,
+    },
+    /// The body nests deeper than the event format can carry.
+    #[error(
+        "the body nests deeper than {limit} levels of objects and arrays, which the event format cannot carry"
+    )]
+    TooDeep {
+        /// The deepest accepted nesting.
+        limit: usize,
+    },
+    /// A number that a double cannot hold exactly.
+    #[error(
+        "the number at `{path}` cannot be carried exactly: event fields hold numbers as doubles, exact for integers up to 2^53"
+    )]
+    UnrepresentableNumber {
+        /// Where the number is, e.g. `device.scores[2]`.
+        path: String,
+    },
+    /// The event would be larger than subscribers accept.
+    #[error("the notification makes an event of {bytes} bytes; at most {limit} are accepted")]
+    EventTooLarge {
+        /// The encoded event's size.
+        bytes: usize,
+        /// The largest accepted size.
+        limit: usize,
+    },
 }
 
 impl DecodeError {
@@ -370,8 +412,13 @@ impl DecodeError {
             Self::InvalidJson { .. } => "invalid_json",
             Self::NotAnObject { .. } => "not_an_object",
             Self::MissingField { .. } => "missing_field",
-            Self::EmptyField { .. } | Self::WrongType { .. } => "invalid_field",
+            Self::EmptyField { .. } | Self::WrongType { .. } | Self::FieldTooLong { .. } => {
+                "invalid_field"
+            }
             Self::InvalidKind => "invalid_kind",
+            Self::TooDeep { .. } => "too_deep",
+            Self::UnrepresentableNumber { .. } => "unrepresentable_number",
+            Self::EventTooLarge { .. } => "event_too_large",
         }
     }
 }
@@ -384,9 +431,13 @@ impl crate::error::ServiceError for DecodeError {
             | Self::InvalidJson { .. }
             | Self::NotAnObject { .. }
             | Self::InvalidKind => ErrorCode::BadRequest,
-            Self::MissingField { .. } | Self::EmptyField { .. } | Self::WrongType { .. } => {
-                ErrorCode::Unprocessable
-            }
+            Self::MissingField { .. }
+            | Self::EmptyField { .. }
+            | Self::WrongType { .. }
+            | Self::FieldTooLong { .. }
+            | Self::TooDeep { .. }
+            | Self::UnrepresentableNumber { .. }
+            | Self::EventTooLarge { .. } => ErrorCode::Unprocessable,
         }
     }
 }

@@ -13,6 +13,7 @@ mod durability;
 mod environment;
 mod gated;
 mod groups;
+mod hardening;
 mod internal;
 mod nats_server;
 mod nats_setup;

@@ -231,7 +231,8 @@ async fn basic_credentials_are_form_urlencoded_before_base64() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    // Clients that skip the encoding step are understood too.
+    // One reading per request: a client that skips the encoding step, with a secret that
+    // decoding changes ('+', '%'), is refused.
     let (status, _, body) = token_request(
         &gateway,
         &gateway.http,
@@ -239,7 +240,27 @@ async fn basic_credentials_are_form_urlencoded_before_base64() {
         "grant_type=client_credentials",
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // Without those characters, both ways of sending it are the same.
+    let mut config = oauth_config();
+    config.auth.oauth_client_secret = Some(Secret::new("p@ss:w rd/é"));
+    let plain = Gateway::start_with(config).await;
+    for authorization in [
+        basic(CLIENT_ID, "p@ss:w rd/é"),
+        format!(
+            "Basic {}",
+            STANDARD.encode(format!("{CLIENT_ID}:{}", encode("p@ss:w rd/é")))
+        ),
+    ] {
+        let (status, _, body) = token_request(
+            &plain,
+            &plain.http,
+            Some(&authorization),
+            "grant_type=client_credentials",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{authorization}: {body}");
+    }
 
     // An encoding of something else is not.
     let wrong = format!("{}:{}", encode(id), encode("p@ss:w+rd%&=e"));

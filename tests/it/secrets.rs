@@ -132,12 +132,14 @@ async fn the_logs_of_a_full_flow_hold_no_secret_and_no_token() {
     }
 }
 
+/// In-memory storage: a random key, with a warning that tokens will not survive a restart.
 #[tokio::test(flavor = "current_thread")]
-async fn without_a_signing_key_one_is_generated_with_a_warning() {
+async fn with_memory_storage_and_no_signing_key_a_random_one_is_used_with_a_warning() {
     let logs = Captured::default();
     let _guard = logs.install();
     let mut config = oauth_config();
     config.auth.token_signing_key = None;
+    config.storage = incode_gateway::config::StorageKind::Memory;
     let gateway = Gateway::start_with(config).await;
     let token = fetch_token(&gateway).await;
     let (status, _, _) = post_webhook(
@@ -153,6 +155,42 @@ async fn without_a_signing_key_one_is_generated_with_a_warning() {
         text.contains("will not survive a restart") && text.contains("across replicas"),
         "{text}"
     );
+    assert!(
+        !gateway
+            .data_dir
+            .path()
+            .join(incode_gateway::auth::SIGNING_KEY_FILE)
+            .exists()
+    );
+}
+
+/// Embedded storage: the key is generated once and kept in the data directory, so a token
+/// issued before a restart still works after it.
+#[tokio::test]
+async fn with_embedded_storage_a_generated_key_survives_a_restart() {
+    let mut config = oauth_config();
+    config.auth.token_signing_key = None;
+    let gateway = Gateway::start_with(config.clone()).await;
+    let token = fetch_token(&gateway).await;
+    let data_dir = gateway.data_dir.clone();
+    gateway.stop().await.unwrap();
+
+    let key_file = data_dir.path().join(incode_gateway::auth::SIGNING_KEY_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let restarted = Gateway::start_in(data_dir, config).await;
+    let (status, _, answer) = post_webhook(
+        &restarted,
+        Some(&format!("Bearer {token}")),
+        &[],
+        &onboarding_body("kept-key", "UNKNOWN"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
 }
 
 #[tokio::test]

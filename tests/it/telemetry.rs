@@ -99,9 +99,10 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
     let data_dir = tempfile::tempdir().unwrap();
+    // Incode's trace context is trusted here: the test plays the operator's own caller.
     let process = GatewayProcess::spawn_with(
         data_dir.path(),
-        &[],
+        &["--trust-incoming-trace-context"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
@@ -288,6 +289,84 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
             }
         }
     }
+}
+
+/// By default a `traceparent` from the internet is not continued: the request starts a trace of
+/// its own, and its server span links to the caller's context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_traceparent_is_linked_not_continued() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let process = GatewayProcess::spawn(
+        data_dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let mut client = process.client().await;
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            start: Some(StartPosition {
+                position: Some(Position::Latest(v1::start_position::Latest {})),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/webhooks/incode/onboarding-status",
+            process.base_url
+        ))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .body(onboarding_body("untrusted", "ONBOARDING_FINISHED"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let event = next_event(&mut stream).await;
+    let traceparent = &event.trace_context["traceparent"];
+    let own_trace = traceparent.split('-').nth(1).unwrap().to_owned();
+    assert_ne!(own_trace, caller_trace, "the caller's trace is not joined");
+
+    let own_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&own_trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let spans = collector
+        .wait_for(&own_bytes, |spans| {
+            spans
+                .iter()
+                .any(|s| s.name == "POST /webhooks/incode/onboarding-status")
+        })
+        .await;
+    let server = spans
+        .iter()
+        .find(|s| s.name == "POST /webhooks/incode/onboarding-status")
+        .unwrap();
+    assert!(server.parent_span_id.is_empty(), "a root span");
+    assert_eq!(server.links.len(), 1, "linked to the caller's context");
+    assert_eq!(hex(&server.links[0].trace_id), caller_trace);
+    assert_eq!(hex(&server.links[0].span_id), caller_span);
+    // Nothing at all was recorded in the caller's trace.
+    let caller_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&caller_trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.trace_id != caller_bytes)
+    );
 }
 
 /// Prometheus samples: (name, sorted labels) -> value.

@@ -2,7 +2,6 @@
 //! are stored; everything else is refused before anything is appended.
 
 use incode_gateway::{Config, auth::Secret};
-use jsonwebtoken::Algorithm;
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -24,6 +24,9 @@ export const GATEWAY_FLAGS: readonly string[] = [
   "--log-format",
   "json",
   "--allow-unauthenticated-webhooks",
+  // The trace test plays Incode's caller with a traceparent of its own and checks that the
+  // event continues it; by default the gateway only links an incoming trace.
+  "--trust-incoming-trace-context",
 ];
 
 /**
