@@ -61,7 +61,9 @@ struct Inner {
     append_duration: Histogram<f64>,
     events_appended: Counter<u64>,
     subscribers: UpDownCounter<i64>,
-    events_delivered: Counter<u64>,
+    /// Counted with an atomic and observed by the exporters: a delivery happens a million
+    /// times a second under fan-out, and an instrument call costs more than an atomic add.
+    events_delivered: Arc<AtomicU64>,
     acks: Counter<u64>,
     internal_refusals: Counter<u64>,
     streams: Arc<StreamRegistry>,
@@ -220,6 +222,17 @@ impl Metrics {
             })
             .build();
 
+        let events_delivered = Arc::new(AtomicU64::new(0));
+        let delivered_count = events_delivered.clone();
+        meter
+            .u64_observable_counter("incode_gateway.events.delivered")
+            .with_description("Events sent to subscribers")
+            .with_unit("{event}")
+            .with_callback(move |observer| {
+                observer.observe(delivered_count.load(Ordering::Relaxed), &[]);
+            })
+            .build();
+
         let inner = Inner {
             webhooks: meter
                 .u64_counter("incode_gateway.webhooks")
@@ -250,11 +263,7 @@ impl Metrics {
                 .with_description("Open subscription streams")
                 .with_unit("{stream}")
                 .build(),
-            events_delivered: meter
-                .u64_counter("incode_gateway.events.delivered")
-                .with_description("Events sent to subscribers")
-                .with_unit("{event}")
-                .build(),
+            events_delivered,
             acks: meter
                 .u64_counter("incode_gateway.acks")
                 .with_description("Acks of durable consumers, by the subscriber identity that sent them")
@@ -322,7 +331,7 @@ impl Metrics {
 
     /// Counts an event sent to a subscriber.
     pub fn delivered(&self) {
-        self.inner.events_delivered.add(1, &[]);
+        self.inner.events_delivered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an accepted ack by the subscriber identity `subscriber`.

@@ -30,7 +30,12 @@ impl GatewayProcess {
 
     /// The gateway with extra arguments (another storage backend).
     pub async fn start_with(data_dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_incode-gateway"))
+        // Another build of the gateway (an earlier commit, say) can be measured with the same
+        // harness: INCODE_GATEWAY_BENCH_BIN names its binary.
+        let binary = std::env::var_os("INCODE_GATEWAY_BENCH_BIN")
+            .filter(|binary| !binary.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_incode-gateway").into());
+        let mut child = Command::new(binary)
             .args([
                 "serve",
                 "--public-addr",
@@ -72,6 +77,11 @@ impl GatewayProcess {
             public: listening["public"].as_str().unwrap().parse().unwrap(),
             internal: listening["internal"].as_str().unwrap().parse().unwrap(),
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     /// Resident memory of the gateway process, in bytes.

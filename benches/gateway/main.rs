@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo bench --bench gateway -- [--duration 10] [--connections 64] [--rate 1000]
 //!     [--fanout 1,100,1000] [--catch-up-events 1000000]
-//!     [--only ingest,e2e,fanout,catchup,group,nats] [--json]
+//!     [--only ingest,e2e,fanout,catchup,group,nats] [--perf] [--json]
 //! ```
 //!
 //! Every scenario prints as it finishes; `--json` adds one JSON document at the end.
@@ -19,6 +19,7 @@ mod nats;
 #[allow(dead_code)]
 #[path = "../../tests/it/nats_server.rs"]
 mod nats_server;
+mod perf;
 mod scenarios;
 mod wrk;
 
@@ -34,6 +35,8 @@ pub struct Settings {
     pub catch_up_events: u64,
     pub only: Option<Vec<String>>,
     pub json: bool,
+    /// Measure the gateway's CPU time with `perf stat` during the fan-out load.
+    pub perf: bool,
 }
 
 impl Settings {
@@ -46,6 +49,7 @@ impl Settings {
             catch_up_events: 1_000_000,
             only: None,
             json: false,
+            perf: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -62,6 +66,7 @@ impl Settings {
                     settings.only = Some(value().split(',').map(str::to_owned).collect());
                 }
                 "--json" => settings.json = true,
+                "--perf" => settings.perf = true,
                 "--bench" => {} // passed by `cargo bench`
                 other => panic!("unknown argument {other}"),
             }

@@ -333,9 +333,19 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
         body: body("fanout"),
     };
     // Warm the gateway up before taking its resting memory: more events than the log keeps in
-    // its in-memory tail, so that the tail's memory is in the baseline, not charged to
-    // subscribers.
+    // its in-memory tail, delivered to one subscriber, so that the tail's memory (each event
+    // with the encoding all its subscribers share) is in the baseline, not charged to the
+    // subscribers measured.
+    let mut warm = gateway
+        .client()
+        .await
+        .subscribe(latest())
+        .await
+        .unwrap()
+        .into_inner();
+    let warm_reader = tokio::spawn(async move { while let Ok(Some(_)) = warm.message().await {} });
     load::open_loop(target.clone(), 8, 2000, Duration::from_secs(5)).await;
+    warm_reader.abort();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = gateway.rss();
 
@@ -372,7 +382,22 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
     let rss_connected = gateway.rss();
 
     let started = micros_since_epoch();
+    let perf = settings
+        .perf
+        .then(|| tokio::spawn(crate::perf::cpu_time(gateway.pid(), settings.duration)));
+    let received_before = received.load(Ordering::Relaxed);
     let acks = load::open_loop(target, 16, settings.rate, settings.duration).await;
+    let received_in_window = received.load(Ordering::Relaxed) - received_before;
+    let cpu = match perf {
+        Some(counting) => counting.await.ok().flatten(),
+        None => None,
+    };
+    let per_delivery = cpu.map(|cpu| cpu.as_secs_f64() * 1e9 / received_in_window.max(1) as f64);
+    if let Some(per_delivery) = per_delivery {
+        println!(
+            "  perf: {per_delivery:.0} ns of gateway CPU time per delivered event while the load ran"
+        );
+    }
     let expected = acks.ok * subscribers as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -408,6 +433,7 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
         "rss_after_load_bytes": rss_loaded,
         "rss_per_subscriber_connected_kib": (per_subscriber(rss_connected) * 10.0).round() / 10.0,
         "rss_per_subscriber_after_load_kib": (per_subscriber(rss_loaded) * 10.0).round() / 10.0,
+        "cpu_ns_per_delivery": per_delivery.map(f64::round),
     })
 }
 

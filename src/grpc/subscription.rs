@@ -6,7 +6,7 @@
 //! there is no seam to lose or repeat an event at, and a slow subscriber holds at most one batch
 //! in memory while the rest waits in the log.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::Stream;
 use opentelemetry::trace::TraceContextExt;
@@ -63,7 +63,8 @@ struct State {
     filter: Filter,
     /// Every sequence up to this one has been delivered or skipped.
     considered: Sequence,
-    buffer: VecDeque<Arc<LoggedEvent>>,
+    /// The rest of the last batch read; empty (and holding no memory) between batches.
+    buffer: std::vec::IntoIter<Arc<LoggedEvent>>,
     announce_caught_up: bool,
     heartbeat_interval: Duration,
     last_sent: Instant,
@@ -90,7 +91,7 @@ impl Subscription {
             reader,
             filter: self.filter,
             considered: self.start.next.saturating_sub(1),
-            buffer: VecDeque::new(),
+            buffer: Vec::new().into_iter(),
             announce_caught_up: self.start.announce_caught_up,
             heartbeat_interval: self.heartbeat_interval,
             last_sent: Instant::now(),
@@ -106,8 +107,13 @@ impl Subscription {
         // starts at the tail is not lagging until its first message.
         state.stream_metrics.considered(state.considered);
         Ok(futures::stream::unfold(state, |mut state| async move {
-            let span = state.span.clone();
-            let message = state.next_message().instrument(span).await?;
+            // Entering the span costs on every message; only when it is recorded is that worth it.
+            let message = if state.span.is_disabled() {
+                state.next_message().await?
+            } else {
+                let span = state.span.clone();
+                state.next_message().instrument(span).await?
+            };
             state.last_sent = Instant::now();
             state.stream_metrics.considered(state.considered);
             Some((message, state))
@@ -121,10 +127,7 @@ impl State {
             return None;
         }
         loop {
-            if self.shutdown.is_cancelled() {
-                return self.end_for_shutdown();
-            }
-            while let Some(event) = self.buffer.pop_front() {
+            while let Some(event) = self.buffer.next() {
                 self.considered = event.sequence;
                 if self.filter.matches(&event) {
                     self.deliver(&event);
@@ -135,6 +138,10 @@ impl State {
                 }
             }
 
+            // Between batches: a stream replaying a long backlog still ends promptly.
+            if self.shutdown.is_cancelled() {
+                return self.end_for_shutdown();
+            }
             let deadline = self.last_sent + self.heartbeat_interval;
             let read = tokio::select! {
                 () = self.shutdown.cancelled() => return self.end_for_shutdown(),
@@ -142,7 +149,7 @@ impl State {
                 read = self.reader.next() => read,
             };
             match read {
-                Ok(ReadItem::Events(events)) => self.buffer.extend(events),
+                Ok(ReadItem::Events(events)) => self.buffer = events.into_iter(),
                 Ok(ReadItem::Gap { first, last }) => {
                     tracing::warn!(first, last, "events removed by retention before delivery");
                     self.considered = last;
