@@ -241,8 +241,9 @@ impl Writer {
                     state.insert(put.key.as_str(), (revision, put.value.as_ref()))?;
                     written.puts.push(PutOutcome::Stored(revision));
                 }
-
-                txn.open_table(META)?.insert(META_HEAD, head)?;
+                // The head is the last event's sequence; META keeps it only for when retention
+                // has removed every event (see `remove_expired_events`), so a commit touches no
+                // more tables than it must.
             }
             txn.commit()?;
             Ok(())
@@ -304,6 +305,8 @@ impl Writer {
                 for sequence in &doomed {
                     table.remove(*sequence)?;
                 }
+                // Sequences must never be reused, even once every event is gone.
+                txn.open_table(META)?.insert(META_HEAD, self.head)?;
                 if let Some(last) = doomed.last() {
                     next_first = last + 1;
                 }
