@@ -69,13 +69,23 @@ impl DedupKey {
     }
 }
 
-impl fmt::Display for DedupKey {
-    /// Lowercase hex, as a NATS message id.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl DedupKey {
+    /// The key as 64 lowercase hex digits: a NATS message id.
+    pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(64);
         for byte in self.0 {
-            write!(f, "{byte:02x}")?;
+            hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
         }
-        Ok(())
+        hex
+    }
+}
+
+impl fmt::Display for DedupKey {
+    /// Lowercase hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
     }
 }
 
@@ -410,6 +420,15 @@ pub fn is_state_key(key: &str) -> bool {
 mod tests {
     use super::*;
     use crate::proto::v1::subscribe_response::Response;
+
+    #[test]
+    fn dedup_keys_print_as_hex() {
+        let key = DedupKey::from_bytes([0xab; 32]);
+        assert_eq!(key.to_hex(), "ab".repeat(32));
+        assert_eq!(key.to_string(), key.to_hex());
+        let key = DedupKey::from_bytes(std::array::from_fn(|i| i as u8));
+        assert!(key.to_hex().starts_with("000102030405"));
+    }
 
     #[test]
     fn the_shared_encoding_is_the_subscribe_response_of_the_event() {

@@ -450,13 +450,21 @@ impl EventLog for NatsLog {
         event.sequence = 0;
         event.received_at = None;
         let payload = Bytes::from(event.encode_to_vec());
-        let id = new.dedup_key.to_string();
+        let id = new.dedup_key.to_hex();
         let deadline = tokio::time::Instant::now() + self.publish_timeout;
         let mut backoff = Duration::from_millis(25);
+        let mut first = true;
         loop {
-            let attempt =
-                tokio::time::timeout_at(deadline, self.publish_once(&id, payload.clone()));
-            let error: BoxError = match attempt.await {
+            // The client bounds one attempt by the publish timeout already (its ack timeout);
+            // retries get what is left of it.
+            let attempt = self.publish_once(&id, payload.clone());
+            let result = if first {
+                first = false;
+                Ok(attempt.await)
+            } else {
+                tokio::time::timeout_at(deadline, attempt).await
+            };
+            let error: BoxError = match result {
                 Ok(Ok(ack)) => {
                     self.known_head.fetch_max(ack.sequence, Ordering::Relaxed);
                     return Ok(if ack.duplicate {
