@@ -1,16 +1,18 @@
-//! The gateway's configuration: one typed struct, read from command-line flags and their
-//! `INCODE_GATEWAY_*` environment equivalents. `incode-gateway serve --help` lists every key with
-//! its default; this file is the one place they are defined. Authentication settings may also
-//! come from a TOML file ([`file`]); flags and environment override it. The tools' options
-//! (`tail`, `simulate`) are defined beside the tools, in [`crate::tools`], and so are two
-//! groups of `serve` options: the public listener's limits ([`crate::http::PublicListenerArgs`])
-//! and the client authentication limits ([`crate::auth::ClientAuthLimitArgs`]).
+//! The gateway's configuration: one typed struct, read from command-line flags, their
+//! `INCODE_GATEWAY_*` environment equivalents, and an optional TOML file ([`file`]) with a key for
+//! every flag ([`keys`]), in that order of precedence, then the defaults. `incode-gateway serve
+//! --help` lists every flag with its default; this module (with the argument groups it
+//! flattens) is the one place they are defined. The tools' options (`tail`, `simulate`) are
+//! defined beside the tools, in [`crate::tools`], and so are two groups of `serve` options: the
+//! public listener's limits ([`crate::http::PublicListenerArgs`]) and the client authentication
+//! limits ([`crate::auth::ClientAuthLimitArgs`]).
 
 pub mod file;
+pub mod keys;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::auth::Secret;
 
@@ -63,18 +65,103 @@ impl Cli {
         self.command.unwrap_or(Command::Serve(self.serve))
     }
 
+    /// The command line of this process, its `INCODE_GATEWAY_*` variables, and the config file
+    /// `--config` (or `INCODE_GATEWAY_CONFIG`) names, with that precedence.
+    pub fn load() -> Result<Self, LoadError> {
+        Self::load_from(std::env::args_os(), Environment::Read)
+    }
+
+    /// Parses `args` (the program name first), the environment when `environment` says so,
+    /// and the config file the result names: flags win over variables, variables over the
+    /// file, the file over the defaults.
+    pub fn load_from<I, T>(args: I, environment: Environment) -> Result<Self, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = match environment {
+            Environment::Read => Self::command(),
+            Environment::Ignore => without_env(Self::command()),
+        };
+        let matches = command.clone().try_get_matches_from(&args)?;
+        let Some(path) = config_path(&matches) else {
+            return Ok(Self::from_arg_matches(&matches)?);
+        };
+        let file = file::ConfigFile::load(&path)?;
+        let command = with_file_defaults(command, &file);
+        let matches = command.try_get_matches_from(&args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        let sections = Arc::new(file.sections);
+        cli.serve.file = Some(sections.clone());
+        if let Some(Command::Serve(config)) = &mut cli.command {
+            config.file = Some(sections);
+        }
+        Ok(cli)
+    }
+
     /// Parses `args` (the program name first) as the command line alone says them: no
     /// `INCODE_GATEWAY_*` variable is read, so that tests and programs embedding the gateway get
     /// the documented defaults whatever the environment they run in holds.
-    pub fn try_parse_args_only<I, T>(args: I) -> Result<Self, clap::Error>
+    pub fn try_parse_args_only<I, T>(args: I) -> Result<Self, LoadError>
     where
         I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
+        T: Into<OsString> + Clone,
     {
-        use clap::{CommandFactory, FromArgMatches};
-        let matches = without_env(Self::command()).try_get_matches_from(args)?;
-        Self::from_arg_matches(&matches)
+        Self::load_from(args, Environment::Ignore)
     }
+}
+
+/// Whether [`Cli::load_from`] reads `INCODE_GATEWAY_*` variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Read them, as the binary does.
+    Read,
+    /// Ignore them, for tests and embedding.
+    Ignore,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The command line (or a variable) is not valid, or asked for help or the version.
+    #[error(transparent)]
+    Arguments(#[from] clap::Error),
+    /// The config file is not usable.
+    #[error(transparent)]
+    File(#[from] file::ConfigFileError),
+}
+
+/// The config file `serve` is to read, from the command line or the environment.
+fn config_path(matches: &ArgMatches) -> Option<PathBuf> {
+    let serve = match matches.subcommand() {
+        Some(("serve", serve)) => serve,
+        Some(_) => return None,
+        None => matches,
+    };
+    serve.get_one::<PathBuf>("config_file").cloned()
+}
+
+/// `command` with the settings of `file` as the defaults of the flags they belong to: clap then
+/// gives a flag, then its variable, then the file, then the built-in default.
+fn with_file_defaults(command: clap::Command, file: &file::ConfigFile) -> clap::Command {
+    let apply = |command: clap::Command| {
+        let ids: Vec<(String, Vec<String>)> = command
+            .get_arguments()
+            .filter_map(|arg| {
+                let values = file.values_of(arg.get_long()?)?;
+                Some((arg.get_id().to_string(), values.to_vec()))
+            })
+            .collect();
+        ids.into_iter().fold(command, |command, (id, values)| {
+            command.mut_arg(id, |arg| {
+                // A secret from the file must not show in `--help` as a default.
+                let secret = arg.is_hide_env_values_set();
+                arg.default_values(values).hide_default_value(secret)
+            })
+        })
+    };
+    apply(command).mut_subcommand("serve", apply)
 }
 
 /// `command` with the environment variables of its arguments (and its subcommands') removed.
@@ -166,11 +253,16 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// A TOML file with OAuth clients, token keys, webhook headers and the internal listener's
-    /// subscribers (format in the README and docs/internal-listener.md). Flags and environment
-    /// variables override what it says.
+    /// A TOML file with a key for every setting (incode-gateway.example.toml lists them all),
+    /// OAuth clients (`[[oauth.clients]]`) and the internal listener's subscribers
+    /// (`[[subscribers]]`). Flags and environment variables win over what it says.
     #[arg(long = "config", env = "INCODE_GATEWAY_CONFIG", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
+
+    /// The parts of the config file that are not flags (OAuth clients, subscribers), once
+    /// [`Cli::load_from`] read it.
+    #[arg(skip)]
+    pub file: Option<Arc<file::FileSections>>,
 
     /// How callers of the public listener authenticate.
     #[command(flatten)]
@@ -514,8 +606,13 @@ impl Config {
     pub fn for_tests() -> Self {
         let mut config = match Cli::try_parse_args_only(["incode-gateway"]) {
             Ok(cli) => cli.serve,
-            // No argument to refuse: only a definition error, which every test would show.
-            Err(error) => error.exit(),
+            // No argument and no file to refuse: only a definition error, which every test
+            // would show.
+            Err(LoadError::Arguments(error)) => error.exit(),
+            Err(error) => {
+                eprintln!("incode-gateway: {error}");
+                std::process::exit(2)
+            }
         };
         config.public_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.internal_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -523,6 +620,37 @@ impl Config {
         config.data_dir = PathBuf::new();
         config.auth.allow_unauthenticated_webhooks = true;
         config
+    }
+
+    /// The parts of the config file that are not flags: as [`Cli::load_from`] read them, or
+    /// read now from `config_file` for a configuration built in code. Such a configuration
+    /// cannot take the file's flag settings (only [`Cli::load_from`] gives them their place in
+    /// the precedence), so a file with any is refused rather than half applied.
+    pub fn file_sections(&self) -> Result<Arc<file::FileSections>, file::ConfigFileError> {
+        if let Some(sections) = &self.file {
+            return Ok(sections.clone());
+        }
+        let Some(path) = &self.config_file else {
+            return Ok(Arc::default());
+        };
+        let file = file::ConfigFile::load(path)?;
+        if file.sets_flags() {
+            return Err(file::ConfigFileError::FlagsNotApplied { path: path.clone() });
+        }
+        Ok(Arc::new(file.sections))
+    }
+
+    /// Like [`Config::for_tests`], with `args` (flags, `--config FILE`) on the command line too.
+    pub fn for_tests_with(args: &[&str]) -> Result<Self, LoadError> {
+        let mut config = Cli::try_parse_args_only(
+            std::iter::once("incode-gateway").chain(args.iter().copied()),
+        )?
+        .serve;
+        let defaults = Self::for_tests();
+        config.public_addr = defaults.public_addr;
+        config.internal_addr = defaults.internal_addr;
+        config.data_dir = defaults.data_dir;
+        Ok(config)
     }
 
     /// Options of the embedded log.
@@ -585,8 +713,123 @@ mod tests {
 
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    fn parse(args: &[&str]) -> Result<Cli, LoadError> {
         Cli::try_parse_args_only(std::iter::once("incode-gateway").chain(args.iter().copied()))
+    }
+
+    /// The long names of every flag of `serve`.
+    fn serve_flags() -> Vec<String> {
+        let command = Cli::command();
+        let serve = command
+            .get_subcommands()
+            .find(|sub| sub.get_name() == "serve")
+            .unwrap()
+            .clone();
+        serve
+            .get_arguments()
+            .filter_map(|arg| arg.get_long().map(str::to_owned))
+            .filter(|long| long != "help")
+            .collect()
+    }
+
+    #[test]
+    fn every_flag_has_one_file_key_and_every_key_one_flag() {
+        let flags = serve_flags();
+        for flag in &flags {
+            if flag == "config" {
+                assert_eq!(keys::path_of(flag), None, "--config has no key of its own");
+                continue;
+            }
+            assert!(
+                keys::path_of(flag).is_some(),
+                "--{flag} has no key in the config file"
+            );
+        }
+        for key in keys::FILE_KEYS {
+            assert!(
+                flags.iter().any(|flag| flag == key.flag),
+                "{} is no flag",
+                key.flag
+            );
+            let same_path = keys::FILE_KEYS
+                .iter()
+                .filter(|k| k.path == key.path)
+                .count();
+            assert_eq!(same_path, 1, "{} is used twice", key.path);
+        }
+    }
+
+    fn write_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        (dir, path)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_the_defaults() {
+        let (_dir, path) = write_file(
+            "log_format = \"json\"\n[public]\naddr = \"127.0.0.1:9999\"\nmax_connections = 7\n\
+             trusted_proxies = [\"10.0.0.0/8\"]\n[storage]\nretention = \"2d\"\n\
+             [internal]\nallow_anonymous_reads = true\n",
+        );
+        let config = parse(&["--config", &path, "--retention", "3d"])
+            .unwrap()
+            .serve;
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.public_addr, SocketAddr::from(([127, 0, 0, 1], 9999)));
+        assert_eq!(config.public_listener.max_connections, 7);
+        assert_eq!(config.public_listener.trusted_proxies.len(), 1);
+        assert_eq!(
+            config.retention,
+            Duration::from_secs(3 * 24 * 3600),
+            "the flag wins"
+        );
+        assert!(config.internal.allow_anonymous_reads);
+        assert_eq!(
+            config.dedup_window,
+            Duration::from_secs(24 * 3600),
+            "a default stays"
+        );
+        // The same through the subcommand.
+        let Some(Command::Serve(config)) = parse(&["serve", "--config", &path]).unwrap().command
+        else {
+            panic!("serve expected");
+        };
+        assert_eq!(config.retention, Duration::from_secs(2 * 24 * 3600));
+        assert!(config.file.is_some());
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_is_refused_like_a_bad_flag() {
+        let (_dir, path) = write_file("[public]\nmax_connections = \"many\"\n");
+        let error = parse(&["--config", &path]).unwrap_err().to_string();
+        assert!(
+            error.contains("many") && error.contains("max-connections"),
+            "{error}"
+        );
+        let (_dir, path) = write_file("[public]\nmax_conections = 3\n");
+        let error = parse(&["--config", &path]).unwrap_err().to_string();
+        assert!(error.contains("public.max_conections"), "{error}");
+    }
+
+    #[test]
+    fn secrets_from_the_file_are_not_shown_as_defaults() {
+        let (_dir, path) = write_file("[nats]\npassword = \"file-password-61c2\"\n");
+        let command = with_file_defaults(
+            Cli::command(),
+            &file::ConfigFile::load(std::path::Path::new(&path)).unwrap(),
+        );
+        let help = command
+            .find_subcommand("serve")
+            .unwrap()
+            .clone()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("file-password-61c2"), "{help}");
+        let config = parse(&["--config", &path]).unwrap().serve;
+        assert_eq!(config.nats.password.unwrap().expose(), "file-password-61c2");
     }
 
     #[test]

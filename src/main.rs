@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use incode_gateway::{
-    config::{Cli, Command},
+    config::{Cli, Command, LoadError},
     tools,
 };
 use tokio::net::TcpListener;
@@ -18,7 +17,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let config = match Cli::parse().into_command() {
+    let cli = match Cli::load() {
+        Ok(cli) => cli,
+        // Help, the version, and mistakes on the command line, as clap prints them.
+        Err(LoadError::Arguments(error)) => error.exit(),
+        Err(error) => {
+            eprintln!(
+                "incode-gateway: {}",
+                incode_gateway::error::error_chain(&error)
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let config = match cli.into_command() {
         Command::Serve(config) => config,
         Command::HashSecret => {
             incode_gateway::auth::hash_secret_command()?;

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::config::{
     AuthArgs, Config, StorageKind,
-    file::{ConfigFile, ConfigFileError},
+    file::{ClientEntry, ConfigFileError},
 };
 
 /// Token lifetime when none is configured.
@@ -220,35 +220,32 @@ pub enum AuthSetupError {
 }
 
 impl AuthSettings {
-    /// Resolves the settings: flags and environment first, then the config file, then defaults.
+    /// Resolves the settings of `config`: its flags (which already hold what the environment and
+    /// the config file say) and the OAuth clients of its config file.
     pub fn from_config(config: &Config) -> Result<Self, AuthSetupError> {
-        let file = match &config.config_file {
-            Some(path) => ConfigFile::load(path)?,
-            None => ConfigFile::default(),
-        };
+        let sections = config.file_sections()?;
         let policy = KeyPolicy::for_storage(config.storage, &config.data_dir);
-        Self::resolve(&config.auth, &config.client_auth_limits, file, &policy)
+        Self::resolve(
+            &config.auth,
+            &config.client_auth_limits,
+            &sections.oauth_clients,
+            &policy,
+        )
     }
 
     /// Resolves the settings; a missing signing key is handled as `policy` says.
     pub fn resolve(
         args: &AuthArgs,
         limits: &ClientAuthLimitArgs,
-        file: ConfigFile,
+        file_clients: &[ClientEntry],
         policy: &KeyPolicy,
     ) -> Result<Self, AuthSetupError> {
-        // `[[subscribers]]` belongs to the internal listener (crate::grpc).
-        let ConfigFile {
-            oauth, webhooks, ..
-        } = file;
-
         // The client given by flags replaces a file client with the same id.
-        let mut clients: Vec<ClientConfig> = oauth
-            .clients
-            .into_iter()
+        let mut clients: Vec<ClientConfig> = file_clients
+            .iter()
             .map(|entry| ClientConfig {
-                id: entry.id,
-                secrets: entry.secrets,
+                id: entry.id.clone(),
+                secrets: entry.secrets.clone(),
             })
             .collect();
         match (&args.oauth_client_id, &args.oauth_client_secret) {
@@ -264,10 +261,7 @@ impl AuthSettings {
             (None, None) => {}
         }
 
-        let ttl = args
-            .token_ttl
-            .or(oauth.token_ttl)
-            .unwrap_or(DEFAULT_TOKEN_TTL);
+        let ttl = args.token_ttl.unwrap_or(DEFAULT_TOKEN_TTL);
         if ttl < Duration::from_secs(1) {
             return Err(AuthSetupError::TokenTtlTooShort);
         }
@@ -275,44 +269,30 @@ impl AuthSettings {
             return Err(AuthSetupError::TokenTtlTooLong { max: MAX_TOKEN_TTL });
         }
 
-        let from_flags = signing_key(
+        let configured = signing_key(
             args.token_signing_key.as_ref(),
-            "--token-signing-key",
+            "--token-signing-key (oauth.signing_key)",
             args.token_signing_key_file.as_deref(),
-            "--token-signing-key-file",
+            "--token-signing-key-file (oauth.signing_key_file)",
         )?;
-        let from_file = signing_key(
-            oauth.signing_key.as_ref(),
-            "oauth.signing_key",
-            oauth.signing_key_file.as_deref(),
-            "oauth.signing_key_file",
-        )?;
-        let configured = from_flags.or(from_file);
 
         let mut verify_only_keys = Vec::new();
-        for (index, key) in oauth.verify_keys.iter().enumerate() {
-            verify_only_keys.push(parse_key(key, || format!("oauth.verify_keys[{index}]"))?);
-        }
-        for path in &oauth.verify_key_files {
-            verify_only_keys.push(read_key(path, "oauth.verify_key_files")?);
-        }
         for (index, key) in args.token_verify_keys.iter().enumerate() {
             verify_only_keys.push(parse_key(key, || {
-                format!("--token-verify-key #{}", index + 1)
+                format!("--token-verify-key #{} (oauth.verify_keys)", index + 1)
             })?);
         }
         for path in &args.token_verify_key_files {
-            verify_only_keys.push(read_key(path, "--token-verify-key-file")?);
+            verify_only_keys.push(read_key(
+                path,
+                "--token-verify-key-file (oauth.verify_key_files)",
+            )?);
         }
 
-        // Flags add headers and replace file headers of the same name.
         let mut webhook_headers = Vec::new();
-        for (name, value) in &webhooks.headers {
-            webhook_headers.push(WebhookHeader::new(name, value)?);
-        }
         for spec in &args.webhook_headers {
             let header = WebhookHeader::parse(spec)?;
-            webhook_headers.retain(|existing| existing.name() != header.name());
+            webhook_headers.retain(|existing: &WebhookHeader| existing.name() != header.name());
             webhook_headers.push(header);
         }
 
@@ -334,8 +314,7 @@ impl AuthSettings {
                 verify_only_keys,
             },
             webhook_headers,
-            allow_unauthenticated_webhooks: args.allow_unauthenticated_webhooks
-                || webhooks.allow_unauthenticated,
+            allow_unauthenticated_webhooks: args.allow_unauthenticated_webhooks,
             throttle: limits.throttle(),
             max_concurrent_secret_checks: usize::try_from(limits.max_concurrent_secret_checks)
                 .unwrap_or(1),
@@ -481,16 +460,13 @@ fn read_key(path: &Path, setting: &str) -> Result<TokenKey, AuthSetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        auth::webhook::check_headers,
-        config::file::{ClientEntry, OAuthSection, WebhooksSection},
-    };
+    use crate::auth::webhook::check_headers;
 
-    fn resolve(args: &AuthArgs, file: ConfigFile) -> Result<AuthSettings, AuthSetupError> {
+    fn resolve(args: &AuthArgs, clients: &[ClientEntry]) -> Result<AuthSettings, AuthSetupError> {
         AuthSettings::resolve(
             args,
             &ClientAuthLimitArgs::default(),
-            file,
+            clients,
             &KeyPolicy::Ephemeral,
         )
     }
@@ -498,36 +474,47 @@ mod tests {
     const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
     const KEY_B: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
 
-    fn file_with_client(id: &str, secret: &str) -> ConfigFile {
-        ConfigFile {
-            oauth: OAuthSection {
-                token_ttl: Some(Duration::from_secs(60)),
-                signing_key: Some(Secret::new(KEY_A)),
-                clients: vec![ClientEntry {
-                    id: id.into(),
-                    secrets: vec![Secret::new(secret)],
-                }],
-                ..OAuthSection::default()
-            },
-            webhooks: WebhooksSection {
-                headers: [("X-A".to_owned(), Secret::new("file"))].into(),
-                allow_unauthenticated: false,
-            },
-            subscribers: Vec::new(),
-        }
+    /// A config for the arguments `args`, with a config file that names a client, a token
+    /// lifetime, a signing key and a webhook header.
+    fn config_with_file(args: &[&str]) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[oauth]\ntoken_ttl = \"60s\"\nsigning_key = \"{KEY_A}\"\n\n\
+                 [[oauth.clients]]\nid = \"incode\"\nsecrets = [\"from-file\"]\n\n\
+                 [webhooks]\nheaders = {{ \"X-A\" = \"file\" }}\n"
+            ),
+        )
+        .unwrap();
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let config = Config::for_tests_with(&all).unwrap();
+        (dir, config)
+    }
+
+    fn with_x_a(value: &'static str) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-a", axum::http::HeaderValue::from_static(value));
+        headers
     }
 
     #[test]
     fn flags_override_the_file() {
-        let args = AuthArgs {
-            oauth_client_id: Some("incode".into()),
-            oauth_client_secret: Some(Secret::new("from-flags")),
-            token_ttl: Some(Duration::from_secs(120)),
-            token_signing_key: Some(Secret::new(KEY_B)),
-            webhook_headers: vec![Secret::new("X-A=flag")],
-            ..AuthArgs::default()
-        };
-        let settings = resolve(&args, file_with_client("incode", "from-file")).unwrap();
+        let (_dir, config) = config_with_file(&[
+            "--oauth-client-id",
+            "incode",
+            "--oauth-client-secret",
+            "from-flags",
+            "--token-ttl",
+            "2m",
+            "--token-signing-key",
+            KEY_B,
+            "--webhook-header",
+            "X-A=flag",
+        ]);
+        let settings = AuthSettings::from_config(&config).unwrap();
         assert_eq!(settings.clients.len(), 1);
         assert_eq!(settings.clients[0].secrets[0].expose(), "from-flags");
         assert_eq!(settings.tokens.ttl, Duration::from_secs(120));
@@ -535,23 +522,25 @@ mod tests {
         assert_eq!(settings.tokens.signing_key.id(), key_b.id());
         // The flag's `X-A` replaced the file's: its value is required, the file's refused.
         assert_eq!(settings.webhook_headers.len(), 1);
-        let with_x_a = |value: &'static str| {
-            let mut headers = axum::http::HeaderMap::new();
-            headers.insert("x-a", axum::http::HeaderValue::from_static(value));
-            headers
-        };
         check_headers(&settings.webhook_headers, &with_x_a("flag")).unwrap();
         assert!(check_headers(&settings.webhook_headers, &with_x_a("file")).is_err());
+    }
 
-        let settings = resolve(&AuthArgs::default(), file_with_client("other", "x")).unwrap();
+    #[test]
+    fn the_file_applies_where_no_flag_says_otherwise() {
+        let (_dir, config) = config_with_file(&[]);
+        let settings = AuthSettings::from_config(&config).unwrap();
+        assert_eq!(settings.clients[0].secrets[0].expose(), "from-file");
         assert_eq!(settings.tokens.ttl, Duration::from_secs(60));
         let key_a = TokenKey::parse(&Secret::new(KEY_A)).unwrap();
         assert_eq!(settings.tokens.signing_key.id(), key_a.id());
+        check_headers(&settings.webhook_headers, &with_x_a("file")).unwrap();
+        assert!(check_headers(&settings.webhook_headers, &with_x_a("flag")).is_err());
     }
 
     #[test]
     fn defaults_and_inconsistencies() {
-        let settings = resolve(&AuthArgs::default(), ConfigFile::default()).unwrap();
+        let settings = resolve(&AuthArgs::default(), &[]).unwrap();
         assert_eq!(settings.tokens.ttl, DEFAULT_TOKEN_TTL);
         assert!(settings.clients.is_empty());
 
@@ -560,7 +549,7 @@ mod tests {
             ..AuthArgs::default()
         };
         assert!(matches!(
-            resolve(&half, ConfigFile::default()),
+            resolve(&half, &[]),
             Err(AuthSetupError::ClientIdWithoutSecret)
         ));
         let twice = AuthArgs {
@@ -569,14 +558,14 @@ mod tests {
             ..AuthArgs::default()
         };
         assert!(matches!(
-            resolve(&twice, ConfigFile::default()),
+            resolve(&twice, &[]),
             Err(AuthSetupError::TwoSigningKeys { .. })
         ));
         let short = AuthArgs {
             token_signing_key: Some(Secret::new("c2hvcnQ=")),
             ..AuthArgs::default()
         };
-        let error = resolve(&short, ConfigFile::default()).unwrap_err();
+        let error = resolve(&short, &[]).unwrap_err();
         assert!(error.to_string().contains("--token-signing-key"), "{error}");
     }
 
@@ -589,12 +578,7 @@ mod tests {
     }
 
     fn resolve_with(policy: &KeyPolicy) -> Result<AuthSettings, AuthSetupError> {
-        AuthSettings::resolve(
-            &with_client(),
-            &ClientAuthLimitArgs::default(),
-            ConfigFile::default(),
-            policy,
-        )
+        AuthSettings::resolve(&with_client(), &ClientAuthLimitArgs::default(), &[], policy)
     }
 
     #[test]
@@ -642,7 +626,7 @@ mod tests {
         let settings = AuthSettings::resolve(
             &configured,
             &ClientAuthLimitArgs::default(),
-            ConfigFile::default(),
+            &[],
             &KeyPolicy::RequireConfigured,
         )
         .unwrap();
@@ -654,7 +638,7 @@ mod tests {
         AuthSettings::resolve(
             &AuthArgs::default(),
             &ClientAuthLimitArgs::default(),
-            ConfigFile::default(),
+            &[],
             &KeyPolicy::PersistInDataDir(path.clone()),
         )
         .unwrap();
@@ -685,14 +669,14 @@ mod tests {
                 token_ttl: Some(ttl),
                 ..AuthArgs::default()
             };
-            assert_eq!(resolve(&args, ConfigFile::default()).is_ok(), ok, "{ttl:?}");
+            assert_eq!(resolve(&args, &[]).is_ok(), ok, "{ttl:?}");
         }
         let error = resolve(
             &AuthArgs {
                 token_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
                 ..AuthArgs::default()
             },
-            ConfigFile::default(),
+            &[],
         )
         .unwrap_err();
         assert!(error.to_string().contains("at most 1day"), "{error}");

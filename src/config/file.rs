@@ -1,35 +1,60 @@
-//! The optional TOML configuration file (`--config FILE`): what does not fit in flags, such as
-//! several OAuth clients with several secrets each, or the internal listener's subscribers.
-//! Unknown keys are refused, so a typo does not silently leave the gateway open. The format is
-//! documented in the README and in docs/internal-listener.md.
+//! The optional TOML configuration file (`--config FILE`): a key for every flag of `serve`
+//! ([`keys::FILE_KEYS`](super::keys::FILE_KEYS)), and what does not fit in flags: several OAuth
+//! clients with several secrets each (`[[oauth.clients]]`), and the internal listener's
+//! subscribers (`[[subscribers]]`). Flags and `INCODE_GATEWAY_*` variables win over the file,
+//! and the file over the defaults. Unknown keys are refused, so a typo does not silently leave
+//! the gateway open. `incode-gateway.example.toml` lists every key.
 
 use std::{
     collections::BTreeMap,
+    fmt,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use serde::Deserialize;
 
+use super::keys::{STRUCTURED_KEYS, flag_of};
 use crate::auth::Secret;
 
-/// The whole file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A loaded config file.
 pub struct ConfigFile {
-    /// The token endpoint and its tokens.
-    #[serde(default)]
-    pub oauth: OAuthSection,
-    /// The webhook endpoints.
-    #[serde(default)]
-    pub webhooks: WebhooksSection,
+    /// The flags it sets, by long name, each as its values would be written on the command line.
+    settings: BTreeMap<&'static str, Vec<String>>,
+    /// What is not a flag.
+    pub sections: FileSections,
+}
+
+impl fmt::Debug for ConfigFile {
+    // Values may be secrets: only the flags set are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .field("sections", &self.sections)
+            .finish()
+    }
+}
+
+/// The parts of the file that are not flags.
+#[derive(Debug, Clone, Default)]
+pub struct FileSections {
+    /// `[[oauth.clients]]`.
+    pub oauth_clients: Vec<ClientEntry>,
     /// `[[subscribers]]`: the identities that may use the internal listener.
-    #[serde(default)]
     pub subscribers: Vec<SubscriberEntry>,
 }
 
+/// One `[[oauth.clients]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    /// The client id.
+    pub id: String,
+    /// Its secrets, plain or argon2id PHC strings.
+    pub secrets: Vec<Secret>,
+}
+
 /// One `[[subscribers]]` entry: an identity on the internal listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriberEntry {
     /// Its name; a client certificate whose SAN DNS name (or, without DNS names, CN) is this
@@ -49,50 +74,6 @@ pub struct SubscriberEntry {
 
 fn default_true() -> bool {
     true
-}
-
-/// `[oauth]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OAuthSection {
-    /// Lifetime of issued tokens, e.g. `"1h"`.
-    #[serde(default, deserialize_with = "duration")]
-    pub token_ttl: Option<Duration>,
-    /// The signing key, base64.
-    pub signing_key: Option<Secret>,
-    /// A file holding the signing key.
-    pub signing_key_file: Option<PathBuf>,
-    /// Verify-only keys, base64.
-    #[serde(default)]
-    pub verify_keys: Vec<Secret>,
-    /// Files holding verify-only keys.
-    #[serde(default)]
-    pub verify_key_files: Vec<PathBuf>,
-    /// `[[oauth.clients]]`.
-    #[serde(default)]
-    pub clients: Vec<ClientEntry>,
-}
-
-/// One `[[oauth.clients]]` entry.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientEntry {
-    /// The client id.
-    pub id: String,
-    /// Its secrets, plain or argon2id PHC strings.
-    pub secrets: Vec<Secret>,
-}
-
-/// `[webhooks]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhooksSection {
-    /// Headers every webhook call must carry, name to value.
-    #[serde(default)]
-    pub headers: BTreeMap<String, Secret>,
-    /// Accept webhooks without authentication.
-    #[serde(default)]
-    pub allow_unauthenticated: bool,
 }
 
 /// Why the file could not be used.
@@ -120,7 +101,19 @@ pub enum ConfigFileError {
         /// What is wrong, without quoted values.
         message: String,
     },
+    /// The file sets flags, but the configuration was built in code rather than loaded from
+    /// the command line, so they would be ignored.
+    #[error(
+        "the config file {path} sets flags, which only take effect when the configuration is loaded with Cli::load_from"
+    )]
+    FlagsNotApplied {
+        /// The file.
+        path: PathBuf,
+    },
 }
+
+/// A problem at a place in the text: (line, column, message).
+type Problem = (usize, usize, String);
 
 impl ConfigFile {
     /// Reads and parses the file.
@@ -137,16 +130,127 @@ impl ConfigFile {
         })
     }
 
-    /// Parses the file's text; on error, the position and a redacted message.
-    fn parse(text: &str) -> Result<Self, (usize, usize, String)> {
-        toml::from_str(text).map_err(|error| {
-            let offset = error.span().map_or(0, |span| span.start);
-            let before = &text[..offset.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            (line, column, redact_quoted(error.message()))
-        })
+    /// The values the file gives a flag (by long name), in command-line form.
+    pub fn values_of(&self, flag: &str) -> Option<&[String]> {
+        self.settings.get(flag).map(Vec::as_slice)
     }
+
+    /// Whether the file sets any flag.
+    pub fn sets_flags(&self) -> bool {
+        !self.settings.is_empty()
+    }
+
+    /// Parses the file's text.
+    pub fn parse(text: &str) -> Result<Self, Problem> {
+        let table: toml::Table = toml::from_str(text).map_err(|error| {
+            let offset = error.span().map_or(0, |span| span.start);
+            let (line, column) = position(text, offset);
+            (line, column, redact_quoted(error.message()))
+        })?;
+        let mut file = Self {
+            settings: BTreeMap::new(),
+            sections: FileSections::default(),
+        };
+        file.read_table(text, "", &table)?;
+        Ok(file)
+    }
+
+    fn read_table(&mut self, text: &str, prefix: &str, table: &toml::Table) -> Result<(), Problem> {
+        for (name, value) in table {
+            let path = format!("{prefix}{name}");
+            let problem = |message: String| {
+                let (line, column) = locate(text, &path);
+                (line, column, message)
+            };
+            if let Some(flag) = flag_of(&path) {
+                let values = flag_values(&path, value).map_err(problem)?;
+                self.settings.insert(flag, values);
+            } else if STRUCTURED_KEYS.contains(&path.as_str()) {
+                self.read_structured(&path, value).map_err(problem)?;
+            } else if let toml::Value::Table(inner) = value
+                && is_section(&path)
+            {
+                self.read_table(text, &format!("{path}."), inner)?;
+            } else {
+                return Err(problem(format!(
+                    "unknown key `{path}`; incode-gateway.example.toml lists every key"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_structured(&mut self, path: &str, value: &toml::Value) -> Result<(), String> {
+        let redacted =
+            |error: toml::de::Error| format!("`{path}`: {}", redact_quoted(error.message()));
+        match path {
+            "oauth.clients" => {
+                self.sections.oauth_clients = value.clone().try_into().map_err(redacted)?;
+            }
+            _ => self.sections.subscribers = value.clone().try_into().map_err(redacted)?,
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is a section that holds keys.
+fn is_section(path: &str) -> bool {
+    let prefix = format!("{path}.");
+    super::keys::FILE_KEYS
+        .iter()
+        .map(|key| key.path)
+        .chain(STRUCTURED_KEYS.iter().copied())
+        .any(|key| key.starts_with(&prefix))
+}
+
+/// A value in the form a flag takes it: one string per value.
+fn flag_values(path: &str, value: &toml::Value) -> Result<Vec<String>, String> {
+    let scalar = |value: &toml::Value| match value {
+        toml::Value::String(text) => Ok(text.clone()),
+        toml::Value::Integer(number) => Ok(number.to_string()),
+        toml::Value::Boolean(flag) => Ok(flag.to_string()),
+        other => Err(format!(
+            "`{path}` must be a string, an integer or a boolean, not {}",
+            other.type_str()
+        )),
+    };
+    match value {
+        toml::Value::Array(items) => items.iter().map(scalar).collect(),
+        // `[webhooks] headers = { NAME = "VALUE" }`, as well as a list of "NAME=VALUE".
+        toml::Value::Table(headers) if path == "webhooks.headers" => headers
+            .iter()
+            .map(|(name, value)| scalar(value).map(|value| format!("{name}={value}")))
+            .collect(),
+        other => scalar(other).map(|text| vec![text]),
+    }
+}
+
+/// The line and column of the key `path` in `text`, best effort (1, 1 when not found).
+fn locate(text: &str, path: &str) -> (usize, usize) {
+    let Ok(document) = toml::de::DeTable::parse(text) else {
+        return (1, 1);
+    };
+    let mut table = document.get_ref();
+    let mut span = None;
+    for part in path.split('.') {
+        let Some((key, value)) = table.iter().find(|(key, _)| key.get_ref().as_ref() == part)
+        else {
+            break;
+        };
+        span = Some(key.span());
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    span.map_or((1, 1), |span| position(text, span.start))
+}
+
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 /// Replaces the content of every `"..."` in a parser message with `…`: serde quotes the
@@ -171,27 +275,26 @@ fn redact_quoted(message: &str) -> String {
     out.trim_end().to_owned()
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_full_file_parses() {
+    fn flags_sections_and_structured_entries_parse() {
         let file = ConfigFile::parse(
             r#"
+            log_format = "json"
+
+            [public]
+            addr = "0.0.0.0:8443"
+            trusted_proxies = ["10.0.0.0/8", "192.168.0.0/16"]
+            max_connections = 100
+
             [oauth]
             token_ttl = "30m"
             signing_key_file = "/run/secrets/signing-key"
             verify_keys = ["b2xkLWtleQ=="]
+            disable_throttle = true
 
             [[oauth.clients]]
             id = "incode"
@@ -206,26 +309,27 @@ mod tests {
 
             [[subscribers]]
             name = "billing"
-            tokens = ["billing-token-0123456789", "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
-            consumers = ["billing", "billing-*"]
-
-            [[subscribers]]
-            name = "metrics"
-            read_stream = false
+            tokens = ["a-token-of-sixteen+"]
+            consumers = ["billing-*"]
             "#,
         )
         .unwrap();
-        assert_eq!(file.oauth.token_ttl, Some(Duration::from_secs(1800)));
-        assert_eq!(file.oauth.clients.len(), 2);
-        assert_eq!(file.oauth.clients[0].secrets.len(), 2);
-        assert_eq!(file.webhooks.headers["X-Incode-Secret"].expose(), "shared");
-        assert!(!file.webhooks.allow_unauthenticated);
-        assert!(!format!("{file:?}").contains("new-secret"));
-        assert_eq!(file.subscribers.len(), 2);
-        assert_eq!(file.subscribers[0].consumers, ["billing", "billing-*"]);
-        assert!(file.subscribers[0].read_stream);
-        assert!(file.subscribers[1].tokens.is_empty() && !file.subscribers[1].read_stream);
-        assert!(!format!("{file:?}").contains("billing-token"));
+        let values = |flag| file.values_of(flag).unwrap().to_vec();
+        assert_eq!(values("log-format"), ["json"]);
+        assert_eq!(values("public-addr"), ["0.0.0.0:8443"]);
+        assert_eq!(values("trusted-proxies"), ["10.0.0.0/8", "192.168.0.0/16"]);
+        assert_eq!(values("max-connections"), ["100"]);
+        assert_eq!(values("token-ttl"), ["30m"]);
+        assert_eq!(values("disable-auth-throttle"), ["true"]);
+        assert_eq!(values("webhook-header"), ["X-Incode-Secret=shared"]);
+        assert_eq!(file.sections.oauth_clients.len(), 2);
+        assert_eq!(file.sections.oauth_clients[0].secrets.len(), 2);
+        assert_eq!(file.sections.subscribers[0].name, "billing");
+        let debug = format!("{file:?}");
+        assert!(
+            !debug.contains("new-secret") && !debug.contains("shared"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -233,18 +337,19 @@ mod tests {
         for (text, line) in [
             (
                 "[oauth]\n[[oauth.clients]]\nid = \"a\"\nsecrets = \"hunter2\"\n",
-                4,
+                2,
             ),
             ("[oauth]\nsigning_key = \"hunter2\n", 2),
             ("[oauth]\nsigning_kee = \"hunter2\"\n", 2),
-            ("[[subscribers]]\nname = \"a\"\ntokens = \"hunter2\"\n", 3),
-            ("[[subscribers]]\nname = \"a\"\ntoken = [\"hunter2\"]\n", 3),
+            ("\n[public]\naddr = 1.5\n", 3),
         ] {
             let (at, _, message) = ConfigFile::parse(text).unwrap_err();
             assert_eq!(at, line, "{message}");
             assert!(!message.contains("hunter2"), "{message}");
         }
         let (_, _, message) = ConfigFile::parse("[oauth]\nsigning_kee = 1\n").unwrap_err();
-        assert!(message.contains("`signing_kee`"), "{message}");
+        assert!(message.contains("`oauth.signing_kee`"), "{message}");
+        let (_, _, message) = ConfigFile::parse("[nope]\nx = 1\n").unwrap_err();
+        assert!(message.contains("`nope`"), "{message}");
     }
 }

@@ -42,10 +42,7 @@ use self::{
     tls::{ReloadingTls, TlsError, TlsFiles},
 };
 use crate::{
-    config::{
-        Config,
-        file::{ConfigFile, ConfigFileError},
-    },
+    config::{Config, file::ConfigFileError},
     log::SharedLog,
     metrics::Metrics,
     proto::v1,
@@ -165,11 +162,8 @@ impl Security {
     /// explicitly allowed.
     pub fn from_config(config: &Config, bound: SocketAddr) -> Result<Self, SetupError> {
         let args = &config.internal;
-        let file = match &config.config_file {
-            Some(path) => ConfigFile::load(path)?,
-            None => ConfigFile::default(),
-        };
-        let subscribers = Subscribers::from_entries(&file.subscribers)?;
+        let sections = config.file_sections()?;
+        let subscribers = Subscribers::from_entries(&sections.subscribers)?;
         let files = match (&args.internal_tls_cert, &args.internal_tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),

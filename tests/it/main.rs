@@ -4,6 +4,7 @@
 
 mod auth_common;
 mod common;
+mod configuration;
 mod conformance;
 mod contract;
 mod crash;

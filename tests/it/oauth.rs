@@ -329,9 +329,9 @@ secrets = ["staging-secret"]
         ),
     )
     .unwrap();
-    let mut config = incode_gateway::Config::for_tests();
-    config.auth.allow_unauthenticated_webhooks = false;
-    config.config_file = Some(path);
+    let config =
+        incode_gateway::Config::for_tests_with(&["--config", path.to_str().unwrap()]).unwrap();
+    assert!(!config.auth.allow_unauthenticated_webhooks);
     let gateway = Gateway::start_with(config).await;
 
     for (id, secret, expected) in [
