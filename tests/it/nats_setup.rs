@@ -175,3 +175,38 @@ async fn safe_differences_are_updated_and_the_storage_is_refused_at_start() {
     assert!(stderr.contains("storage Memory"), "{stderr}");
     assert!(stderr.contains("needs File"), "{stderr}");
 }
+
+#[tokio::test]
+async fn with_nats_and_oauth_serve_refuses_to_start_without_a_signing_key() {
+    // Each replica would sign with its own random key and refuse the others' tokens.
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = crate::common::binary_async()
+        .args([
+            "--public-addr",
+            "127.0.0.1:0",
+            "--internal-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--storage", "nats", "--nats-url", "nats://127.0.0.1:9"])
+        .args([
+            "--oauth-client-id",
+            "incode",
+            "--oauth-client-secret",
+            "a-secret-3b1f",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .expect("the gateway neither started nor refused")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--token-signing-key"), "{stderr}");
+    assert!(!stderr.contains("a-secret-3b1f"), "{stderr}");
+    // Nothing was written to the data directory.
+    assert_eq!(std::fs::read_dir(data_dir.path()).unwrap().count(), 0);
+}
