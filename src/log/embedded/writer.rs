@@ -230,16 +230,18 @@ impl Writer {
                     written.events.push(Arc::new(LoggedEvent::new(event)));
                 }
 
-                let mut state = txn.open_table(STATE)?;
-                for put in puts {
-                    let current = state.get(put.key.as_str())?.map(|guard| guard.value().0);
-                    if current != put.expected {
-                        written.puts.push(PutOutcome::Conflict);
-                        continue;
+                if !puts.is_empty() {
+                    let mut state = txn.open_table(STATE)?;
+                    for put in puts {
+                        let current = state.get(put.key.as_str())?.map(|guard| guard.value().0);
+                        if current != put.expected {
+                            written.puts.push(PutOutcome::Conflict);
+                            continue;
+                        }
+                        let revision = current.unwrap_or(0) + 1;
+                        state.insert(put.key.as_str(), (revision, put.value.as_ref()))?;
+                        written.puts.push(PutOutcome::Stored(revision));
                     }
-                    let revision = current.unwrap_or(0) + 1;
-                    state.insert(put.key.as_str(), (revision, put.value.as_ref()))?;
-                    written.puts.push(PutOutcome::Stored(revision));
                 }
                 // The head is the last event's sequence; META keeps it only for when retention
                 // has removed every event (see `remove_expired_events`), so a commit touches no
