@@ -75,16 +75,31 @@ fn from_earliest() -> SubscribeRequest {
     }
 }
 
-/// Every stored event, read through `replica` from the earliest.
+/// Every stored event, read through `replica` from the earliest. Right after a leader change
+/// (and on a busy machine) creating the reader's consumer can take a while: the patience here is
+/// for the whole read, and longer than one message's.
 async fn all_events(replica: &GatewayProcess) -> Vec<v1::Event> {
-    let mut stream = replica
-        .client()
+    let read = async {
+        let mut stream = replica
+            .client()
+            .await
+            .subscribe(from_earliest())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(message) = stream.message().await.unwrap() {
+            match message.response {
+                Some(Response::Event(event)) => events.push(event),
+                Some(Response::CaughtUp(_)) => return events,
+                _ => {}
+            }
+        }
+        panic!("the stream ended before caught_up");
+    };
+    tokio::time::timeout(PATIENCE * 6, read)
         .await
-        .subscribe(from_earliest())
-        .await
-        .unwrap()
-        .into_inner();
-    drain_until_caught_up(&mut stream).await
+        .expect("the replica did not deliver the stored events in time")
 }
 
 fn ids(events: &[v1::Event]) -> Vec<(u64, String)> {
