@@ -213,3 +213,6 @@ impl State {
 fn respond(response: Response) -> EncodedResponse {
     EncodedResponse::message(response)
 }
+
+#[cfg(test)]
+mod tests;

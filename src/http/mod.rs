@@ -154,3 +154,6 @@ fn record_response(response: &Response<Body>, _latency: Duration, span: &Span) {
         span.record("otel.status_code", "ERROR");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -644,4 +644,36 @@ mod tests {
         h2.on_read();
         assert_eq!(h2.deadline(&limits), idle);
     }
+
+    async fn json_of(response: Response<Body>) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_out_of_time_is_408_or_503_and_closes_the_connection() {
+        let slow_body = timed_out(false, Version::HTTP_11);
+        assert_eq!(slow_body.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(slow_body.headers()[header::CONNECTION], "close");
+        assert_eq!(
+            json_of(slow_body).await,
+            serde_json::json!({
+                "success": false,
+                "error": "request_timeout",
+                "detail": "the request body did not arrive in time",
+            })
+        );
+        let slow_answer = timed_out(true, Version::HTTP_2);
+        assert_eq!(slow_answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!slow_answer.headers().contains_key(header::CONNECTION));
+        assert_eq!(
+            json_of(slow_answer).await,
+            serde_json::json!({
+                "success": false,
+                "error": "unavailable",
+                "detail": "the request could not be completed in time; retry later",
+            })
+        );
+    }
 }
