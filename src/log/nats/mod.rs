@@ -276,14 +276,13 @@ impl NatsLog {
         }
     }
 
-    async fn stream_state(&self) -> Result<stream::State, LogError> {
+    async fn stream_info(&self) -> Result<stream::Info, LogError> {
         self.connected()?;
-        let info = self
-            .stream
-            .get_info()
-            .await
-            .map_err(LogError::unavailable)?;
-        Ok(info.state)
+        self.stream.get_info().await.map_err(LogError::unavailable)
+    }
+
+    async fn stream_state(&self) -> Result<stream::State, LogError> {
+        Ok(self.stream_info().await?.state)
     }
 
     /// One publish and its PubAck.
@@ -548,12 +547,7 @@ impl EventLog for NatsLog {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LogError::Closed);
         }
-        self.connected()?;
-        let info = self
-            .stream
-            .get_info()
-            .await
-            .map_err(LogError::unavailable)?;
+        let info = self.stream_info().await?;
         match &info.cluster {
             Some(cluster) if cluster.leader.as_deref().is_none_or(str::is_empty) => {
                 Err(LogError::unavailable(
