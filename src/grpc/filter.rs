@@ -132,7 +132,9 @@ impl Filter {
             }
         }
         if !self.interview_ids.is_empty()
-            && !interview_id(event).is_some_and(|id| self.interview_ids.contains(id))
+            && !event
+                .interview_id()
+                .is_some_and(|id| self.interview_ids.contains(id))
         {
             return false;
         }
@@ -148,15 +150,6 @@ impl Filter {
         }
         true
     }
-}
-
-fn interview_id(event: &v1::Event) -> Option<&str> {
-    let id = match event.payload.as_ref()? {
-        Payload::OnboardingStatusChanged(p) => &p.interview_id,
-        Payload::WatchlistUpdated(p) => &p.interview_id,
-        Payload::UnrecognizedNotification(p) => &p.interview_id,
-    };
-    (!id.is_empty()).then_some(id.as_str())
 }
 
 #[cfg(test)]
