@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::{
+    error::{ErrorKind, ServiceError},
     incode::limits::MAX_INTERVIEW_ID_BYTES,
     proto::v1::{self, event::Payload},
 };
@@ -54,9 +55,13 @@ pub enum FilterError {
     },
 }
 
-impl crate::error::ServiceError for FilterError {
-    fn error_code(&self) -> crate::error::ErrorCode {
-        crate::error::ErrorCode::BadRequest
+impl ServiceError for FilterError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::BadRequest
+    }
+
+    fn code(&self) -> &'static str {
+        "invalid_filter"
     }
 }
 
@@ -155,7 +160,6 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{ErrorCode, ServiceError};
 
     fn onboarding(interview_id: &str, status: v1::OnboardingStatus) -> v1::Event {
         v1::Event {
@@ -326,7 +330,7 @@ mod tests {
             ),
         ] {
             assert_eq!(error.to_string(), expected);
-            assert_eq!(error.error_code(), ErrorCode::BadRequest);
+            assert_eq!(error.grpc_code(), tonic::Code::InvalidArgument);
         }
         // Unspecified is a status a filter may ask for: the one unknown statuses read as.
         assert!(

@@ -12,7 +12,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::error::{ErrorCode, ServiceError, error_chain};
+use crate::error::{ErrorKind, ServiceError, error_chain};
 
 /// An error answer: `{"success":false,"error":"<code>","detail":"<text>"}`.
 #[derive(Debug)]
@@ -42,7 +42,7 @@ impl ApiError {
     /// The answer for a [`ServiceError`]: its own text for client errors, a generic one (and a
     /// log line with the whole cause) for server errors.
     pub fn from_service_error<E: ServiceError>(error: &E, code: &'static str) -> Self {
-        let class = error.error_code();
+        let class = error.kind();
         if class.is_client_error() {
             Self::new(class.http_status(), code, error.to_string())
         } else {
@@ -52,9 +52,9 @@ impl ApiError {
     }
 
     /// A generic answer for a server-side failure of this class.
-    pub fn server_error(class: ErrorCode) -> Self {
+    pub fn server_error(class: ErrorKind) -> Self {
         match class {
-            ErrorCode::Unavailable => Self::new(
+            ErrorKind::Unavailable => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the event log cannot take the notification now; retry later",
@@ -111,5 +111,5 @@ pub(super) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<a
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(panic = %message, "a request handler panicked");
-    ApiError::server_error(ErrorCode::Internal).into_response()
+    ApiError::server_error(ErrorKind::Internal).into_response()
 }

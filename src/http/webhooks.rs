@@ -21,7 +21,7 @@ use tracing::{Instrument, field::Empty};
 use super::{ApiError, AppState};
 use crate::{
     auth::{Authenticated, ClientId},
-    error::{ErrorCode, error_chain},
+    error::{ErrorKind, ServiceError, error_chain},
     incode::{Endpoint, KindName, Notification},
     log::{AppendOutcome, DedupKey, NewEvent},
     metrics::WebhookOutcome,
@@ -224,7 +224,7 @@ async fn store(
         Err(error) => {
             append_span.record("otel.status_code", "ERROR");
             tracing::error!(error = %error_chain(&error), "notification not stored");
-            Err(ApiError::server_error(ErrorCode::Unavailable))
+            Err(ApiError::server_error(ErrorKind::Unavailable))
         }
     }
 }

@@ -16,6 +16,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::error::{ErrorKind, ServiceError};
+
 pub use status::OnboardingStatus;
 
 /// The webhook endpoint a notification was posted to, which decides how its body is read.
@@ -404,9 +406,24 @@ pub enum DecodeError {
     },
 }
 
-impl DecodeError {
-    /// A short machine-readable name for the problem, used as the `error` field of the answer.
-    pub fn code(&self) -> &'static str {
+impl ServiceError for DecodeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidUtf8 { .. }
+            | Self::InvalidJson { .. }
+            | Self::NotAnObject { .. }
+            | Self::InvalidKind => ErrorKind::BadRequest,
+            Self::MissingField { .. }
+            | Self::EmptyField { .. }
+            | Self::WrongType { .. }
+            | Self::FieldTooLong { .. }
+            | Self::TooDeep { .. }
+            | Self::UnrepresentableNumber { .. }
+            | Self::EventTooLarge { .. } => ErrorKind::Unprocessable,
+        }
+    }
+
+    fn code(&self) -> &'static str {
         match self {
             Self::InvalidUtf8 { .. } => "invalid_utf8",
             Self::InvalidJson { .. } => "invalid_json",
@@ -419,25 +436,6 @@ impl DecodeError {
             Self::TooDeep { .. } => "too_deep",
             Self::UnrepresentableNumber { .. } => "unrepresentable_number",
             Self::EventTooLarge { .. } => "event_too_large",
-        }
-    }
-}
-
-impl crate::error::ServiceError for DecodeError {
-    fn error_code(&self) -> crate::error::ErrorCode {
-        use crate::error::ErrorCode;
-        match self {
-            Self::InvalidUtf8 { .. }
-            | Self::InvalidJson { .. }
-            | Self::NotAnObject { .. }
-            | Self::InvalidKind => ErrorCode::BadRequest,
-            Self::MissingField { .. }
-            | Self::EmptyField { .. }
-            | Self::WrongType { .. }
-            | Self::FieldTooLong { .. }
-            | Self::TooDeep { .. }
-            | Self::UnrepresentableNumber { .. }
-            | Self::EventTooLarge { .. } => ErrorCode::Unprocessable,
         }
     }
 }
