@@ -23,7 +23,7 @@ use crate::{
     auth::{Authenticated, ClientId},
     error::{ErrorKind, ServiceError, error_chain},
     incode::{Endpoint, KindName, Notification},
-    log::{AppendOutcome, DedupKey, NewEvent},
+    log::AppendOutcome,
     metrics::WebhookOutcome,
     telemetry,
 };
@@ -134,7 +134,7 @@ async fn ingest(
         incode.notification.kind = Empty,
         incode_gateway.event.id = Empty,
     );
-    let endpoint_kind = endpoint_kind(&endpoint);
+    let endpoint_kind = endpoint.kind();
     let result = async {
         require_json(headers)?;
         let body = body.map_err(body_error)?;
@@ -168,17 +168,13 @@ async fn store(
     body: &[u8],
 ) -> Answer {
     let kind = notification.kind().to_owned();
-    let dedup_key = DedupKey::for_notification(&kind, body);
     let ingest = tracing::Span::current();
-    let event = notification
-        .into_event(
-            uuid::Uuid::now_v7().to_string(),
-            telemetry::inject_span(&ingest),
-        )
+    let new_event = notification
+        .into_new_event(body, telemetry::inject_span(&ingest))
         .map_err(|error| ApiError::from_service_error(&error, error.code()))?;
     ingest.record("incode.notification.kind", kind.as_str());
-    ingest.record("incode_gateway.event.id", event.id.as_str());
-    let event_type = event.r#type().as_str_name();
+    ingest.record("incode_gateway.event.id", new_event.event.id.as_str());
+    let event_type = new_event.event.r#type().as_str_name();
 
     let append_span = tracing::info_span!(
         "append",
@@ -191,7 +187,7 @@ async fn store(
     let started = std::time::Instant::now();
     let outcome = state
         .log()
-        .append(NewEvent { dedup_key, event })
+        .append(new_event)
         .instrument(append_span.clone())
         .await;
     match outcome {
@@ -226,16 +222,6 @@ async fn store(
             tracing::error!(error = %error_chain(&error), "notification not stored");
             Err(ApiError::server_error(ErrorKind::Unavailable))
         }
-    }
-}
-
-/// The kind a request was meant to be, for counting requests that fail before decoding.
-fn endpoint_kind(endpoint: &Endpoint) -> &str {
-    match endpoint {
-        Endpoint::OnboardingStatus => "onboarding-status",
-        Endpoint::WatchlistUpdated => "watchlist-updated",
-        Endpoint::Detect => "detect",
-        Endpoint::Other(kind) => kind.as_str(),
     }
 }
 

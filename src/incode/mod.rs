@@ -33,6 +33,24 @@ pub enum Endpoint {
     Other(KindName),
 }
 
+impl Endpoint {
+    /// The kind a call to this endpoint is meant to be, for counting calls that fail before
+    /// their body is decoded: the kind name, or `detect` for `/webhooks/incode`.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::OnboardingStatus => ONBOARDING_STATUS_KIND,
+            Self::WatchlistUpdated => WATCHLIST_UPDATED_KIND,
+            Self::Detect => "detect",
+            Self::Other(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// Kind name of "notify onboarding status changed".
+const ONBOARDING_STATUS_KIND: &str = "onboarding-status";
+/// Kind name of "notify global watchlist has updates".
+const WATCHLIST_UPDATED_KIND: &str = "watchlist-updated";
+
 /// The name of a notification kind taken from a webhook URL: 1 to 64 ASCII letters, digits,
 /// `-`, `_` or `.`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -179,8 +197,8 @@ impl Notification {
     /// unrecognised kind. Together with the body it identifies a notification for deduplication.
     pub fn kind(&self) -> &str {
         match self {
-            Self::OnboardingStatusChanged(_) => "onboarding-status",
-            Self::WatchlistUpdated(_) => "watchlist-updated",
+            Self::OnboardingStatusChanged(_) => ONBOARDING_STATUS_KIND,
+            Self::WatchlistUpdated(_) => WATCHLIST_UPDATED_KIND,
             Self::Unrecognized(n) => &n.kind,
         }
     }
