@@ -33,7 +33,7 @@ use axum::{
     Router,
     body::Body,
     extract::ConnectInfo,
-    http::{HeaderValue, Request, Response, StatusCode, Version, header},
+    http::{HeaderValue, Request, Response, Version, header},
     response::IntoResponse,
 };
 use bytes::Bytes;
@@ -51,7 +51,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{ApiError, ClientAddress, TrustedProxies};
+use super::{ClientAddress, TrustedProxies, error::ListenerError};
 
 /// Largest HTTP/1.1 request head (request line and headers), and HTTP/2 header list, in bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -527,17 +527,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
 fn timed_out(body_done: bool, version: Version) -> Response<Body> {
     let error = if body_done {
         tracing::warn!("a request took longer than the request timeout to answer");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the request could not be completed in time; retry later",
-        )
+        ListenerError::AnswerTimeout
     } else {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request body did not arrive in time",
-        )
+        ListenerError::BodyTimeout
     };
     let mut response = error.into_response();
     if version < Version::HTTP_2 {
@@ -580,6 +572,8 @@ impl hyper::body::Body for WatchedBody {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]

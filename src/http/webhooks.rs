@@ -5,25 +5,31 @@
 //! retries instead of forgetting it. Every handler takes [`Authenticated`] first, so a call that
 //! fails the webhook guard is refused before its body is read, and nothing is stored without it.
 
+use std::borrow::Cow;
+
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{
         Path, State,
-        rejection::{BytesRejection, FailedToBufferBody, PathRejection},
+        rejection::{BytesRejection, PathRejection},
     },
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
     routing::post,
 };
 use serde::Serialize;
 use tracing::{Instrument, field::Empty};
 
-use super::{ApiError, AppState};
+use super::{
+    AppState,
+    error::{is_too_large, json_answer},
+};
 use crate::{
     auth::{Authenticated, ClientId},
-    error::{ErrorKind, ServiceError, error_chain},
-    incode::{Endpoint, KindName, Notification},
-    log::AppendOutcome,
+    error::{ErrorKind, ServiceError},
+    incode::{DecodeError, Endpoint, KindName, Notification},
+    log::{AppendOutcome, LogError},
     metrics::WebhookOutcome,
     telemetry,
 };
@@ -48,7 +54,74 @@ struct Ack {
     success: bool,
 }
 
-type Answer = Result<Json<Ack>, ApiError>;
+/// Why a notification was not stored.
+#[derive(Debug, thiserror::Error)]
+enum WebhookError {
+    /// The body is not declared as JSON.
+    #[error("Content-Type must be application/json")]
+    NotJson,
+    /// The body is larger than the listener reads.
+    #[error("the body is larger than the gateway accepts")]
+    TooLarge,
+    /// The body broke off or could not be read.
+    #[error("the body could not be read: {0}")]
+    UnreadableBody(BytesRejection),
+    /// The URL or the body is not a notification the gateway can store.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The log could not store it; Incode's retry may succeed.
+    #[error("the notification was not stored")]
+    NotStored(#[source] LogError),
+}
+
+impl ServiceError for WebhookError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotJson => ErrorKind::UnsupportedMediaType,
+            Self::TooLarge => ErrorKind::PayloadTooLarge,
+            Self::UnreadableBody(_) => ErrorKind::BadRequest,
+            Self::Decode(error) => error.kind(),
+            Self::NotStored(_) => ErrorKind::Unavailable,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotJson => "unsupported_media_type",
+            Self::TooLarge => "payload_too_large",
+            Self::UnreadableBody(_) => "invalid_body",
+            Self::Decode(error) => error.code(),
+            Self::NotStored(_) => "unavailable",
+        }
+    }
+
+    fn public_message(&self) -> Cow<'_, str> {
+        match self {
+            Self::NotStored(_) => {
+                "the event log cannot take the notification now; retry later".into()
+            }
+            other => other.to_string().into(),
+        }
+    }
+}
+
+impl From<BytesRejection> for WebhookError {
+    fn from(rejection: BytesRejection) -> Self {
+        if is_too_large(&rejection) {
+            Self::TooLarge
+        } else {
+            Self::UnreadableBody(rejection)
+        }
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        json_answer(&self)
+    }
+}
+
+type Answer = Result<Json<Ack>, WebhookError>;
 
 async fn detect(
     authenticated: Authenticated,
@@ -105,11 +178,7 @@ async fn other_kind(
             state
                 .metrics()
                 .webhook("invalid", WebhookOutcome::Rejected("invalid_kind"));
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_kind",
-                "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
-            )
+            DecodeError::InvalidKind
         })?;
     ingest(
         &state,
@@ -134,29 +203,27 @@ async fn ingest(
         incode.notification.kind = Empty,
         incode_gateway.event.id = Empty,
     );
-    let endpoint_kind = endpoint.kind();
     let result = async {
         require_json(headers)?;
-        let body = body.map_err(body_error)?;
+        let body = body?;
         let notification = {
             let _decode =
                 tracing::info_span!("decode", otel.name = "decode notification").entered();
-            Notification::decode(&endpoint, &body)
-                .map_err(|error| ApiError::from_service_error(&error, error.code()))?
+            Notification::decode(&endpoint, &body)?
         };
         store(state, authenticated, notification, &body).await
     }
-    .instrument(span.clone())
+    .instrument(span)
     .await;
     if let Err(error) = &result {
-        let outcome = if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+        let outcome = if error.kind() == ErrorKind::Unavailable {
             WebhookOutcome::Unavailable
         } else {
             WebhookOutcome::Rejected(error.code())
         };
-        state.metrics().webhook(endpoint_kind, outcome);
+        state.metrics().webhook(endpoint.kind(), outcome);
     }
-    result
+    result.map(|()| Json(Ack { success: true }))
 }
 
 /// Appends a decoded notification; runs inside the ingest span, whose trace context the event
@@ -166,21 +233,18 @@ async fn store(
     authenticated: &Authenticated,
     notification: Notification,
     body: &[u8],
-) -> Answer {
+) -> Result<(), WebhookError> {
     let kind = notification.kind().to_owned();
     let ingest = tracing::Span::current();
-    let new_event = notification
-        .into_new_event(body, telemetry::inject_span(&ingest))
-        .map_err(|error| ApiError::from_service_error(&error, error.code()))?;
+    let new_event = notification.into_new_event(body, telemetry::inject_span(&ingest))?;
     ingest.record("incode.notification.kind", kind.as_str());
     ingest.record("incode_gateway.event.id", new_event.event.id.as_str());
-    let event_type = new_event.event.r#type().as_str_name();
 
     let append_span = tracing::info_span!(
         "append",
         otel.name = "event_log append",
         otel.status_code = Empty,
-        incode_gateway.event.type = event_type,
+        incode_gateway.event.type = new_event.event.r#type().as_str_name(),
         incode_gateway.event.sequence = Empty,
         incode_gateway.event.duplicate = Empty,
     );
@@ -189,44 +253,39 @@ async fn store(
         .log()
         .append(new_event)
         .instrument(append_span.clone())
-        .await;
-    match outcome {
-        Ok(outcome) => {
-            let duplicate = matches!(outcome, AppendOutcome::Duplicate(_));
-            // OpenTelemetry integers are signed; tracing records unsigned ones as text.
-            append_span.record(
-                "incode_gateway.event.sequence",
-                i64::try_from(outcome.sequence()).unwrap_or(i64::MAX),
-            );
-            append_span.record("incode_gateway.event.duplicate", duplicate);
-            state.metrics().appended(started.elapsed(), !duplicate);
-            if duplicate {
-                state.metrics().webhook(&kind, WebhookOutcome::Duplicate);
-                // Per-notification lines are debug: at volume, metrics and traces tell the story.
-                tracing::debug!(
-                    sequence = outcome.sequence(),
-                    "repeated notification acknowledged, not stored again"
-                );
-            } else {
-                state.metrics().webhook(&kind, WebhookOutcome::Accepted);
-                tracing::debug!(
-                    sequence = outcome.sequence(),
-                    client = authenticated.client().map(ClientId::as_str),
-                    "notification stored"
-                );
-            }
-            Ok(Json(Ack { success: true }))
-        }
-        Err(error) => {
+        .await
+        .map_err(|error| {
             append_span.record("otel.status_code", "ERROR");
-            tracing::error!(error = %error_chain(&error), "notification not stored");
-            Err(ApiError::server_error(ErrorKind::Unavailable))
-        }
+            WebhookError::NotStored(error)
+        })?;
+    let duplicate = matches!(outcome, AppendOutcome::Duplicate(_));
+    // OpenTelemetry integers are signed; tracing records unsigned ones as text.
+    append_span.record(
+        "incode_gateway.event.sequence",
+        i64::try_from(outcome.sequence()).unwrap_or(i64::MAX),
+    );
+    append_span.record("incode_gateway.event.duplicate", duplicate);
+    state.metrics().appended(started.elapsed(), !duplicate);
+    if duplicate {
+        state.metrics().webhook(&kind, WebhookOutcome::Duplicate);
+        // Per-notification lines are debug: at volume, metrics and traces tell the story.
+        tracing::debug!(
+            sequence = outcome.sequence(),
+            "repeated notification acknowledged, not stored again"
+        );
+    } else {
+        state.metrics().webhook(&kind, WebhookOutcome::Accepted);
+        tracing::debug!(
+            sequence = outcome.sequence(),
+            client = authenticated.client().map(ClientId::as_str),
+            "notification stored"
+        );
     }
+    Ok(())
 }
 
 /// Accepts `application/json` and `application/<anything>+json`, with any parameters.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_json(headers: &HeaderMap) -> Result<(), WebhookError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -239,27 +298,6 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     if is_json {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json",
-        ))
-    }
-}
-
-fn body_error(rejection: BytesRejection) -> ApiError {
-    match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the body is larger than the gateway accepts",
-            )
-        }
-        other => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!("the body could not be read: {other}"),
-        ),
+        Err(WebhookError::NotJson)
     }
 }
