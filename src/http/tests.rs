@@ -204,6 +204,11 @@ async fn each_endpoint_reads_its_kind() {
         ),
         ("/webhooks/incode", r#"{"interviewId":"i-3","other":1}"#),
         ("/webhooks/incode/id-validation", r#"{"interviewId":"i-4"}"#),
+        // Only the exact spelling is the modelled kind's route.
+        (
+            "/webhooks/incode/onboarding%2Dstatus",
+            r#"{"interviewId":"i-5"}"#,
+        ),
     ] {
         let answer = harness.post_json(path, body).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
@@ -224,7 +229,8 @@ async fn each_endpoint_reads_its_kind() {
             "onboarding-status",
             "watchlist-updated",
             "unknown",
-            "id-validation"
+            "id-validation",
+            "onboarding-status"
         ]
     );
 }

@@ -2,8 +2,10 @@
 //!
 //! A notification is answered `200 {"success":true}` only after the event log has stored it (or
 //! recognised it as a repeat of a stored one); any failure to store it is a `503`, so that Incode
-//! retries instead of forgetting it. Every handler takes [`Authenticated`] first, so a call that
-//! fails the webhook guard is refused before its body is read, and nothing is stored without it.
+//! retries instead of forgetting it. One handler serves every endpoint; it takes
+//! [`Authenticated`] first, so a call that fails the webhook guard is refused before its body is
+//! read, and nothing is stored without it. Decoding the body and making the event of it are
+//! [`crate::incode`]'s.
 
 use std::borrow::Cow;
 
@@ -11,7 +13,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{
-        Path, State,
+        MatchedPath, Path, State,
         rejection::{BytesRejection, PathRejection},
     },
     http::{HeaderMap, header},
@@ -34,18 +36,27 @@ use crate::{
     telemetry,
 };
 
+/// The endpoints of fixed kind. Each has a route of its own, and so its own span name and
+/// `http.route`; any other kind is posted to [`ANY_KIND`].
+const FIXED: [(&str, Endpoint); 3] = [
+    ("/webhooks/incode", Endpoint::Detect),
+    (
+        "/webhooks/incode/onboarding-status",
+        Endpoint::OnboardingStatus,
+    ),
+    (
+        "/webhooks/incode/watchlist-updated",
+        Endpoint::WatchlistUpdated,
+    ),
+];
+/// The endpoint of a kind this version does not model.
+const ANY_KIND: &str = "/webhooks/incode/{kind}";
+
 pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/incode", post(detect))
-        .route(
-            "/webhooks/incode/onboarding-status",
-            post(onboarding_status),
-        )
-        .route(
-            "/webhooks/incode/watchlist-updated",
-            post(watchlist_updated),
-        )
-        .route("/webhooks/incode/{kind}", post(other_kind))
+    FIXED.iter().fold(
+        Router::new().route(ANY_KIND, post(receive)),
+        |router, (path, _)| router.route(path, post(receive)),
+    )
 }
 
 /// The answer Incode counts as delivered.
@@ -121,82 +132,22 @@ impl IntoResponse for WebhookError {
     }
 }
 
-type Answer = Result<Json<Ack>, WebhookError>;
-
-async fn detect(
+/// Every webhook endpoint: [`Authenticated`] comes first, so a call that fails the guard is
+/// refused before its URL or body is looked at.
+async fn receive(
     authenticated: Authenticated,
     State(state): State<AppState>,
+    route: MatchedPath,
+    kind: Result<Option<Path<String>>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    ingest(&state, &authenticated, Endpoint::Detect, &headers, body).await
-}
-
-async fn onboarding_status(
-    authenticated: Authenticated,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    ingest(
-        &state,
-        &authenticated,
-        Endpoint::OnboardingStatus,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn watchlist_updated(
-    authenticated: Authenticated,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    ingest(
-        &state,
-        &authenticated,
-        Endpoint::WatchlistUpdated,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn other_kind(
-    authenticated: Authenticated,
-    State(state): State<AppState>,
-    kind: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    let kind = kind
-        .ok()
-        .and_then(|Path(kind)| KindName::parse(&kind).ok())
-        .ok_or_else(|| {
-            state
-                .metrics()
-                .webhook("invalid", WebhookOutcome::Rejected("invalid_kind"));
-            DecodeError::InvalidKind
-        })?;
-    ingest(
-        &state,
-        &authenticated,
-        Endpoint::Other(kind),
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn ingest(
-    state: &AppState,
-    authenticated: &Authenticated,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
+) -> Result<Json<Ack>, WebhookError> {
+    let endpoint = endpoint(&route, kind).inspect_err(|error| {
+        // Not a kind name, so not a label either: one series for them all.
+        state
+            .metrics()
+            .webhook("invalid", WebhookOutcome::Rejected(error.code()));
+    })?;
     let span = tracing::info_span!(
         "ingest",
         otel.name = "ingest webhook",
@@ -204,14 +155,14 @@ async fn ingest(
         incode_gateway.event.id = Empty,
     );
     let result = async {
-        require_json(headers)?;
+        require_json(&headers)?;
         let body = body?;
         let notification = {
             let _decode =
                 tracing::info_span!("decode", otel.name = "decode notification").entered();
             Notification::decode(&endpoint, &body)?
         };
-        store(state, authenticated, notification, &body).await
+        store(&state, &authenticated, notification, &body).await
     }
     .instrument(span)
     .await;
@@ -224,6 +175,20 @@ async fn ingest(
         state.metrics().webhook(endpoint.kind(), outcome);
     }
     result.map(|()| Json(Ack { success: true }))
+}
+
+/// The endpoint of the route a call matched.
+fn endpoint(
+    route: &MatchedPath,
+    kind: Result<Option<Path<String>>, PathRejection>,
+) -> Result<Endpoint, DecodeError> {
+    if let Some((_, endpoint)) = FIXED.iter().find(|(path, _)| *path == route.as_str()) {
+        return Ok(endpoint.clone());
+    }
+    match kind {
+        Ok(Some(Path(kind))) => KindName::parse(&kind).map(Endpoint::Other),
+        Ok(None) | Err(_) => Err(DecodeError::InvalidKind),
+    }
 }
 
 /// Appends a decoded notification; runs inside the ingest span, whose trace context the event
