@@ -161,43 +161,38 @@ impl Filter {
 mod tests {
     use super::*;
 
-    fn onboarding(interview_id: &str, status: v1::OnboardingStatus) -> v1::Event {
-        v1::Event {
-            r#type: v1::EventType::OnboardingStatusChanged.into(),
-            payload: Some(Payload::OnboardingStatusChanged(
-                v1::OnboardingStatusChanged {
-                    interview_id: interview_id.into(),
-                    onboarding_status: status.into(),
+    /// An event of this type about this interview.
+    fn event(event_type: v1::EventType, interview_id: &str) -> v1::Event {
+        let interview_id = interview_id.to_owned();
+        let payload = match event_type {
+            v1::EventType::OnboardingStatusChanged => {
+                Payload::OnboardingStatusChanged(v1::OnboardingStatusChanged {
+                    interview_id,
                     ..Default::default()
-                },
-            )),
-            ..Default::default()
-        }
-    }
-
-    fn watchlist(interview_id: &str) -> v1::Event {
-        v1::Event {
-            r#type: v1::EventType::WatchlistUpdated.into(),
-            payload: Some(Payload::WatchlistUpdated(v1::WatchlistUpdated {
-                interview_id: interview_id.into(),
+                })
+            }
+            v1::EventType::WatchlistUpdated => Payload::WatchlistUpdated(v1::WatchlistUpdated {
+                interview_id,
                 ..Default::default()
-            })),
+            }),
+            _ => Payload::UnrecognizedNotification(v1::UnrecognizedNotification {
+                interview_id,
+                ..Default::default()
+            }),
+        };
+        v1::Event {
+            r#type: event_type.into(),
+            payload: Some(payload),
             ..Default::default()
         }
     }
 
-    fn unrecognized(interview_id: &str) -> v1::Event {
-        v1::Event {
-            r#type: v1::EventType::UnrecognizedNotification.into(),
-            payload: Some(Payload::UnrecognizedNotification(
-                v1::UnrecognizedNotification {
-                    kind: "id-validation".into(),
-                    raw_json: "{}".into(),
-                    interview_id: interview_id.into(),
-                },
-            )),
-            ..Default::default()
+    fn onboarding(interview_id: &str, status: impl Into<i32>) -> v1::Event {
+        let mut event = event(v1::EventType::OnboardingStatusChanged, interview_id);
+        if let Some(Payload::OnboardingStatusChanged(payload)) = &mut event.payload {
+            payload.onboarding_status = status.into();
         }
+        event
     }
 
     fn filter(types: &[v1::EventType], ids: &[&str], statuses: &[v1::OnboardingStatus]) -> Filter {
@@ -220,20 +215,11 @@ mod tests {
         vec![
             onboarding("a", v1::OnboardingStatus::OnboardingFinished),
             onboarding("b", v1::OnboardingStatus::Unknown),
-            watchlist("a"),
-            unrecognized("a"),
-            unrecognized(""),
+            event(v1::EventType::WatchlistUpdated, "a"),
+            event(v1::EventType::UnrecognizedNotification, "a"),
+            event(v1::EventType::UnrecognizedNotification, ""),
             // A status this version does not know reads as unspecified.
-            v1::Event {
-                payload: Some(Payload::OnboardingStatusChanged(
-                    v1::OnboardingStatusChanged {
-                        interview_id: "c".into(),
-                        onboarding_status: 999,
-                        ..Default::default()
-                    },
-                )),
-                ..onboarding("c", v1::OnboardingStatus::Unspecified)
-            },
+            onboarding("c", 999),
         ]
     }
 
@@ -263,7 +249,7 @@ mod tests {
         );
         let unknown_type = v1::Event {
             r#type: 42,
-            ..watchlist("a")
+            ..event(WatchlistUpdated, "a")
         };
         assert!(!filter(&[WatchlistUpdated], &[], &[]).matches(&unknown_type));
     }

@@ -90,6 +90,17 @@ struct Answer {
     body: Value,
 }
 
+impl Answer {
+    /// Asserts a webhook-shaped refusal: this status and `{"success":false,"error","detail"}`.
+    #[track_caller]
+    fn assert_refused(&self, status: StatusCode, error: &str, detail: &str) {
+        assert_eq!(
+            (self.status, &self.body),
+            (status, &webhook_error(error, detail))
+        );
+    }
+}
+
 impl Harness {
     async fn call(&self, request: Request<Body>) -> Answer {
         let response = self.app.clone().oneshot(request).await.unwrap();
@@ -236,94 +247,119 @@ async fn each_endpoint_reads_its_kind() {
 }
 
 #[tokio::test]
-async fn malformed_notifications_are_refused_with_a_named_problem() {
+async fn every_refusal_names_its_problem() {
     let harness = harness(Guard::Open);
-    for (body, status, expected) in [
+    let json = Some("application/json");
+    let not_json = (
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "Content-Type must be application/json",
+    );
+    let cases = [
         (
-            "{oops",
-            StatusCode::BAD_REQUEST,
-            webhook_error(
+            post(ONBOARDING, Some("text/plain"), &[], GOOD_BODY),
+            not_json,
+        ),
+        (
+            post(ONBOARDING, Some("application/jsonp"), &[], GOOD_BODY),
+            not_json,
+        ),
+        (post(ONBOARDING, None, &[], GOOD_BODY), not_json),
+        (
+            post(ONBOARDING, json, &[], vec![b' '; 2048]),
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is larger than the gateway accepts",
+            ),
+        ),
+        (
+            post(ONBOARDING, json, &[], "{oops"),
+            (
+                StatusCode::BAD_REQUEST,
                 "invalid_json",
                 "the body is not valid JSON: key must be a string at line 1 column 2",
             ),
         ),
         (
-            "[1]",
-            StatusCode::BAD_REQUEST,
-            webhook_error(
+            post(ONBOARDING, json, &[], &b"{\"a\":\"\xff\"}"[..]),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_utf8",
+                "the body is not valid UTF-8 (first invalid byte at offset 6)",
+            ),
+        ),
+        (
+            post(ONBOARDING, json, &[], "[1]"),
+            (
+                StatusCode::BAD_REQUEST,
                 "not_an_object",
                 "the body must be a JSON object, found an array",
             ),
         ),
         (
-            r#"{"onboardingStatus":"UNKNOWN"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            webhook_error("missing_field", "interviewId is missing"),
+            post(ONBOARDING, json, &[], r#"{"onboardingStatus":"UNKNOWN"}"#),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "interviewId is missing",
+            ),
         ),
         (
-            r#"{"interviewId":7,"onboardingStatus":"UNKNOWN"}"#,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            webhook_error(
+            post(
+                ONBOARDING,
+                json,
+                &[],
+                r#"{"interviewId":7,"onboardingStatus":"UNKNOWN"}"#,
+            ),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_field",
                 "interviewId must be a string, found a number",
             ),
         ),
-    ] {
-        let answer = harness.post_json(ONBOARDING, body).await;
-        assert_eq!((answer.status, answer.body), (status, expected), "{body}");
+        (
+            post("/nope", json, &[], "{}"),
+            (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        ),
+        (
+            Request::get(ONBOARDING).body(Body::empty()).unwrap(),
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not accept that method",
+            ),
+        ),
+        (
+            post("/webhooks/incode/bad%20kind", json, &[], GOOD_BODY),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_kind",
+                "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+            ),
+        ),
+    ];
+    for (request, (status, error, detail)) in cases {
+        let case = format!("{} {}", request.method(), request.uri());
+        let answer = harness.call(request).await;
+        assert_eq!(
+            (answer.status, &answer.body),
+            (status, &webhook_error(error, detail)),
+            "{case}"
+        );
     }
-    let answer = harness
-        .post(
-            ONBOARDING,
-            Some("application/json"),
-            &b"{\"a\":\"\xff\"}"[..],
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        answer.body,
-        webhook_error(
-            "invalid_utf8",
-            "the body is not valid UTF-8 (first invalid byte at offset 6)"
-        )
-    );
     assert!(harness.stored().await.is_empty());
 }
 
 #[tokio::test]
-async fn only_json_bodies_of_bounded_size_are_read() {
+async fn json_bodies_are_read_whole_or_refused() {
     let harness = harness(Guard::Open);
-    let not_json = webhook_error(
-        "unsupported_media_type",
-        "Content-Type must be application/json",
-    );
-    for content_type in [Some("text/plain"), Some("application/jsonp"), None] {
-        let answer = harness.post(ONBOARDING, content_type, GOOD_BODY).await;
-        assert_eq!(
-            (answer.status, &answer.body),
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, &not_json),
-            "{content_type:?}"
-        );
-    }
     for content_type in ["Application/JSON; charset=utf-8", "application/vnd.x+json"] {
         let answer = harness
             .post(ONBOARDING, Some(content_type), GOOD_BODY)
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{content_type}");
     }
-
-    let answer = harness
-        .post(ONBOARDING, Some("application/json"), vec![b' '; 2048])
-        .await;
-    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(
-        answer.body,
-        webhook_error(
-            "payload_too_large",
-            "the body is larger than the gateway accepts"
-        )
-    );
-
     let broken = Body::from_stream(futures::stream::iter([Err::<Vec<u8>, _>(
         std::io::Error::other("connection reset"),
     )]));
@@ -343,49 +379,14 @@ async fn only_json_bodies_of_bounded_size_are_read() {
 }
 
 #[tokio::test]
-async fn unknown_routes_kinds_and_methods_answer_json() {
-    let harness = harness(Guard::Open);
-    let answer = harness.post_json("/nope", "{}").await;
-    assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    assert_eq!(answer.body, webhook_error("not_found", "no such endpoint"));
-
-    let get = Request::get(ONBOARDING).body(Body::empty()).unwrap();
-    let answer = harness.call(get).await;
-    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(
-        answer.body,
-        webhook_error(
-            "method_not_allowed",
-            "this endpoint does not accept that method"
-        )
-    );
-
-    let answer = harness
-        .post_json("/webhooks/incode/bad%20kind", GOOD_BODY)
-        .await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        answer.body,
-        webhook_error(
-            "invalid_kind",
-            "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'"
-        )
-    );
-    assert!(harness.stored().await.is_empty());
-}
-
-#[tokio::test]
 async fn a_log_that_cannot_store_answers_503_without_details() {
     let harness = harness(Guard::Open);
     harness.log.close().await.unwrap();
     let answer = harness.post_json(ONBOARDING, GOOD_BODY).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        answer.body,
-        webhook_error(
-            "unavailable",
-            "the event log cannot take the notification now; retry later"
-        )
+    answer.assert_refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the event log cannot take the notification now; retry later",
     );
 }
 
@@ -400,13 +401,10 @@ async fn webhook_refusals_follow_rfc_6750() {
     };
 
     let answer = harness.post_json(ONBOARDING, GOOD_BODY).await;
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        answer.body,
-        webhook_error(
-            "missing_token",
-            "a bearer access token from /oauth/token is required"
-        )
+    answer.assert_refused(
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+        "a bearer access token from /oauth/token is required",
     );
     assert_eq!(challenge(&answer), r#"Bearer realm="incode-gateway""#);
 
@@ -419,10 +417,10 @@ async fn webhook_refusals_follow_rfc_6750() {
             GOOD_BODY,
         ))
         .await;
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        answer.body,
-        webhook_error("invalid_token", "the access token is not valid")
+    answer.assert_refused(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        "the access token is not valid",
     );
     assert_eq!(
         challenge(&answer),
@@ -464,13 +462,10 @@ async fn webhook_refusals_follow_rfc_6750() {
 
     let guarded = self::harness(Guard::Header);
     let answer = guarded.post_json(ONBOARDING, GOOD_BODY).await;
-    assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        answer.body,
-        webhook_error(
-            "invalid_webhook_header",
-            "the request lacks a valid webhook credential"
-        )
+    answer.assert_refused(
+        StatusCode::FORBIDDEN,
+        "invalid_webhook_header",
+        "the request lacks a valid webhook credential",
     );
     assert!(!answer.headers.contains_key(header::WWW_AUTHENTICATE));
 }
@@ -479,96 +474,95 @@ async fn webhook_refusals_follow_rfc_6750() {
 async fn token_endpoint_errors_have_the_rfc_6749_shape() {
     let harness = harness(Guard::OAuth);
     let client = basic(CLIENT_ID, CLIENT_SECRET);
+    let form = Some("application/x-www-form-urlencoded");
     let grant = "grant_type=client_credentials";
-    for (authorization, form, status, expected) in [
+    let request = |content_type, authorization: Option<&str>, body: Body| {
+        let headers: Vec<_> = authorization
+            .map(|a| ("authorization", a))
+            .into_iter()
+            .collect();
+        post("/oauth/token", content_type, &headers, body)
+    };
+    let cases = [
         (
-            Some(client.as_str()),
-            "scope=x",
-            StatusCode::BAD_REQUEST,
-            token_error("invalid_request", "grant_type is missing"),
+            request(form, Some(&client), "scope=x".into()),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+            ),
         ),
         (
-            Some(client.as_str()),
-            "grant_type=password",
-            StatusCode::BAD_REQUEST,
-            token_error(
+            request(form, Some(&client), "grant_type=password".into()),
+            (
+                StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 "only the client_credentials grant is supported",
             ),
         ),
         (
-            Some(client.as_str()),
-            "grant_type=a&grant_type=b",
-            StatusCode::BAD_REQUEST,
-            token_error("invalid_request", "the grant_type parameter is repeated"),
+            request(form, Some(&client), "grant_type=a&grant_type=b".into()),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the grant_type parameter is repeated",
+            ),
         ),
         (
-            None,
-            grant,
-            StatusCode::UNAUTHORIZED,
-            token_error(
+            request(form, None, grant.into()),
+            (
+                StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client authentication is required (HTTP Basic)",
             ),
         ),
         (
-            Some("Bearer x"),
-            grant,
-            StatusCode::UNAUTHORIZED,
-            token_error(
+            request(form, Some("Bearer x"), grant.into()),
+            (
+                StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "only HTTP Basic client authentication is supported",
             ),
         ),
         (
-            Some("Basic !!!"),
-            grant,
-            StatusCode::BAD_REQUEST,
-            token_error("invalid_request", "malformed HTTP Basic credentials"),
+            request(form, Some("Basic !!!"), grant.into()),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "malformed HTTP Basic credentials",
+            ),
         ),
-    ] {
-        let answer = harness.token(authorization, form).await;
-        assert_eq!((answer.status, &answer.body), (status, &expected), "{form}");
+        (
+            request(Some("application/json"), Some(&client), grant.into()),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Content-Type must be application/x-www-form-urlencoded",
+            ),
+        ),
+        (
+            request(form, Some(&client), vec![b'x'; 2048].into()),
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the request body is too large",
+            ),
+        ),
+    ];
+    for (request, (status, error, description)) in cases {
+        let answer = harness.call(request).await;
+        assert_eq!(
+            (answer.status, &answer.body),
+            (status, &token_error(error, description))
+        );
         assert_eq!(answer.headers[header::CACHE_CONTROL], "no-store");
         assert_eq!(answer.headers[header::PRAGMA], "no-cache");
         assert_eq!(
             answer.headers.contains_key(header::WWW_AUTHENTICATE),
             status == StatusCode::UNAUTHORIZED,
-            "{form}"
+            "{description}"
         );
     }
-
-    let not_a_form = harness
-        .call(post(
-            "/oauth/token",
-            Some("application/json"),
-            &[("authorization", &client)],
-            grant,
-        ))
-        .await;
-    assert_eq!(not_a_form.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        not_a_form.body,
-        token_error(
-            "invalid_request",
-            "Content-Type must be application/x-www-form-urlencoded"
-        )
-    );
-    let too_large = harness
-        .call(post(
-            "/oauth/token",
-            Some("application/x-www-form-urlencoded"),
-            &[("authorization", &client)],
-            vec![b'x'; 2048],
-        ))
-        .await;
-    assert_eq!(
-        (too_large.status, too_large.body),
-        (
-            StatusCode::BAD_REQUEST,
-            token_error("invalid_request", "the request body is too large")
-        )
-    );
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The subscription loop over a memory log, with the clock paused so that heartbeats come when
 //! the loop says, not when a machine gets round to it.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -57,7 +57,10 @@ async fn open(
     log: SharedLog,
     start: Start,
     filter: Filter,
-) -> (impl Stream<Item = Result<EncodedResponse, Status>>, Stopped) {
+) -> (
+    Pin<Box<impl Stream<Item = Result<EncodedResponse, Status>>>>,
+    Stopped,
+) {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new(log.clone(), false).unwrap();
     let subscription = Subscription {
@@ -73,7 +76,7 @@ async fn open(
         trace_deliveries: false,
     };
     let stream = subscription.into_stream().await.unwrap();
-    (stream, Stopped(shutdown))
+    (Box::pin(stream), Stopped(shutdown))
 }
 
 fn from(next: Sequence, announce_caught_up: bool) -> Start {
@@ -119,8 +122,7 @@ async fn stored_then_live_events_come_in_order_with_caught_up_once() {
     for id in ["a", "b", "c"] {
         append(&log, id).await;
     }
-    let (stream, _stop) = open(log.clone(), from(2, true), Filter::default()).await;
-    let mut stream = Box::pin(stream);
+    let (mut stream, _stop) = open(log.clone(), from(2, true), Filter::default()).await;
     assert_eq!(next(&mut stream).await, event(2, "b"));
     assert_eq!(next(&mut stream).await, event(3, "c"));
     assert_eq!(next(&mut stream).await, Seen::CaughtUp(3));
@@ -138,8 +140,7 @@ async fn stored_then_live_events_come_in_order_with_caught_up_once() {
 async fn a_stream_from_the_tail_announces_nothing_and_beats() {
     let log = memory_log(None);
     append(&log, "old").await;
-    let (stream, _stop) = open(log.clone(), from(2, false), Filter::default()).await;
-    let mut stream = Box::pin(stream);
+    let (mut stream, _stop) = open(log.clone(), from(2, false), Filter::default()).await;
     let before = tokio::time::Instant::now();
     assert_eq!(next(&mut stream).await, Seen::Heartbeat(1));
     assert_eq!(next(&mut stream).await, Seen::Heartbeat(1));
@@ -154,8 +155,7 @@ async fn filtered_out_events_advance_the_heartbeat_cursor() {
     for id in ["a", "b", "mine", "c", "d"] {
         append(&log, id).await;
     }
-    let (stream, _stop) = open(log.clone(), from(1, true), filter_for(&["mine"])).await;
-    let mut stream = Box::pin(stream);
+    let (mut stream, _stop) = open(log.clone(), from(1, true), filter_for(&["mine"])).await;
     assert_eq!(next(&mut stream).await, event(3, "mine"));
     // Events 4 and 5 were considered, not delivered: the subscriber may resume after 5.
     assert_eq!(next(&mut stream).await, Seen::CaughtUp(5));
@@ -172,8 +172,7 @@ async fn events_removed_before_delivery_are_a_gap() {
     for id in ["a", "b", "c", "d", "e"] {
         append(&log, id).await;
     }
-    let (stream, _stop) = open(log.clone(), from(2, true), Filter::default()).await;
-    let mut stream = Box::pin(stream);
+    let (mut stream, _stop) = open(log.clone(), from(2, true), Filter::default()).await;
     assert_eq!(next(&mut stream).await, Seen::Gap(2, 3));
     assert_eq!(next(&mut stream).await, event(4, "d"));
     assert_eq!(next(&mut stream).await, event(5, "e"));
@@ -184,8 +183,7 @@ async fn events_removed_before_delivery_are_a_gap() {
 async fn shutdown_ends_the_stream_with_unavailable() {
     let log = memory_log(None);
     append(&log, "a").await;
-    let (stream, stop) = open(log.clone(), from(1, true), Filter::default()).await;
-    let mut stream = Box::pin(stream);
+    let (mut stream, stop) = open(log.clone(), from(1, true), Filter::default()).await;
     assert_eq!(next(&mut stream).await, event(1, "a"));
     stop.0.cancel();
     let status = stream.next().await.unwrap().unwrap_err();
@@ -268,8 +266,7 @@ async fn a_failing_log_ends_the_stream_without_details() {
         let inner = memory_log(None);
         append(&inner, "a").await;
         let log = Arc::new(FailingLog { inner, error });
-        let (stream, _stop) = open(log, from(1, true), Filter::default()).await;
-        let mut stream = Box::pin(stream);
+        let (mut stream, _stop) = open(log, from(1, true), Filter::default()).await;
         assert_eq!(next(&mut stream).await, event(1, "a"));
         let status = stream.next().await.unwrap().unwrap_err();
         assert_eq!((status.code(), status.message()), (code, message));
