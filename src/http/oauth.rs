@@ -486,6 +486,46 @@ mod tests {
         );
     }
 
+    async fn rendered(error: TokenRequestError) -> (StatusCode, HeaderMap, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let response = error.into_response();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    /// The answers no request from outside can provoke on purpose.
+    #[tokio::test]
+    async fn our_own_limits_and_failures_are_answered_without_details() {
+        for (error, status, code, description, retry_after) in [
+            (
+                TokenRequestError::Authentication(ClientAuthError::Busy),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the gateway is busy checking other credentials; retry shortly",
+                Some("1"),
+            ),
+            (
+                TokenRequestError::Issue(IssueError::Clock),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the request failed; see the gateway's logs",
+                None,
+            ),
+        ] {
+            let (answered, headers, body) = rendered(error).await;
+            let expected = serde_json::json!({ "error": code, "error_description": description });
+            assert_eq!((answered, body), (status, expected));
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+            let retry = headers.get(header::RETRY_AFTER);
+            assert_eq!(retry.map(|value| value.to_str().unwrap()), retry_after);
+        }
+    }
+
     #[test]
     fn parameters_follow_section_3_1() {
         let params = Params::parse(b"grant_type=client_credentials&scope=&client_id=&x=1").unwrap();
