@@ -17,3 +17,15 @@ pub mod incode {
 }
 
 pub use incode::gateway::v1;
+
+impl v1::Event {
+    /// The interview (Incode's session) the event is about, if its payload names one.
+    pub fn interview_id(&self) -> Option<&str> {
+        let id = match self.payload.as_ref()? {
+            v1::event::Payload::OnboardingStatusChanged(p) => &p.interview_id,
+            v1::event::Payload::WatchlistUpdated(p) => &p.interview_id,
+            v1::event::Payload::UnrecognizedNotification(p) => &p.interview_id,
+        };
+        (!id.is_empty()).then_some(id.as_str())
+    }
+}

@@ -43,7 +43,7 @@ pub enum ClientAuthError {
     #[error("too many failed client authentications from this address; retry later")]
     Throttled(Throttled),
     /// Too many secret checks are running; the attempt was not checked (nor charged).
-    #[error("too many client authentications are being checked; retry shortly")]
+    #[error("the gateway is busy checking other credentials; retry shortly")]
     Busy,
     /// Unknown client, or a secret that is not one of its secrets (the reason is for the log).
     #[error("client authentication failed")]

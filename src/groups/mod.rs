@@ -28,7 +28,7 @@ pub use records::partition_of;
 pub use session::{Claim, Member, Session};
 
 use crate::{
-    error::{ErrorCode, ServiceError},
+    error::{ErrorKind, ServiceError},
     log::{LogError, PutOutcome, ReadItem, Sequence, SharedLog, SharedState},
     metrics::Metrics,
 };
@@ -166,17 +166,31 @@ pub enum GroupError {
 }
 
 impl ServiceError for GroupError {
-    fn error_code(&self) -> ErrorCode {
+    fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidName | Self::InvalidPartitions | Self::InvalidMaxInFlight => {
-                ErrorCode::BadRequest
+                ErrorKind::BadRequest
             }
             Self::PartitionsMismatch { .. }
             | Self::NotOwner { .. }
             | Self::EventNotStored { .. }
-            | Self::UnknownGroup { .. } => ErrorCode::FailedPrecondition,
-            Self::TooManyGroups { .. } => ErrorCode::ResourceExhausted,
-            Self::Log(error) => error.error_code(),
+            | Self::UnknownGroup { .. } => ErrorKind::FailedPrecondition,
+            Self::TooManyGroups { .. } => ErrorKind::ResourceExhausted,
+            Self::Log(error) => error.kind(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidName => "invalid_group",
+            Self::InvalidPartitions => "invalid_partitions",
+            Self::InvalidMaxInFlight => "invalid_max_in_flight",
+            Self::PartitionsMismatch { .. } => "partitions_mismatch",
+            Self::TooManyGroups { .. } => "too_many_groups",
+            Self::UnknownGroup { .. } => "unknown_group",
+            Self::NotOwner { .. } => "not_owner",
+            Self::EventNotStored { .. } => "event_not_stored",
+            Self::Log(error) => error.code(),
         }
     }
 }

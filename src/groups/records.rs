@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     log::{LogError, Sequence, Versioned},
-    proto::v1::{self, event::Payload},
+    proto::v1,
 };
 
 /// The key of a group's record.
@@ -79,18 +79,9 @@ pub fn decode<T: for<'de> Deserialize<'de>>(key: &str, stored: &Versioned) -> Re
 /// interview id (its event id when it has none), as UTF-8, modulo `count`. Stable across
 /// versions and easy to compute in any language.
 pub fn partition_of(event: &v1::Event, count: u32) -> u32 {
-    let key = interview_id(event).unwrap_or(&event.id);
+    let key = event.interview_id().unwrap_or(&event.id);
     let hash = fnv1a64(key.as_bytes());
     u32::try_from(hash % u64::from(count.max(1))).unwrap_or(0)
-}
-
-fn interview_id(event: &v1::Event) -> Option<&str> {
-    let id = match event.payload.as_ref()? {
-        Payload::OnboardingStatusChanged(p) => &p.interview_id,
-        Payload::WatchlistUpdated(p) => &p.interview_id,
-        Payload::UnrecognizedNotification(p) => &p.interview_id,
-    };
-    (!id.is_empty()).then_some(id.as_str())
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -104,6 +95,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::v1::event::Payload;
 
     fn event(interview: &str, id: &str) -> v1::Event {
         v1::Event {

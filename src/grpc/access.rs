@@ -21,7 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::identity::{Subscriber, Subscribers, certificate_names};
 use crate::{
-    error::{ErrorCode, ServiceError, is_plain_name},
+    error::{ErrorKind, ServiceError, grpc_status, is_plain_name},
     metrics::Metrics,
 };
 
@@ -268,9 +268,25 @@ pub enum Refusal {
     },
 }
 
-impl Refusal {
-    /// A short, fixed label for metrics and logs.
-    pub fn reason(&self) -> &'static str {
+impl ServiceError for Refusal {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::ClientCertificateRequired
+            | Self::UnreadableCertificate
+            | Self::MalformedAuthorization
+            | Self::InvalidToken
+            | Self::CertificateAndTokenDisagree
+            | Self::CredentialsRequired
+            | Self::ConsumerNeedsIdentity => ErrorKind::Unauthenticated,
+            Self::UnknownCertificate
+            | Self::AmbiguousCertificate
+            | Self::StreamNotAllowed
+            | Self::ConsumerNotAllowed { .. } => ErrorKind::PermissionDenied,
+        }
+    }
+
+    /// Also the `reason` of refusals in logs and metrics.
+    fn code(&self) -> &'static str {
         match self {
             Self::ClientCertificateRequired => "client_certificate_required",
             Self::UnreadableCertificate => "unreadable_certificate",
@@ -283,24 +299,6 @@ impl Refusal {
             Self::ConsumerNeedsIdentity => "consumer_needs_identity",
             Self::StreamNotAllowed => "stream_not_allowed",
             Self::ConsumerNotAllowed { .. } => "consumer_not_allowed",
-        }
-    }
-}
-
-impl ServiceError for Refusal {
-    fn error_code(&self) -> ErrorCode {
-        match self {
-            Self::ClientCertificateRequired
-            | Self::UnreadableCertificate
-            | Self::MalformedAuthorization
-            | Self::InvalidToken
-            | Self::CertificateAndTokenDisagree
-            | Self::CredentialsRequired
-            | Self::ConsumerNeedsIdentity => ErrorCode::Unauthenticated,
-            Self::UnknownCertificate
-            | Self::AmbiguousCertificate
-            | Self::StreamNotAllowed
-            | Self::ConsumerNotAllowed { .. } => ErrorCode::PermissionDenied,
         }
     }
 }
@@ -351,8 +349,7 @@ pub(super) async fn guard(
             if path == "/metrics" {
                 http_refusal(&refusal)
             } else {
-                tonic::Status::new(refusal.error_code().grpc_code(), refusal.to_string())
-                    .into_http()
+                grpc_status(&refusal).into_http()
             }
         }
     }
@@ -369,13 +366,13 @@ pub(super) fn refused(
 ) {
     let subscriber = caller.map_or("unknown", Caller::name);
     tracing::info!(
-        reason = refusal.reason(),
+        reason = refusal.code(),
         subscriber,
         path,
         peer = peer.map(tracing::field::display),
         "internal listener refused a call: {refusal}"
     );
-    metrics.internal_refusal(refusal.reason(), subscriber);
+    metrics.internal_refusal(refusal.code(), subscriber);
 }
 
 fn remote_addr(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
@@ -390,8 +387,7 @@ fn remote_addr(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
 }
 
 fn http_refusal(refusal: &Refusal) -> Response {
-    let code = refusal.error_code();
-    let status = code.http_status();
+    let status = refusal.http_status();
     let mut response = (status, format!("{refusal}\n")).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
@@ -403,51 +399,36 @@ fn http_refusal(refusal: &Refusal) -> Response {
 }
 
 /// Whether `caller` may subscribe, as the durable consumer or consumer group `name`, or to the
-/// plain stream; a refusal is logged, counted and returned as the gRPC status.
+/// plain stream; a refusal is logged and counted.
 pub fn authorize_subscribe(
     caller: &Caller,
     name: Option<&str>,
     metrics: &Metrics,
-) -> Result<(), tonic::Status> {
+) -> Result<(), Refusal> {
     let decision = match name {
         Some(name) => caller.authorize_consumer(name),
         None => caller.authorize_stream(),
     };
-    decision.map_err(|refusal| refusal_status(metrics, &refusal, caller, "Subscribe"))
+    decision.inspect_err(|refusal| refused_call(metrics, refusal, caller, "Subscribe"))
 }
 
 /// Whether `caller` may acknowledge for the durable consumer or consumer group `name`; a
-/// refusal is logged, counted and returned as the gRPC status.
-pub fn authorize_ack(caller: &Caller, name: &str, metrics: &Metrics) -> Result<(), tonic::Status> {
+/// refusal is logged and counted.
+pub fn authorize_ack(caller: &Caller, name: &str, metrics: &Metrics) -> Result<(), Refusal> {
     caller
         .authorize_consumer(name)
-        .map_err(|refusal| refusal_status(metrics, &refusal, caller, "Ack"))
+        .inspect_err(|refusal| refused_call(metrics, refusal, caller, "Ack"))
 }
 
-fn refusal_status(
-    metrics: &Metrics,
-    refusal: &Refusal,
-    caller: &Caller,
-    method: &str,
-) -> tonic::Status {
+fn refused_call(metrics: &Metrics, refusal: &Refusal, caller: &Caller, method: &str) {
     let path = format!("{EVENT_STREAM_PREFIX}{method}");
     refused(metrics, refusal, Some(caller), &path, caller.peer());
-    tonic::Status::new(refusal.error_code().grpc_code(), refusal.to_string())
 }
 
-/// The caller a request was authenticated as by [`guard`]; `Err` (a server fault, since the
+/// The caller a request was authenticated as by [`guard`]; `None` (a server fault, since the
 /// guard is always installed) when there is none.
-pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| {
-            tracing::error!(
-                "a call reached the EventStream service without an authenticated caller"
-            );
-            tonic::Status::internal("internal error")
-        })
+pub fn caller_of<T>(request: &tonic::Request<T>) -> Option<Caller> {
+    request.extensions().get::<Caller>().cloned()
 }
 
 #[cfg(test)]
@@ -494,11 +475,8 @@ mod tests {
         assert_eq!(caller.authorize_stream(), Ok(()));
         assert_eq!(caller.authorize_consumer("billing-eu"), Ok(()));
         assert_eq!(
-            caller
-                .authorize_consumer("payments")
-                .unwrap_err()
-                .error_code(),
-            ErrorCode::PermissionDenied
+            caller.authorize_consumer("payments").unwrap_err().kind(),
+            ErrorKind::PermissionDenied
         );
         let lowercase = access
             .authenticate(None, &headers(&[&format!("bearer  {BILLING_TOKEN}")]))
@@ -527,7 +505,7 @@ mod tests {
         ] {
             let refusal = access.authenticate(None, &headers(&values)).unwrap_err();
             assert_eq!(refusal, expected, "{values:?}");
-            assert_eq!(refusal.error_code(), ErrorCode::Unauthenticated);
+            assert_eq!(refusal.kind(), ErrorKind::Unauthenticated);
             assert!(!refusal.to_string().contains("nope"));
         }
         let anonymous = access.authenticate(None, &headers(&[])).unwrap();

@@ -15,14 +15,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::{
     GrpcSettings, access,
     encoded::{EncodedResponse, server::event_stream_service_server::EventStreamService},
+    error::RpcError,
     filter::Filter,
     group_subscription::GroupSubscription,
     subscription::{Start, Subscription},
 };
 use crate::{
-    error::{ErrorCode, ServiceError, grpc_status},
+    error::grpc_status,
     groups::{GroupName, Groups, JoinOptions},
-    log::{ConsumerName, Cursors, InvalidConsumerName, LogError, SharedLog},
+    log::{ConsumerName, Cursors, SharedLog},
     metrics::Metrics,
     proto::v1::{self, start_position::Position},
     telemetry,
@@ -73,7 +74,7 @@ impl EventStream {
         &self,
         position: Option<Position>,
         consumer: Option<&ConsumerName>,
-    ) -> Result<Start, StartError> {
+    ) -> Result<Start, RpcError> {
         let position = match (position, consumer) {
             (None, Some(consumer)) => {
                 let cursor = self.cursors.get(consumer).await?.unwrap_or(0);
@@ -95,16 +96,16 @@ impl EventStream {
                 Ok(from_past(bounds.first))
             }
             Some(Position::AfterSequence(after)) if after > bounds.head => {
-                Err(StartError::BeyondHead {
+                Err(RpcError::StartBeyondHead {
                     after,
                     head: bounds.head,
                 })
             }
             Some(Position::AfterSequence(after)) => Ok(from_past(after + 1)),
             Some(Position::Since(since)) => {
-                let since = SystemTime::try_from(since).map_err(|_| StartError::InvalidTime)?;
+                let since = SystemTime::try_from(since).map_err(|_| RpcError::InvalidTime)?;
                 if since > SystemTime::now() + CLOCK_SKEW {
-                    return Err(StartError::FutureTime);
+                    return Err(RpcError::FutureTime);
                 }
                 let next = self.log.sequence_at(since).await?;
                 // Retention keeps no times of removed events: when the oldest stored event is
@@ -120,32 +121,6 @@ impl EventStream {
     }
 }
 
-/// Why a start position could not be used.
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    #[error("start.after_sequence {after} is beyond the newest stored event ({head})")]
-    BeyondHead { after: u64, head: u64 },
-    #[error("start.since is not a valid timestamp")]
-    InvalidTime,
-    #[error("start.since is in the future")]
-    FutureTime,
-    #[error(transparent)]
-    Consumer(#[from] InvalidConsumerName),
-    #[error(transparent)]
-    Log(#[from] LogError),
-}
-
-impl ServiceError for StartError {
-    fn error_code(&self) -> ErrorCode {
-        match self {
-            Self::BeyondHead { .. } => ErrorCode::OutOfRange,
-            Self::InvalidTime | Self::FutureTime => ErrorCode::BadRequest,
-            Self::Consumer(error) => error.error_code(),
-            Self::Log(error) => error.error_code(),
-        }
-    }
-}
-
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<EncodedResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -157,36 +132,60 @@ impl EventStreamService for EventStream {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let span = rpc_span("Subscribe", request.metadata());
-        let caller = access::caller_of(&request)?;
+        answer(&span, self.open_stream(request, &span).await)
+    }
+
+    async fn ack(
+        &self,
+        request: Request<v1::AckRequest>,
+    ) -> Result<Response<v1::AckResponse>, Status> {
+        let span = rpc_span("Ack", request.metadata());
+        answer(&span, self.acknowledge(request, &span).await)
+    }
+}
+
+/// An rpc's answer: its response, or the status for its error (a failure is logged in the
+/// rpc's span).
+fn answer<T>(span: &tracing::Span, result: Result<T, RpcError>) -> Result<Response<T>, Status> {
+    result
+        .map(Response::new)
+        .map_err(|error| span.in_scope(|| grpc_status(&error)))
+}
+
+/// What an ack is for.
+enum AckTarget {
+    Consumer(ConsumerName),
+    Group(GroupName),
+}
+
+impl EventStream {
+    async fn open_stream(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+        span: &tracing::Span,
+    ) -> Result<SubscribeStream, RpcError> {
+        let caller = access::caller_of(&request).ok_or(RpcError::NoCaller)?;
         span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
         let consumer = parse_consumer(&request.consumer)?;
         let group = parse_group(&request.group)?;
         if consumer.is_some() && group.is_some() {
-            return Err(Status::invalid_argument(
-                "consumer and group are mutually exclusive: a stream is a durable consumer or a group member",
-            ));
+            return Err(RpcError::StreamConsumerAndGroup);
         }
         let name = consumer
             .as_ref()
             .map(ConsumerName::as_str)
             .or(group.as_ref().map(GroupName::as_str));
         span.in_scope(|| access::authorize_subscribe(&caller, name, &self.metrics))?;
-        let filter = Filter::try_from(request.filter.unwrap_or_default())
-            .map_err(|error| grpc_status(&error))?;
+        let filter = Filter::try_from(request.filter.unwrap_or_default())?;
         let position = request.start.and_then(|start| start.position);
         if let Some(group) = group {
             if !filter.is_empty() {
-                return Err(Status::invalid_argument(
-                    "a group member receives every event of its partitions: filters are not allowed with group",
-                ));
+                return Err(RpcError::FilterWithGroup);
             }
             // A new group starts at the earliest event unless told otherwise.
             let position = position.or(Some(Position::Earliest(v1::start_position::Earliest {})));
-            let start = self
-                .resolve_start(position, None)
-                .await
-                .map_err(|error| grpc_status(&error))?;
+            let start = self.resolve_start(position, None).await?;
             let options = JoinOptions {
                 partitions: request.group_partitions,
                 start_cursor: start.next.saturating_sub(1),
@@ -196,8 +195,7 @@ impl EventStreamService for EventStream {
                 .groups
                 .join(&group, options)
                 .instrument(span.clone())
-                .await
-                .map_err(|error| grpc_status(&error))?;
+                .await?;
             span.in_scope(|| {
                 tracing::info!(
                     subscriber = caller.name(),
@@ -215,14 +213,11 @@ impl EventStreamService for EventStream {
                     .metrics
                     .stream_opened(caller.name(), Some(group.as_str())),
                 metrics: self.metrics.clone(),
-                span,
+                span: span.clone(),
             };
-            return Ok(Response::new(Box::pin(subscription.into_stream())));
+            return Ok(Box::pin(subscription.into_stream()));
         }
-        let start = self
-            .resolve_start(position, consumer.as_ref())
-            .await
-            .map_err(|error| grpc_status(&error))?;
+        let start = self.resolve_start(position, consumer.as_ref()).await?;
         let subscriber = caller.name();
         let consumer_name = consumer.as_ref().map(ConsumerName::as_str);
         span.in_scope(|| {
@@ -242,81 +237,65 @@ impl EventStreamService for EventStream {
             stream_metrics: self.metrics.stream_opened(subscriber, consumer_name),
             metrics: self.metrics.clone(),
             consumer,
-            span,
+            span: span.clone(),
             trace_deliveries: self.settings.trace_deliveries,
         };
-        Ok(Response::new(Box::pin(subscription.into_stream().await?)))
+        Ok(Box::pin(subscription.into_stream().await?))
     }
 
-    async fn ack(
+    async fn acknowledge(
         &self,
         request: Request<v1::AckRequest>,
-    ) -> Result<Response<v1::AckResponse>, Status> {
-        let span = rpc_span("Ack", request.metadata());
-        let caller = access::caller_of(&request)?;
+        span: &tracing::Span,
+    ) -> Result<v1::AckResponse, RpcError> {
+        let caller = access::caller_of(&request).ok_or(RpcError::NoCaller)?;
         span.record("incode_gateway.subscriber", caller.name());
         let request = request.into_inner();
-        let consumer = parse_consumer(&request.consumer)?;
-        let group = parse_group(&request.group)?;
-        let name = match (&consumer, &group) {
-            (Some(consumer), None) => consumer.as_str(),
-            (None, Some(group)) => group.as_str(),
-            (None, None) => {
-                return Err(Status::invalid_argument("consumer or group is required"));
-            }
-            (Some(_), Some(_)) => {
-                return Err(Status::invalid_argument(
-                    "consumer and group are mutually exclusive",
-                ));
-            }
+        let target = match (
+            parse_consumer(&request.consumer)?,
+            parse_group(&request.group)?,
+        ) {
+            (Some(consumer), None) => AckTarget::Consumer(consumer),
+            (None, Some(group)) => AckTarget::Group(group),
+            (None, None) => return Err(RpcError::AckWithoutConsumer),
+            (Some(_), Some(_)) => return Err(RpcError::AckConsumerAndGroup),
+        };
+        let name = match &target {
+            AckTarget::Consumer(consumer) => consumer.as_str(),
+            AckTarget::Group(group) => group.as_str(),
         };
         span.in_scope(|| access::authorize_ack(&caller, name, &self.metrics))?;
-        if group.is_some() && request.member_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "member_id is required with group: the one from the stream's group_assignment",
-            ));
+        if matches!(target, AckTarget::Group(_)) && request.member_id.is_empty() {
+            return Err(RpcError::MissingMemberId);
         }
-        let head = self
-            .log
-            .bounds()
-            .instrument(span.clone())
-            .await
-            .map_err(|error| grpc_status(&error))?
-            .head;
+        let head = self.log.bounds().instrument(span.clone()).await?.head;
         if request.sequence > head {
-            return Err(Status::out_of_range(format!(
-                "sequence {} is beyond the newest stored event ({head})",
-                request.sequence
-            )));
+            return Err(RpcError::AckBeyondHead {
+                sequence: request.sequence,
+                head,
+            });
         }
-        let response = match group {
-            Some(group) => {
+        let response = match target {
+            AckTarget::Group(group) => {
                 if request.sequence == 0 {
-                    return Err(Status::invalid_argument(
-                        "sequence must name an event delivered to this member",
-                    ));
+                    return Err(RpcError::NoGroupSequence);
                 }
                 let (partition, sequence) = self
                     .groups
                     .ack(&group, &request.member_id, request.sequence)
                     .instrument(span.clone())
-                    .await
-                    .map_err(|error| span.in_scope(|| grpc_status(&error)))?;
+                    .await?;
                 v1::AckResponse {
                     sequence,
                     partition,
                 }
             }
-            None => {
-                let consumer = consumer
-                    .as_ref()
-                    .ok_or_else(|| Status::internal("internal error"))?;
+            AckTarget::Consumer(consumer) => {
                 let sequence = self
                     .cursors
-                    .ack(consumer, request.sequence)
+                    .ack(&consumer, request.sequence)
                     .instrument(span.clone())
-                    .await
-                    .map_err(|error| span.in_scope(|| grpc_status(&error)))?;
+                    .await?;
                 v1::AckResponse {
                     sequence,
                     partition: 0,
@@ -324,7 +303,7 @@ impl EventStreamService for EventStream {
             }
         };
         self.metrics.acked(caller.name());
-        Ok(Response::new(response))
+        Ok(response)
     }
 }
 
@@ -346,20 +325,16 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
     span
 }
 
-fn parse_consumer(name: &str) -> Result<Option<ConsumerName>, Status> {
-    if name.is_empty() {
-        return Ok(None);
-    }
-    ConsumerName::parse(name)
-        .map(Some)
-        .map_err(|error| grpc_status(&error))
+/// The consumer a request names; `None` when the field is empty.
+fn parse_consumer(name: &str) -> Result<Option<ConsumerName>, RpcError> {
+    Ok((!name.is_empty())
+        .then(|| ConsumerName::parse(name))
+        .transpose()?)
 }
 
-fn parse_group(name: &str) -> Result<Option<GroupName>, Status> {
-    if name.is_empty() {
-        return Ok(None);
-    }
-    GroupName::parse(name)
-        .map(Some)
-        .map_err(|error| grpc_status(&error))
+/// The group a request names; `None` when the field is empty.
+fn parse_group(name: &str) -> Result<Option<GroupName>, RpcError> {
+    Ok((!name.is_empty())
+        .then(|| GroupName::parse(name))
+        .transpose()?)
 }

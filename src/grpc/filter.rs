@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::{
+    error::{ErrorKind, ServiceError},
     incode::limits::MAX_INTERVIEW_ID_BYTES,
     proto::v1::{self, event::Payload},
 };
@@ -54,9 +55,13 @@ pub enum FilterError {
     },
 }
 
-impl crate::error::ServiceError for FilterError {
-    fn error_code(&self) -> crate::error::ErrorCode {
-        crate::error::ErrorCode::BadRequest
+impl ServiceError for FilterError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::BadRequest
+    }
+
+    fn code(&self) -> &'static str {
+        "invalid_filter"
     }
 }
 
@@ -132,7 +137,9 @@ impl Filter {
             }
         }
         if !self.interview_ids.is_empty()
-            && !interview_id(event).is_some_and(|id| self.interview_ids.contains(id))
+            && !event
+                .interview_id()
+                .is_some_and(|id| self.interview_ids.contains(id))
         {
             return false;
         }
@@ -150,18 +157,176 @@ impl Filter {
     }
 }
 
-fn interview_id(event: &v1::Event) -> Option<&str> {
-    let id = match event.payload.as_ref()? {
-        Payload::OnboardingStatusChanged(p) => &p.interview_id,
-        Payload::WatchlistUpdated(p) => &p.interview_id,
-        Payload::UnrecognizedNotification(p) => &p.interview_id,
-    };
-    (!id.is_empty()).then_some(id.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event of this type about this interview.
+    fn event(event_type: v1::EventType, interview_id: &str) -> v1::Event {
+        let interview_id = interview_id.to_owned();
+        let payload = match event_type {
+            v1::EventType::OnboardingStatusChanged => {
+                Payload::OnboardingStatusChanged(v1::OnboardingStatusChanged {
+                    interview_id,
+                    ..Default::default()
+                })
+            }
+            v1::EventType::WatchlistUpdated => Payload::WatchlistUpdated(v1::WatchlistUpdated {
+                interview_id,
+                ..Default::default()
+            }),
+            _ => Payload::UnrecognizedNotification(v1::UnrecognizedNotification {
+                interview_id,
+                ..Default::default()
+            }),
+        };
+        v1::Event {
+            r#type: event_type.into(),
+            payload: Some(payload),
+            ..Default::default()
+        }
+    }
+
+    fn onboarding(interview_id: &str, status: impl Into<i32>) -> v1::Event {
+        let mut event = event(v1::EventType::OnboardingStatusChanged, interview_id);
+        if let Some(Payload::OnboardingStatusChanged(payload)) = &mut event.payload {
+            payload.onboarding_status = status.into();
+        }
+        event
+    }
+
+    fn filter(types: &[v1::EventType], ids: &[&str], statuses: &[v1::OnboardingStatus]) -> Filter {
+        Filter::try_from(v1::EventFilter {
+            types: types.iter().map(|t| i32::from(*t)).collect(),
+            interview_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+            onboarding_statuses: statuses.iter().map(|s| i32::from(*s)).collect(),
+        })
+        .unwrap()
+    }
+
+    /// Which of `events` `filter` lets through, by index.
+    fn passed(filter: &Filter, events: &[v1::Event]) -> Vec<usize> {
+        (0..events.len())
+            .filter(|&i| filter.matches(&events[i]))
+            .collect()
+    }
+
+    fn sample() -> Vec<v1::Event> {
+        vec![
+            onboarding("a", v1::OnboardingStatus::OnboardingFinished),
+            onboarding("b", v1::OnboardingStatus::Unknown),
+            event(v1::EventType::WatchlistUpdated, "a"),
+            event(v1::EventType::UnrecognizedNotification, "a"),
+            event(v1::EventType::UnrecognizedNotification, ""),
+            // A status this version does not know reads as unspecified.
+            onboarding("c", 999),
+        ]
+    }
+
+    #[test]
+    fn an_empty_filter_lets_everything_through() {
+        let filter = Filter::try_from(v1::EventFilter::default()).unwrap();
+        assert!(filter.is_empty());
+        assert_eq!(passed(&filter, &sample()), [0, 1, 2, 3, 4, 5]);
+        assert!(filter.matches(&v1::Event::default()));
+    }
+
+    #[test]
+    fn types_select_event_types() {
+        use v1::EventType::*;
+        let events = sample();
+        assert_eq!(passed(&filter(&[WatchlistUpdated], &[], &[]), &events), [2]);
+        assert_eq!(
+            passed(
+                &filter(
+                    &[OnboardingStatusChanged, UnrecognizedNotification],
+                    &[],
+                    &[]
+                ),
+                &events
+            ),
+            [0, 1, 3, 4, 5]
+        );
+        let unknown_type = v1::Event {
+            r#type: 42,
+            ..event(WatchlistUpdated, "a")
+        };
+        assert!(!filter(&[WatchlistUpdated], &[], &[]).matches(&unknown_type));
+    }
+
+    #[test]
+    fn interview_ids_select_sessions_of_every_kind() {
+        let events = sample();
+        assert_eq!(passed(&filter(&[], &["a"], &[]), &events), [0, 2, 3]);
+        assert_eq!(passed(&filter(&[], &["b", "c"], &[]), &events), [1, 5]);
+        // No id is not an empty id: an event without one never matches an id filter.
+        assert!(!filter(&[], &["a"], &[]).matches(&v1::Event::default()));
+    }
+
+    #[test]
+    fn onboarding_statuses_select_only_onboarding_events() {
+        use v1::OnboardingStatus::*;
+        let events = sample();
+        assert_eq!(
+            passed(&filter(&[], &[], &[OnboardingFinished]), &events),
+            [0]
+        );
+        assert_eq!(
+            passed(&filter(&[], &[], &[Unknown, Unspecified]), &events),
+            [1, 5]
+        );
+    }
+
+    #[test]
+    fn every_list_must_match() {
+        let events = sample();
+        let both = filter(
+            &[v1::EventType::OnboardingStatusChanged],
+            &["a", "b"],
+            &[v1::OnboardingStatus::Unknown],
+        );
+        assert!(!both.is_empty());
+        assert_eq!(passed(&both, &events), [1]);
+        let none = filter(&[v1::EventType::WatchlistUpdated], &["b"], &[]);
+        assert!(passed(&none, &events).is_empty());
+    }
+
+    #[test]
+    fn undefined_enum_values_are_refused() {
+        let refuse = |types: Vec<i32>, statuses: Vec<i32>| {
+            Filter::try_from(v1::EventFilter {
+                types,
+                onboarding_statuses: statuses,
+                ..Default::default()
+            })
+            .unwrap_err()
+        };
+        for (error, expected) in [
+            (
+                refuse(vec![99], vec![]),
+                "filter.types: 99 is not a valid event type",
+            ),
+            (
+                refuse(vec![1, 0], vec![]),
+                "filter.types: 0 is not a valid event type",
+            ),
+            (
+                refuse(vec![], vec![1, -1]),
+                "filter.onboarding_statuses: -1 is not a valid onboarding status",
+            ),
+        ] {
+            assert_eq!(error.to_string(), expected);
+            assert_eq!(error.grpc_code(), tonic::Code::InvalidArgument);
+        }
+        // Unspecified is a status a filter may ask for: the one unknown statuses read as.
+        assert!(
+            Filter::try_from(v1::EventFilter {
+                onboarding_statuses: vec![0],
+                ..Default::default()
+            })
+            .is_ok()
+        );
+    }
 
     #[test]
     fn lists_and_ids_are_bounded() {

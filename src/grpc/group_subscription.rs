@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::encoded::EncodedResponse;
+use super::{encoded::EncodedResponse, error::ShuttingDown};
 use crate::{
     error::grpc_status,
     groups::{Claim, Member},
@@ -198,9 +198,7 @@ impl State {
 
     fn end_for_shutdown(&mut self) -> Option<Result<EncodedResponse, Status>> {
         self.finished = true;
-        Some(Err(Status::unavailable(
-            "the gateway is shutting down; subscribe to the group again",
-        )))
+        Some(Err(grpc_status(&ShuttingDown::GroupMember)))
     }
 
     fn heartbeat(&self) -> EncodedResponse {

@@ -10,6 +10,7 @@
 
 pub mod access;
 mod encoded;
+mod error;
 mod event_stream;
 mod filter;
 mod group_subscription;

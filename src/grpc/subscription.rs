@@ -16,10 +16,10 @@ use tonic::Status;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{encoded::EncodedResponse, filter::Filter};
+use super::{encoded::EncodedResponse, error::ShuttingDown, filter::Filter};
 use crate::{
     error::grpc_status,
-    log::{ConsumerName, LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
+    log::{ConsumerName, LogError, LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
     metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
     telemetry,
@@ -81,12 +81,8 @@ impl Subscription {
     /// The stream of messages for this subscription. Dropping it releases everything it holds.
     pub async fn into_stream(
         self,
-    ) -> Result<impl Stream<Item = Result<EncodedResponse, Status>> + Send, Status> {
-        let reader = self
-            .log
-            .read_from(self.start.next)
-            .await
-            .map_err(|error| grpc_status(&error))?;
+    ) -> Result<impl Stream<Item = Result<EncodedResponse, Status>> + Send, LogError> {
+        let reader = self.log.read_from(self.start.next).await?;
         let state = State {
             reader,
             filter: self.filter,
@@ -179,9 +175,7 @@ impl State {
     /// resuming from the last sequence they saw.
     fn end_for_shutdown(&mut self) -> Option<Result<EncodedResponse, Status>> {
         self.finished = true;
-        Some(Err(Status::unavailable(
-            "the gateway is shutting down; resubscribe after the last sequence you processed",
-        )))
+        Some(Err(grpc_status(&ShuttingDown::Stream)))
     }
 
     /// Accounts for one delivered event: the metric, and (when traces are exported) a span in
@@ -220,3 +214,6 @@ impl State {
 fn respond(response: Response) -> EncodedResponse {
     EncodedResponse::message(response)
 }
+
+#[cfg(test)]
+mod tests;

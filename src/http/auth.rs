@@ -3,18 +3,22 @@
 //! fails the check. Refusals follow RFC 6750 §3.
 
 use std::{
+    borrow::Cow,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use axum::{
     extract::{ConnectInfo, FromRequestParts},
-    http::{HeaderValue, StatusCode, header, request::Parts},
+    http::{HeaderValue, header, request::Parts},
     response::{IntoResponse, Response},
 };
 
-use super::{ApiError, AppState, ClientAddress, oauth::REALM, serve::ConnectionHandle};
-use crate::auth::{Authenticated, WebhookAuthError};
+use super::{AppState, ClientAddress, error::json_answer, oauth::REALM, serve::ConnectionHandle};
+use crate::{
+    auth::{Authenticated, WebhookAuthError},
+    error::{ErrorKind, ServiceError},
+};
 
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Refused;
@@ -51,47 +55,55 @@ const INVALID_TOKEN: &str = "the access token is not valid";
 const INVALID_HEADER: &str = "the request lacks a valid webhook credential";
 
 /// A webhook call that failed the guard.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
 pub struct Refused(WebhookAuthError);
+
+impl ServiceError for Refused {
+    fn kind(&self) -> ErrorKind {
+        match &self.0 {
+            WebhookAuthError::MissingToken | WebhookAuthError::InvalidToken(_) => {
+                ErrorKind::Unauthenticated
+            }
+            WebhookAuthError::AmbiguousAuthorization => ErrorKind::BadRequest,
+            // The caller is known (or no token is needed) but lacks the shared header.
+            WebhookAuthError::HeaderMismatch { .. } => ErrorKind::PermissionDenied,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match &self.0 {
+            WebhookAuthError::MissingToken => "missing_token",
+            WebhookAuthError::AmbiguousAuthorization => "invalid_request",
+            WebhookAuthError::InvalidToken(_) => "invalid_token",
+            WebhookAuthError::HeaderMismatch { .. } => "invalid_webhook_header",
+        }
+    }
+
+    fn public_message(&self) -> Cow<'_, str> {
+        match &self.0 {
+            WebhookAuthError::InvalidToken(_) => INVALID_TOKEN.into(),
+            WebhookAuthError::HeaderMismatch { .. } => INVALID_HEADER.into(),
+            other => other.to_string().into(),
+        }
+    }
+}
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let detail = match &self.0 {
-            WebhookAuthError::InvalidToken(_) => INVALID_TOKEN.to_owned(),
-            WebhookAuthError::HeaderMismatch { .. } => INVALID_HEADER.to_owned(),
-            WebhookAuthError::MissingToken | WebhookAuthError::AmbiguousAuthorization => {
-                self.0.to_string()
-            }
-        };
-        let (status, error, challenge) = match &self.0 {
+        let challenge = match &self.0 {
             // No credentials at all: a challenge without an error code (§3.1).
-            WebhookAuthError::MissingToken => (
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                Some(format!(r#"Bearer realm="{REALM}""#)),
-            ),
-            WebhookAuthError::AmbiguousAuthorization => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
+            WebhookAuthError::MissingToken => Some(format!(r#"Bearer realm="{REALM}""#)),
+            WebhookAuthError::AmbiguousAuthorization | WebhookAuthError::InvalidToken(_) => {
                 Some(format!(
-                    r#"Bearer realm="{REALM}", error="invalid_request", error_description="{}""#,
-                    quotable(&detail)
-                )),
-            ),
-            WebhookAuthError::InvalidToken(_) => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                Some(format!(
-                    r#"Bearer realm="{REALM}", error="invalid_token", error_description="{}""#,
-                    quotable(&detail)
-                )),
-            ),
-            // The caller is known (or no token is needed) but lacks the shared header.
-            WebhookAuthError::HeaderMismatch { .. } => {
-                (StatusCode::FORBIDDEN, "invalid_webhook_header", None)
+                    r#"Bearer realm="{REALM}", error="{}", error_description="{}""#,
+                    self.code(),
+                    quotable(&self.public_message())
+                ))
             }
+            WebhookAuthError::HeaderMismatch { .. } => None,
         };
-        let mut response = ApiError::new(status, error, detail).into_response();
+        let mut response = json_answer(&self);
         if let Some(challenge) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
             response
                 .headers_mut()

@@ -1,26 +1,25 @@
-//! Error answers of the public listener: a status and a JSON body naming the problem.
+//! Error answers of the public listener: a status and a JSON body naming the problem,
+//! `{"success":false,"error":"<code>","detail":"<message>"}`, for every [`ServiceError`] of the
+//! webhooks and of the listener itself ([`ListenerError`]). The token endpoint renders the same
+//! vocabulary in RFC 6749's shape instead (see `oauth`).
 //!
 //! Client errors say what was wrong; server errors say only that the request failed (the cause
 //! is logged), so no internal detail reaches the internet.
 
-use std::any::Any;
+use std::{any::Any, borrow::Cow};
 
 use axum::{
     Json,
-    http::{Response, StatusCode},
-    response::IntoResponse,
+    extract::rejection::{BytesRejection, FailedToBufferBody},
+    http::Response,
+    response::{IntoResponse, Response as AxumResponse},
 };
 use serde::Serialize;
 
-use crate::error::{ErrorCode, ServiceError, error_chain};
+use crate::error::{ErrorKind, ServiceError, log_failure};
 
-/// An error answer: `{"success":false,"error":"<code>","detail":"<text>"}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    error: &'static str,
-    detail: String,
-}
+/// What an HTTP caller is told of a failure of the gateway: the cause is in its logs.
+pub(super) const SEE_THE_LOGS: &str = "the request failed; see the gateway's logs";
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -29,79 +28,100 @@ struct Body<'a> {
     detail: &'a str,
 }
 
-impl ApiError {
-    /// An answer with this status, machine-readable code and human-readable detail.
-    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            detail: detail.into(),
-        }
+/// The answer for `error`: its status and `{"success":false,"error","detail"}`. A rejection is
+/// logged at info level, a failure with its causes (see [`log_failure`]).
+pub(super) fn json_answer<E: ServiceError + ?Sized>(error: &E) -> AxumResponse {
+    log_failure(error);
+    let status = error.http_status();
+    let detail = error.public_message();
+    if status.is_client_error() {
+        tracing::info!(status = status.as_u16(), error = error.code(), %detail, "request rejected");
     }
-
-    /// The answer for a [`ServiceError`]: its own text for client errors, a generic one (and a
-    /// log line with the whole cause) for server errors.
-    pub fn from_service_error<E: ServiceError>(error: &E, code: &'static str) -> Self {
-        let class = error.error_code();
-        if class.is_client_error() {
-            Self::new(class.http_status(), code, error.to_string())
-        } else {
-            tracing::error!(error = %error_chain(error), "request failed");
-            Self::server_error(class)
-        }
-    }
-
-    /// A generic answer for a server-side failure of this class.
-    pub fn server_error(class: ErrorCode) -> Self {
-        match class {
-            ErrorCode::Unavailable => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the event log cannot take the notification now; retry later",
-            ),
-            _ => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the request failed; see the gateway's logs",
-            ),
-        }
-    }
-
-    /// The HTTP status of this answer.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The machine-readable error code of this answer.
-    pub fn code(&self) -> &'static str {
-        self.error
-    }
+    let body = Body {
+        success: false,
+        error: error.code(),
+        detail: &detail,
+    };
+    (status, Json(body)).into_response()
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> axum::response::Response {
-        if self.status.is_client_error() {
-            tracing::info!(status = self.status.as_u16(), error = self.error, detail = %self.detail, "request rejected");
-        }
-        let body = Body {
-            success: false,
-            error: self.error,
-            detail: &self.detail,
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-pub(super) async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-}
-
-pub(super) async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not accept that method",
+/// Whether a request body was refused for its size (the listener's `max_body_bytes`).
+pub(super) fn is_too_large(rejection: &BytesRejection) -> bool {
+    matches!(
+        rejection,
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))
     )
+}
+
+/// What the public listener itself refuses or fails at, whatever the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// No route for the path.
+    #[error("no such endpoint")]
+    NotFound,
+    /// A route, but not for this method.
+    #[error("this endpoint does not accept that method")]
+    MethodNotAllowed,
+    /// The request timeout passed before the body arrived.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The request timeout passed while the gateway was answering.
+    #[error("the request could not be completed in time; retry later")]
+    AnswerTimeout,
+    /// A handler panicked.
+    #[error("a request handler panicked: {message}")]
+    Panic {
+        /// The panic's message, if it had one.
+        message: String,
+    },
+}
+
+impl ServiceError for ListenerError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound => ErrorKind::NotFound,
+            Self::MethodNotAllowed => ErrorKind::MethodNotAllowed,
+            Self::BodyTimeout => ErrorKind::RequestTimeout,
+            Self::AnswerTimeout => ErrorKind::Unavailable,
+            Self::Panic { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTimeout => "request_timeout",
+            Self::AnswerTimeout => "unavailable",
+            Self::Panic { .. } => "internal_error",
+        }
+    }
+
+    fn public_message(&self) -> Cow<'_, str> {
+        match self {
+            Self::Panic { .. } => SEE_THE_LOGS.into(),
+            other => other.to_string().into(),
+        }
+    }
+
+    /// A slow answer is logged where it is noticed, as a warning.
+    fn is_failure(&self) -> bool {
+        matches!(self, Self::Panic { .. })
+    }
+}
+
+impl IntoResponse for ListenerError {
+    fn into_response(self) -> AxumResponse {
+        json_answer(&self)
+    }
+}
+
+pub(super) async fn not_found() -> ListenerError {
+    ListenerError::NotFound
+}
+
+pub(super) async fn method_not_allowed() -> ListenerError {
+    ListenerError::MethodNotAllowed
 }
 
 pub(super) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<axum::body::Body> {
@@ -110,6 +130,5 @@ pub(super) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<a
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    tracing::error!(panic = %message, "a request handler panicked");
-    ApiError::server_error(ErrorCode::Internal).into_response()
+    ListenerError::Panic { message }.into_response()
 }

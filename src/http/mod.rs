@@ -30,7 +30,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub use args::PublicListenerArgs;
 pub use auth::Refused;
 pub use client_address::{ForwardedHeader, TrustedProxies};
-pub use error::ApiError;
 pub use serve::{ListenerLimits, MAX_HEAD_BYTES, serve};
 
 /// Pure parsing functions exposed for the fuzz targets in `fuzz/`; not a stable API.
@@ -154,3 +153,6 @@ fn record_response(response: &Response<Body>, _latency: Duration, span: &Span) {
         span.record("otel.status_code", "ERROR");
     }
 }
+
+#[cfg(test)]
+mod tests;

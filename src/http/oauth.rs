@@ -2,17 +2,14 @@
 //! (§4.4), with the client authenticated by HTTP Basic (§2.3.1) as Incode does, or by
 //! `client_id` and `client_secret` in the body. Successes are §5.1, errors have §5.2's body shape
 //! `{"error":"…","error_description":"…"}` rather than the webhooks' one, with §5.2's codes plus
-//! two it does not define (see `ErrorCode`).
+//! three it does not define (see `TokenRequestError`).
 
 use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{
-        State,
-        rejection::{BytesRejection, FailedToBufferBody},
-    },
+    extract::{State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::post,
@@ -24,10 +21,14 @@ use base64::{
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::{AppState, PeerIp, auth::Connection};
+use super::{
+    AppState, PeerIp,
+    auth::Connection,
+    error::{SEE_THE_LOGS, is_too_large},
+};
 use crate::{
-    auth::{ClientAuthError, ClientCredentials, Secret},
-    error::error_chain,
+    auth::{ClientAuthError, ClientCredentials, IssueError, Secret},
+    error::{ErrorKind, ServiceError, log_failure},
 };
 
 /// The realm of the `WWW-Authenticate` challenges.
@@ -45,62 +46,107 @@ struct TokenResponse<'a> {
     expires_in: u64,
 }
 
-/// The `error` codes of §5.2, plus three it does not define: `slow_down` (registered by RFC 8628,
-/// §3.5, for "wait before trying again") for throttled clients, with 429, and
-/// `temporarily_unavailable` (503) and `server_error` (500), from the authorization endpoint's
-/// list (§4.1.2.1), for our own limits and failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ErrorCode {
-    InvalidRequest,
-    InvalidClient,
+/// Why a token request was refused, answered in §5.2's shape with §5.2's `error` codes plus
+/// three it does not define: `slow_down` (registered by RFC 8628, §3.5, for "wait before trying
+/// again") for throttled clients, with 429, and `temporarily_unavailable` (503) and
+/// `server_error` (500), from the authorization endpoint's list (§4.1.2.1), for our own limits
+/// and failures.
+#[derive(Debug, thiserror::Error)]
+enum TokenRequestError {
+    #[error("the request body is too large")]
+    BodyTooLarge,
+    #[error("the request body could not be read")]
+    UnreadableBody(#[source] BytesRejection),
+    #[error("Content-Type must be application/x-www-form-urlencoded")]
+    NotAForm,
+    #[error("the form body is not UTF-8")]
+    FormNotUtf8,
+    #[error("a form parameter does not decode to UTF-8")]
+    ParameterNotUtf8,
+    #[error("the {name} parameter is repeated")]
+    RepeatedParameter { name: &'static str },
+    #[error("{name} is missing")]
+    MissingParameter { name: &'static str },
+    #[error("only the client_credentials grant is supported")]
     UnsupportedGrantType,
-    SlowDown,
-    TemporarilyUnavailable,
-    ServerError,
+    #[error("the Authorization header is repeated")]
+    RepeatedAuthorization,
+    #[error("malformed HTTP Basic credentials")]
+    MalformedBasic,
+    #[error("the client authenticated twice: with HTTP Basic and with client_secret in the body")]
+    TwoAuthentications,
+    #[error("client_id in the body differs from the HTTP Basic one")]
+    ClientIdMismatch,
+    #[error("client authentication is required (HTTP Basic)")]
+    NoClientAuthentication,
+    #[error("only HTTP Basic client authentication is supported")]
+    NotBasic,
+    #[error(transparent)]
+    Authentication(#[from] ClientAuthError),
+    #[error("could not issue an access token")]
+    Issue(#[source] IssueError),
 }
 
-impl ErrorCode {
-    fn as_str(self) -> &'static str {
+impl ServiceError for TokenRequestError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidClient => "invalid_client",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::SlowDown => "slow_down",
-            Self::TemporarilyUnavailable => "temporarily_unavailable",
-            Self::ServerError => "server_error",
+            Self::NoClientAuthentication
+            | Self::NotBasic
+            | Self::Authentication(ClientAuthError::InvalidClient(_)) => ErrorKind::Unauthenticated,
+            Self::Authentication(ClientAuthError::Throttled(_)) => ErrorKind::ResourceExhausted,
+            Self::Authentication(ClientAuthError::Busy) => ErrorKind::Unavailable,
+            Self::Authentication(ClientAuthError::Internal(_)) | Self::Issue(_) => {
+                ErrorKind::Internal
+            }
+            _ => ErrorKind::BadRequest,
         }
     }
 
-    fn status(self) -> StatusCode {
+    fn code(&self) -> &'static str {
+        match (self, self.kind()) {
+            (Self::UnsupportedGrantType, _) => "unsupported_grant_type",
+            (_, ErrorKind::Unauthenticated) => "invalid_client",
+            (_, ErrorKind::ResourceExhausted) => "slow_down",
+            (_, ErrorKind::Unavailable) => "temporarily_unavailable",
+            (_, ErrorKind::Internal) => "server_error",
+            _ => "invalid_request",
+        }
+    }
+
+    fn public_message(&self) -> Cow<'_, str> {
+        if self.is_failure() {
+            SEE_THE_LOGS.into()
+        } else {
+            self.to_string().into()
+        }
+    }
+
+    /// A busy gateway is logged where it is noticed, with the client's address.
+    fn is_failure(&self) -> bool {
+        self.kind() == ErrorKind::Internal
+    }
+}
+
+impl TokenRequestError {
+    /// How long the client should wait before trying again, if it should.
+    fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::InvalidRequest | Self::UnsupportedGrantType => StatusCode::BAD_REQUEST,
-            Self::InvalidClient => StatusCode::UNAUTHORIZED,
-            Self::SlowDown => StatusCode::TOO_MANY_REQUESTS,
-            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Authentication(ClientAuthError::Throttled(throttled)) => {
+                Some(throttled.retry_after)
+            }
+            Self::Authentication(ClientAuthError::Busy) => Some(Duration::from_secs(1)),
+            _ => None,
         }
     }
 }
 
-/// An error answer of the token endpoint.
-#[derive(Debug)]
-struct OAuthError {
-    code: ErrorCode,
-    description: Cow<'static, str>,
-    retry_after: Option<Duration>,
-}
-
-impl OAuthError {
-    fn new(code: ErrorCode, description: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            description: description.into(),
-            retry_after: None,
+impl From<BytesRejection> for TokenRequestError {
+    fn from(rejection: BytesRejection) -> Self {
+        if is_too_large(&rejection) {
+            Self::BodyTooLarge
+        } else {
+            Self::UnreadableBody(rejection)
         }
-    }
-
-    fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorCode::InvalidRequest, description)
     }
 }
 
@@ -110,22 +156,23 @@ struct ErrorBody<'a> {
     error_description: &'a str,
 }
 
-impl IntoResponse for OAuthError {
+impl IntoResponse for TokenRequestError {
     fn into_response(self) -> Response {
+        log_failure(&self);
         let body = ErrorBody {
-            error: self.code.as_str(),
-            error_description: &self.description,
+            error: self.code(),
+            error_description: &self.public_message(),
         };
-        let mut response = (self.code.status(), Json(body)).into_response();
+        let mut response = (self.http_status(), Json(body)).into_response();
         let headers = response.headers_mut();
         no_store(headers);
-        if self.code == ErrorCode::InvalidClient {
+        if self.kind() == ErrorKind::Unauthenticated {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Basic realm="incode-gateway""#),
             );
         }
-        if let Some(retry_after) = self.retry_after {
+        if let Some(retry_after) = self.retry_after() {
             // Whole seconds, rounded up: never invite a retry that is still too early.
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
@@ -162,7 +209,7 @@ async fn token(
             }
             "issued"
         }
-        Err(error) => error.code.as_str(),
+        Err(error) => error.code(),
     };
     span.record("oauth.outcome", outcome);
     state.metrics().token_request(outcome);
@@ -177,68 +224,21 @@ async fn issue(
     source: IpAddr,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, OAuthError> {
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            OAuthError::invalid_request("the request body is too large")
-        }
-        _ => OAuthError::invalid_request("the request body could not be read"),
-    })?;
-    let credentials = parse_request(headers, &body)?;
-
-    let client = match Arc::clone(state.auth())
+) -> Result<Response, TokenRequestError> {
+    let credentials = parse_request(headers, &body?)?;
+    let client = Arc::clone(state.auth())
         .authenticate_client(source, credentials)
         .instrument(tracing::info_span!(
             "authenticate client",
             otel.name = "oauth authenticate client"
         ))
         .await
-    {
-        Ok(client) => client,
-        Err(ClientAuthError::InvalidClient(reason)) => {
-            // The reason is for the operator; the caller learns only that it failed.
-            tracing::info!(%source, %reason, "client authentication failed");
-            return Err(OAuthError::new(
-                ErrorCode::InvalidClient,
-                "client authentication failed",
-            ));
-        }
-        Err(ClientAuthError::Busy) => {
-            tracing::warn!(%source, "client authentication refused: too many secret checks running");
-            return Err(OAuthError {
-                retry_after: Some(Duration::from_secs(1)),
-                ..OAuthError::new(
-                    ErrorCode::TemporarilyUnavailable,
-                    "the gateway is busy checking other credentials; retry shortly",
-                )
-            });
-        }
-        Err(ClientAuthError::Throttled(throttled)) => {
-            tracing::warn!(%source, retry_after = ?throttled.retry_after, "client authentication throttled");
-            return Err(OAuthError {
-                retry_after: Some(throttled.retry_after),
-                ..OAuthError::new(
-                    ErrorCode::SlowDown,
-                    "too many failed client authentications from this address; retry later",
-                )
-            });
-        }
-        Err(error @ ClientAuthError::Internal(_)) => {
-            tracing::error!(error = %error_chain(&error), "client authentication failed to run");
-            return Err(OAuthError::new(
-                ErrorCode::ServerError,
-                "the request failed; see the gateway's logs",
-            ));
-        }
-    };
-
-    let issued = state.auth().tokens().issue(&client).map_err(|error| {
-        tracing::error!(error = %error_chain(&error), "could not issue an access token");
-        OAuthError::new(
-            ErrorCode::ServerError,
-            "the request failed; see the gateway's logs",
-        )
-    })?;
+        .inspect_err(|error| log_refusal(source, error))?;
+    let issued = state
+        .auth()
+        .tokens()
+        .issue(&client)
+        .map_err(TokenRequestError::Issue)?;
     tracing::info!(client_id = %client, token_id = %issued.token_id, expires_in = issued.expires_in, "access token issued");
     let mut response = Json(TokenResponse {
         access_token: issued.access_token.expose(),
@@ -250,20 +250,34 @@ async fn issue(
     Ok(response)
 }
 
+/// Logs what the caller of a refused client authentication is not told, with its address. A
+/// verification that failed to run is a failure, logged with its cause when it is answered.
+fn log_refusal(source: IpAddr, error: &ClientAuthError) {
+    match error {
+        ClientAuthError::InvalidClient(reason) => {
+            tracing::info!(%source, %reason, "client authentication failed");
+        }
+        ClientAuthError::Busy => {
+            tracing::warn!(%source, "client authentication refused: too many secret checks running");
+        }
+        ClientAuthError::Throttled(throttled) => {
+            tracing::warn!(%source, retry_after = ?throttled.retry_after, "client authentication throttled");
+        }
+        ClientAuthError::Internal(_) => {}
+    }
+}
+
 /// The client credentials of a token request (headers and the whole body), checked for
 /// everything but the secret itself: the form content type, the parameters, the grant.
-fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ClientCredentials, OAuthError> {
+fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ClientCredentials, TokenRequestError> {
     require_form(headers)?;
     let params = Params::parse(body)?;
     match params.grant_type.as_deref() {
-        None => return Err(OAuthError::invalid_request("grant_type is missing")),
-        Some("client_credentials") => {}
-        Some(_) => {
-            return Err(OAuthError::new(
-                ErrorCode::UnsupportedGrantType,
-                "only the client_credentials grant is supported",
-            ));
+        None => {
+            return Err(TokenRequestError::MissingParameter { name: "grant_type" });
         }
+        Some("client_credentials") => {}
+        Some(_) => return Err(TokenRequestError::UnsupportedGrantType),
     }
     client_credentials(headers, params)
 }
@@ -275,11 +289,11 @@ pub fn parse_token_request(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<ClientCredentials, (StatusCode, &'static str)> {
-    parse_request(headers, body).map_err(|error| (error.code.status(), error.code.as_str()))
+    parse_request(headers, body).map_err(|error| (error.http_status(), error.code()))
 }
 
 /// `application/x-www-form-urlencoded`, with any parameters (§4.4.2).
-fn require_form(headers: &HeaderMap) -> Result<(), OAuthError> {
+fn require_form(headers: &HeaderMap) -> Result<(), TokenRequestError> {
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -292,9 +306,7 @@ fn require_form(headers: &HeaderMap) -> Result<(), OAuthError> {
     if is_form {
         Ok(())
     } else {
-        Err(OAuthError::invalid_request(
-            "Content-Type must be application/x-www-form-urlencoded",
-        ))
+        Err(TokenRequestError::NotAForm)
     }
 }
 
@@ -311,24 +323,23 @@ impl Params {
     /// ones (`scope` among them: this endpoint grants one fixed access) are ignored. Names and
     /// values must decode to UTF-8 (Appendix B): a lossy decoding would read different bytes as
     /// the same credentials.
-    fn parse(body: &[u8]) -> Result<Self, OAuthError> {
-        fn set<T>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), OAuthError> {
+    fn parse(body: &[u8]) -> Result<Self, TokenRequestError> {
+        fn set<T>(
+            slot: &mut Option<T>,
+            name: &'static str,
+            value: T,
+        ) -> Result<(), TokenRequestError> {
             if slot.replace(value).is_some() {
-                return Err(OAuthError::invalid_request(format!(
-                    "the {name} parameter is repeated"
-                )));
+                return Err(TokenRequestError::RepeatedParameter { name });
             }
             Ok(())
         }
         let mut params = Self::default();
-        let body = std::str::from_utf8(body)
-            .map_err(|_| OAuthError::invalid_request("the form body is not UTF-8"))?;
+        let body = std::str::from_utf8(body).map_err(|_| TokenRequestError::FormNotUtf8)?;
         for pair in body.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let (Some(name), Some(value)) = (form_decode(name), form_decode(value)) else {
-                return Err(OAuthError::invalid_request(
-                    "a form parameter does not decode to UTF-8",
-                ));
+                return Err(TokenRequestError::ParameterNotUtf8);
             };
             let value = zeroize::Zeroizing::new(value);
             if value.is_empty() {
@@ -353,25 +364,18 @@ impl Params {
 fn client_credentials(
     headers: &HeaderMap,
     params: Params,
-) -> Result<ClientCredentials, OAuthError> {
+) -> Result<ClientCredentials, TokenRequestError> {
     let basic = basic_credentials(headers)?;
     match (basic, params.client_id, params.client_secret) {
-        (Some(_), _, Some(_)) => Err(OAuthError::invalid_request(
-            "the client authenticated twice: with HTTP Basic and with client_secret in the body",
-        )),
-        (Some(basic), Some(id), None) if basic.id != id => Err(OAuthError::invalid_request(
-            "client_id in the body differs from the HTTP Basic one",
-        )),
+        (Some(_), _, Some(_)) => Err(TokenRequestError::TwoAuthentications),
+        (Some(basic), Some(id), None) if basic.id != id => Err(TokenRequestError::ClientIdMismatch),
         (Some(basic), _, None) => Ok(basic),
         (None, Some(id), secret) => Ok(ClientCredentials {
             id,
             secret: secret.unwrap_or_default(),
         }),
-        (None, None, Some(_)) => Err(OAuthError::invalid_request("client_id is missing")),
-        (None, None, None) => Err(OAuthError::new(
-            ErrorCode::InvalidClient,
-            "client authentication is required (HTTP Basic)",
-        )),
+        (None, None, Some(_)) => Err(TokenRequestError::MissingParameter { name: "client_id" }),
+        (None, None, None) => Err(TokenRequestError::NoClientAuthentication),
     }
 }
 
@@ -387,25 +391,18 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// that way, and only that way: one reading per request, so one secret check. (A client that
 /// skips the encoding step still works when its id and secret have no `%` or `+`, which is
 /// why the gateway warns at start-up about configured secrets that do.)
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<ClientCredentials>, OAuthError> {
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<ClientCredentials>, TokenRequestError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),
-        (Some(_), Some(_)) => {
-            return Err(OAuthError::invalid_request(
-                "the Authorization header is repeated",
-            ));
-        }
+        (Some(_), Some(_)) => return Err(TokenRequestError::RepeatedAuthorization),
         (Some(value), None) => value,
     };
-    let malformed = || OAuthError::invalid_request("malformed HTTP Basic credentials");
+    let malformed = || TokenRequestError::MalformedBasic;
     let value = value.to_str().map_err(|_| malformed())?;
     let (scheme, encoded) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::new(
-            ErrorCode::InvalidClient,
-            "only HTTP Basic client authentication is supported",
-        ));
+        return Err(TokenRequestError::NotBasic);
     }
     let decoded = BASE64
         .decode(encoded.trim())
@@ -475,14 +472,58 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(header::AUTHORIZATION, value.parse().unwrap());
             let error = basic_credentials(&headers).unwrap_err();
-            assert_eq!(error.code, ErrorCode::InvalidRequest, "{value}");
+            assert!(
+                matches!(error, TokenRequestError::MalformedBasic),
+                "{value}"
+            );
+            assert_eq!(error.code(), "invalid_request");
         }
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
         assert_eq!(
-            basic_credentials(&headers).unwrap_err().code,
-            ErrorCode::InvalidClient
+            basic_credentials(&headers).unwrap_err().code(),
+            "invalid_client"
         );
+    }
+
+    async fn rendered(error: TokenRequestError) -> (StatusCode, HeaderMap, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let response = error.into_response();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    /// The answers no request from outside can provoke on purpose.
+    #[tokio::test]
+    async fn our_own_limits_and_failures_are_answered_without_details() {
+        for (error, status, code, description, retry_after) in [
+            (
+                TokenRequestError::Authentication(ClientAuthError::Busy),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the gateway is busy checking other credentials; retry shortly",
+                Some("1"),
+            ),
+            (
+                TokenRequestError::Issue(IssueError::Clock),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the request failed; see the gateway's logs",
+                None,
+            ),
+        ] {
+            let (answered, headers, body) = rendered(error).await;
+            let expected = serde_json::json!({ "error": code, "error_description": description });
+            assert_eq!((answered, body), (status, expected));
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+            let retry = headers.get(header::RETRY_AFTER);
+            assert_eq!(retry.map(|value| value.to_str().unwrap()), retry_after);
+        }
     }
 
     #[test]
@@ -491,8 +532,8 @@ mod tests {
         assert_eq!(params.grant_type.as_deref(), Some("client_credentials"));
         assert_eq!(params.client_id, None);
         let error = Params::parse(b"grant_type=a&grant_type=b").unwrap_err();
-        assert_eq!(error.code, ErrorCode::InvalidRequest);
-        assert!(error.description.contains("grant_type"));
+        assert_eq!(error.code(), "invalid_request");
+        assert!(error.public_message().contains("grant_type"));
         let params = Params::parse(b"client_id=my+client%21&&client_secret=a%2Bb%3D").unwrap();
         assert_eq!(params.client_id.as_deref(), Some("my client!"));
         assert_eq!(params.client_secret.unwrap().expose(), "a+b=");
@@ -504,7 +545,7 @@ mod tests {
             b"%ff=x",
         ] {
             let error = Params::parse(body).unwrap_err();
-            assert_eq!(error.code, ErrorCode::InvalidRequest, "{body:?}");
+            assert_eq!(error.code(), "invalid_request", "{body:?}");
         }
     }
 }

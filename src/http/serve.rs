@@ -33,7 +33,7 @@ use axum::{
     Router,
     body::Body,
     extract::ConnectInfo,
-    http::{HeaderValue, Request, Response, StatusCode, Version, header},
+    http::{HeaderValue, Request, Response, Version, header},
     response::IntoResponse,
 };
 use bytes::Bytes;
@@ -51,7 +51,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{ApiError, ClientAddress, TrustedProxies};
+use super::{ClientAddress, TrustedProxies, error::ListenerError};
 
 /// Largest HTTP/1.1 request head (request line and headers), and HTTP/2 header list, in bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -527,17 +527,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
 fn timed_out(body_done: bool, version: Version) -> Response<Body> {
     let error = if body_done {
         tracing::warn!("a request took longer than the request timeout to answer");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the request could not be completed in time; retry later",
-        )
+        ListenerError::AnswerTimeout
     } else {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request body did not arrive in time",
-        )
+        ListenerError::BodyTimeout
     };
     let mut response = error.into_response();
     if version < Version::HTTP_2 {
@@ -580,6 +572,8 @@ impl hyper::body::Body for WatchedBody {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]
@@ -643,5 +637,37 @@ mod tests {
         let idle = h2.deadline(&limits);
         h2.on_read();
         assert_eq!(h2.deadline(&limits), idle);
+    }
+
+    async fn json_of(response: Response<Body>) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_out_of_time_is_408_or_503_and_closes_the_connection() {
+        let slow_body = timed_out(false, Version::HTTP_11);
+        assert_eq!(slow_body.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(slow_body.headers()[header::CONNECTION], "close");
+        assert_eq!(
+            json_of(slow_body).await,
+            serde_json::json!({
+                "success": false,
+                "error": "request_timeout",
+                "detail": "the request body did not arrive in time",
+            })
+        );
+        let slow_answer = timed_out(true, Version::HTTP_2);
+        assert_eq!(slow_answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!slow_answer.headers().contains_key(header::CONNECTION));
+        assert_eq!(
+            json_of(slow_answer).await,
+            serde_json::json!({
+                "success": false,
+                "error": "unavailable",
+                "detail": "the request could not be completed in time; retry later",
+            })
+        );
     }
 }

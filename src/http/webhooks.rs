@@ -2,44 +2,61 @@
 //!
 //! A notification is answered `200 {"success":true}` only after the event log has stored it (or
 //! recognised it as a repeat of a stored one); any failure to store it is a `503`, so that Incode
-//! retries instead of forgetting it. Every handler takes [`Authenticated`] first, so a call that
-//! fails the webhook guard is refused before its body is read, and nothing is stored without it.
+//! retries instead of forgetting it. One handler serves every endpoint; it takes
+//! [`Authenticated`] first, so a call that fails the webhook guard is refused before its body is
+//! read, and nothing is stored without it. Decoding the body and making the event of it are
+//! [`crate::incode`]'s.
+
+use std::borrow::Cow;
 
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{
-        Path, State,
-        rejection::{BytesRejection, FailedToBufferBody, PathRejection},
+        MatchedPath, Path, State,
+        rejection::{BytesRejection, PathRejection},
     },
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
     routing::post,
 };
 use serde::Serialize;
 use tracing::{Instrument, field::Empty};
 
-use super::{ApiError, AppState};
+use super::{
+    AppState,
+    error::{is_too_large, json_answer},
+};
 use crate::{
     auth::{Authenticated, ClientId},
-    error::{ErrorCode, error_chain},
-    incode::{Endpoint, KindName, Notification},
-    log::{AppendOutcome, DedupKey, NewEvent},
+    error::{ErrorKind, ServiceError},
+    incode::{DecodeError, Endpoint, KindName, Notification},
+    log::{AppendOutcome, LogError},
     metrics::WebhookOutcome,
     telemetry,
 };
 
+/// The endpoints of fixed kind. Each has a route of its own, and so its own span name and
+/// `http.route`; any other kind is posted to [`ANY_KIND`].
+const FIXED: [(&str, Endpoint); 3] = [
+    ("/webhooks/incode", Endpoint::Detect),
+    (
+        "/webhooks/incode/onboarding-status",
+        Endpoint::OnboardingStatus,
+    ),
+    (
+        "/webhooks/incode/watchlist-updated",
+        Endpoint::WatchlistUpdated,
+    ),
+];
+/// The endpoint of a kind this version does not model.
+const ANY_KIND: &str = "/webhooks/incode/{kind}";
+
 pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/incode", post(detect))
-        .route(
-            "/webhooks/incode/onboarding-status",
-            post(onboarding_status),
-        )
-        .route(
-            "/webhooks/incode/watchlist-updated",
-            post(watchlist_updated),
-        )
-        .route("/webhooks/incode/{kind}", post(other_kind))
+    FIXED.iter().fold(
+        Router::new().route(ANY_KIND, post(receive)),
+        |router, (path, _)| router.route(path, post(receive)),
+    )
 }
 
 /// The answer Incode counts as delivered.
@@ -48,115 +65,130 @@ struct Ack {
     success: bool,
 }
 
-type Answer = Result<Json<Ack>, ApiError>;
-
-async fn detect(
-    authenticated: Authenticated,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    ingest(&state, &authenticated, Endpoint::Detect, &headers, body).await
+/// Why a notification was not stored.
+#[derive(Debug, thiserror::Error)]
+enum WebhookError {
+    /// The body is not declared as JSON.
+    #[error("Content-Type must be application/json")]
+    NotJson,
+    /// The body is larger than the listener reads.
+    #[error("the body is larger than the gateway accepts")]
+    TooLarge,
+    /// The body broke off or could not be read.
+    #[error("the body could not be read: {0}")]
+    UnreadableBody(BytesRejection),
+    /// The URL or the body is not a notification the gateway can store.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The log could not store it; Incode's retry may succeed.
+    #[error("the notification was not stored")]
+    NotStored(#[source] LogError),
 }
 
-async fn onboarding_status(
-    authenticated: Authenticated,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    ingest(
-        &state,
-        &authenticated,
-        Endpoint::OnboardingStatus,
-        &headers,
-        body,
-    )
-    .await
+impl ServiceError for WebhookError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotJson => ErrorKind::UnsupportedMediaType,
+            Self::TooLarge => ErrorKind::PayloadTooLarge,
+            Self::UnreadableBody(_) => ErrorKind::BadRequest,
+            Self::Decode(error) => error.kind(),
+            Self::NotStored(_) => ErrorKind::Unavailable,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotJson => "unsupported_media_type",
+            Self::TooLarge => "payload_too_large",
+            Self::UnreadableBody(_) => "invalid_body",
+            Self::Decode(error) => error.code(),
+            Self::NotStored(_) => "unavailable",
+        }
+    }
+
+    fn public_message(&self) -> Cow<'_, str> {
+        match self {
+            Self::NotStored(_) => {
+                "the event log cannot take the notification now; retry later".into()
+            }
+            other => other.to_string().into(),
+        }
+    }
 }
 
-async fn watchlist_updated(
-    authenticated: Authenticated,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    ingest(
-        &state,
-        &authenticated,
-        Endpoint::WatchlistUpdated,
-        &headers,
-        body,
-    )
-    .await
+impl From<BytesRejection> for WebhookError {
+    fn from(rejection: BytesRejection) -> Self {
+        if is_too_large(&rejection) {
+            Self::TooLarge
+        } else {
+            Self::UnreadableBody(rejection)
+        }
+    }
 }
 
-async fn other_kind(
-    authenticated: Authenticated,
-    State(state): State<AppState>,
-    kind: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    let kind = kind
-        .ok()
-        .and_then(|Path(kind)| KindName::parse(&kind).ok())
-        .ok_or_else(|| {
-            state
-                .metrics()
-                .webhook("invalid", WebhookOutcome::Rejected("invalid_kind"));
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_kind",
-                "the notification kind in the URL must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
-            )
-        })?;
-    ingest(
-        &state,
-        &authenticated,
-        Endpoint::Other(kind),
-        &headers,
-        body,
-    )
-    .await
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        json_answer(&self)
+    }
 }
 
-async fn ingest(
-    state: &AppState,
-    authenticated: &Authenticated,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
+/// Every webhook endpoint: [`Authenticated`] comes first, so a call that fails the guard is
+/// refused before its URL or body is looked at.
+async fn receive(
+    authenticated: Authenticated,
+    State(state): State<AppState>,
+    route: MatchedPath,
+    kind: Result<Option<Path<String>>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Answer {
+) -> Result<Json<Ack>, WebhookError> {
+    let endpoint = endpoint(&route, kind).inspect_err(|error| {
+        // Not a kind name, so not a label either: one series for them all.
+        state
+            .metrics()
+            .webhook("invalid", WebhookOutcome::Rejected(error.code()));
+    })?;
     let span = tracing::info_span!(
         "ingest",
         otel.name = "ingest webhook",
         incode.notification.kind = Empty,
         incode_gateway.event.id = Empty,
     );
-    let endpoint_kind = endpoint_kind(&endpoint);
     let result = async {
-        require_json(headers)?;
-        let body = body.map_err(body_error)?;
+        require_json(&headers)?;
+        let body = body?;
         let notification = {
             let _decode =
                 tracing::info_span!("decode", otel.name = "decode notification").entered();
-            Notification::decode(&endpoint, &body)
-                .map_err(|error| ApiError::from_service_error(&error, error.code()))?
+            Notification::decode(&endpoint, &body)?
         };
-        store(state, authenticated, notification, &body).await
+        store(&state, &authenticated, notification, &body).await
     }
-    .instrument(span.clone())
+    .instrument(span)
     .await;
     if let Err(error) = &result {
-        let outcome = if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+        let outcome = if error.kind() == ErrorKind::Unavailable {
             WebhookOutcome::Unavailable
         } else {
             WebhookOutcome::Rejected(error.code())
         };
-        state.metrics().webhook(endpoint_kind, outcome);
+        state.metrics().webhook(endpoint.kind(), outcome);
     }
-    result
+    result.map(|()| Json(Ack { success: true }))
+}
+
+/// The endpoint of the route a call matched.
+fn endpoint(
+    route: &MatchedPath,
+    kind: Result<Option<Path<String>>, PathRejection>,
+) -> Result<Endpoint, DecodeError> {
+    if let Some((_, endpoint)) = FIXED.iter().find(|(path, _)| *path == route.as_str()) {
+        return Ok(endpoint.clone());
+    }
+    match kind {
+        Ok(Some(Path(kind))) => KindName::parse(&kind).map(Endpoint::Other),
+        Ok(None) | Err(_) => Err(DecodeError::InvalidKind),
+    }
 }
 
 /// Appends a decoded notification; runs inside the ingest span, whose trace context the event
@@ -166,81 +198,59 @@ async fn store(
     authenticated: &Authenticated,
     notification: Notification,
     body: &[u8],
-) -> Answer {
+) -> Result<(), WebhookError> {
     let kind = notification.kind().to_owned();
-    let dedup_key = DedupKey::for_notification(&kind, body);
     let ingest = tracing::Span::current();
-    let event = notification
-        .into_event(
-            uuid::Uuid::now_v7().to_string(),
-            telemetry::inject_span(&ingest),
-        )
-        .map_err(|error| ApiError::from_service_error(&error, error.code()))?;
+    let new_event = notification.into_new_event(body, telemetry::inject_span(&ingest))?;
     ingest.record("incode.notification.kind", kind.as_str());
-    ingest.record("incode_gateway.event.id", event.id.as_str());
-    let event_type = event.r#type().as_str_name();
+    ingest.record("incode_gateway.event.id", new_event.event.id.as_str());
 
     let append_span = tracing::info_span!(
         "append",
         otel.name = "event_log append",
         otel.status_code = Empty,
-        incode_gateway.event.type = event_type,
+        incode_gateway.event.type = new_event.event.r#type().as_str_name(),
         incode_gateway.event.sequence = Empty,
         incode_gateway.event.duplicate = Empty,
     );
     let started = std::time::Instant::now();
     let outcome = state
         .log()
-        .append(NewEvent { dedup_key, event })
+        .append(new_event)
         .instrument(append_span.clone())
-        .await;
-    match outcome {
-        Ok(outcome) => {
-            let duplicate = matches!(outcome, AppendOutcome::Duplicate(_));
-            // OpenTelemetry integers are signed; tracing records unsigned ones as text.
-            append_span.record(
-                "incode_gateway.event.sequence",
-                i64::try_from(outcome.sequence()).unwrap_or(i64::MAX),
-            );
-            append_span.record("incode_gateway.event.duplicate", duplicate);
-            state.metrics().appended(started.elapsed(), !duplicate);
-            if duplicate {
-                state.metrics().webhook(&kind, WebhookOutcome::Duplicate);
-                // Per-notification lines are debug: at volume, metrics and traces tell the story.
-                tracing::debug!(
-                    sequence = outcome.sequence(),
-                    "repeated notification acknowledged, not stored again"
-                );
-            } else {
-                state.metrics().webhook(&kind, WebhookOutcome::Accepted);
-                tracing::debug!(
-                    sequence = outcome.sequence(),
-                    client = authenticated.client().map(ClientId::as_str),
-                    "notification stored"
-                );
-            }
-            Ok(Json(Ack { success: true }))
-        }
-        Err(error) => {
+        .await
+        .map_err(|error| {
             append_span.record("otel.status_code", "ERROR");
-            tracing::error!(error = %error_chain(&error), "notification not stored");
-            Err(ApiError::server_error(ErrorCode::Unavailable))
-        }
+            WebhookError::NotStored(error)
+        })?;
+    let duplicate = matches!(outcome, AppendOutcome::Duplicate(_));
+    // OpenTelemetry integers are signed; tracing records unsigned ones as text.
+    append_span.record(
+        "incode_gateway.event.sequence",
+        i64::try_from(outcome.sequence()).unwrap_or(i64::MAX),
+    );
+    append_span.record("incode_gateway.event.duplicate", duplicate);
+    state.metrics().appended(started.elapsed(), !duplicate);
+    if duplicate {
+        state.metrics().webhook(&kind, WebhookOutcome::Duplicate);
+        // Per-notification lines are debug: at volume, metrics and traces tell the story.
+        tracing::debug!(
+            sequence = outcome.sequence(),
+            "repeated notification acknowledged, not stored again"
+        );
+    } else {
+        state.metrics().webhook(&kind, WebhookOutcome::Accepted);
+        tracing::debug!(
+            sequence = outcome.sequence(),
+            client = authenticated.client().map(ClientId::as_str),
+            "notification stored"
+        );
     }
-}
-
-/// The kind a request was meant to be, for counting requests that fail before decoding.
-fn endpoint_kind(endpoint: &Endpoint) -> &str {
-    match endpoint {
-        Endpoint::OnboardingStatus => "onboarding-status",
-        Endpoint::WatchlistUpdated => "watchlist-updated",
-        Endpoint::Detect => "detect",
-        Endpoint::Other(kind) => kind.as_str(),
-    }
+    Ok(())
 }
 
 /// Accepts `application/json` and `application/<anything>+json`, with any parameters.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_json(headers: &HeaderMap) -> Result<(), WebhookError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -253,27 +263,6 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     if is_json {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json",
-        ))
-    }
-}
-
-fn body_error(rejection: BytesRejection) -> ApiError {
-    match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the body is larger than the gateway accepts",
-            )
-        }
-        other => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!("the body could not be read: {other}"),
-        ),
+        Err(WebhookError::NotJson)
     }
 }

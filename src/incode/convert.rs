@@ -9,9 +9,25 @@ use super::{
     DecodeError, Notification, OnboardingStatusNotification, UnrecognizedNotification,
     WatchlistNotification, limits,
 };
-use crate::proto::v1;
+use crate::{
+    log::{DedupKey, NewEvent},
+    proto::v1,
+};
 
 impl Notification {
+    /// What the log stores for this notification, received as `body`: the event, under a new
+    /// id and carrying `trace_context` (the W3C context of the span that received it), and the
+    /// key that recognises Incode's byte-for-byte retry of it.
+    pub fn into_new_event(
+        self,
+        body: &[u8],
+        trace_context: HashMap<String, String>,
+    ) -> Result<NewEvent, DecodeError> {
+        let dedup_key = DedupKey::for_notification(self.kind(), body);
+        let event = self.into_event(uuid::Uuid::now_v7().to_string(), trace_context)?;
+        Ok(NewEvent { dedup_key, event })
+    }
+
     /// The event that stores this notification (its log position and time are set when it is
     /// appended), refused when it is larger than subscribers accept.
     pub fn into_event(

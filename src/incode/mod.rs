@@ -16,6 +16,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::error::{ErrorKind, ServiceError};
+
 pub use status::OnboardingStatus;
 
 /// The webhook endpoint a notification was posted to, which decides how its body is read.
@@ -30,6 +32,24 @@ pub enum Endpoint {
     /// `POST /webhooks/incode/{kind}` for a kind this version does not model.
     Other(KindName),
 }
+
+impl Endpoint {
+    /// The kind a call to this endpoint is meant to be, for counting calls that fail before
+    /// their body is decoded: the kind name, or `detect` for `/webhooks/incode`.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::OnboardingStatus => ONBOARDING_STATUS_KIND,
+            Self::WatchlistUpdated => WATCHLIST_UPDATED_KIND,
+            Self::Detect => "detect",
+            Self::Other(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// Kind name of "notify onboarding status changed".
+const ONBOARDING_STATUS_KIND: &str = "onboarding-status";
+/// Kind name of "notify global watchlist has updates".
+const WATCHLIST_UPDATED_KIND: &str = "watchlist-updated";
 
 /// The name of a notification kind taken from a webhook URL: 1 to 64 ASCII letters, digits,
 /// `-`, `_` or `.`.
@@ -177,8 +197,8 @@ impl Notification {
     /// unrecognised kind. Together with the body it identifies a notification for deduplication.
     pub fn kind(&self) -> &str {
         match self {
-            Self::OnboardingStatusChanged(_) => "onboarding-status",
-            Self::WatchlistUpdated(_) => "watchlist-updated",
+            Self::OnboardingStatusChanged(_) => ONBOARDING_STATUS_KIND,
+            Self::WatchlistUpdated(_) => WATCHLIST_UPDATED_KIND,
             Self::Unrecognized(n) => &n.kind,
         }
     }
@@ -404,9 +424,24 @@ pub enum DecodeError {
     },
 }
 
-impl DecodeError {
-    /// A short machine-readable name for the problem, used as the `error` field of the answer.
-    pub fn code(&self) -> &'static str {
+impl ServiceError for DecodeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidUtf8 { .. }
+            | Self::InvalidJson { .. }
+            | Self::NotAnObject { .. }
+            | Self::InvalidKind => ErrorKind::BadRequest,
+            Self::MissingField { .. }
+            | Self::EmptyField { .. }
+            | Self::WrongType { .. }
+            | Self::FieldTooLong { .. }
+            | Self::TooDeep { .. }
+            | Self::UnrepresentableNumber { .. }
+            | Self::EventTooLarge { .. } => ErrorKind::Unprocessable,
+        }
+    }
+
+    fn code(&self) -> &'static str {
         match self {
             Self::InvalidUtf8 { .. } => "invalid_utf8",
             Self::InvalidJson { .. } => "invalid_json",
@@ -419,25 +454,6 @@ impl DecodeError {
             Self::TooDeep { .. } => "too_deep",
             Self::UnrepresentableNumber { .. } => "unrepresentable_number",
             Self::EventTooLarge { .. } => "event_too_large",
-        }
-    }
-}
-
-impl crate::error::ServiceError for DecodeError {
-    fn error_code(&self) -> crate::error::ErrorCode {
-        use crate::error::ErrorCode;
-        match self {
-            Self::InvalidUtf8 { .. }
-            | Self::InvalidJson { .. }
-            | Self::NotAnObject { .. }
-            | Self::InvalidKind => ErrorCode::BadRequest,
-            Self::MissingField { .. }
-            | Self::EmptyField { .. }
-            | Self::WrongType { .. }
-            | Self::FieldTooLong { .. }
-            | Self::TooDeep { .. }
-            | Self::UnrepresentableNumber { .. }
-            | Self::EventTooLarge { .. } => ErrorCode::Unprocessable,
         }
     }
 }

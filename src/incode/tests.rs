@@ -281,6 +281,44 @@ fn interview_ids_are_bounded_and_events_too() {
     assert_eq!(error.code(), "event_too_large");
 }
 
+#[test]
+fn a_notification_becomes_the_event_that_stores_it() {
+    let body = r#"{"interviewId":"abc","onboardingStatus":"ONBOARDING_FINISHED"}"#;
+    let trace_context =
+        std::collections::HashMap::from([("traceparent".to_owned(), "00-ab-cd-01".to_owned())]);
+    let new = |endpoint: &Endpoint, body: &str| {
+        decode(endpoint, body)
+            .unwrap()
+            .into_new_event(body.as_bytes(), trace_context.clone())
+            .unwrap()
+    };
+    let first = new(&Endpoint::OnboardingStatus, body);
+    let event = &first.event;
+    assert_eq!(event.r#type(), v1::EventType::OnboardingStatusChanged);
+    assert!(matches!(
+        event.payload,
+        Some(v1::event::Payload::OnboardingStatusChanged(_))
+    ));
+    assert_eq!(event.trace_context, trace_context);
+    let id = uuid::Uuid::parse_str(&event.id).unwrap();
+    assert_eq!(id.get_version_num(), 7, "time-ordered ids");
+    assert_eq!(
+        (event.sequence, event.received_at),
+        (0, None),
+        "the log sets them"
+    );
+
+    // Incode's retry is the same body: the same key, under a new event id.
+    let retry = new(&Endpoint::Detect, body);
+    assert_eq!(retry.dedup_key, first.dedup_key);
+    assert_ne!(retry.event.id, first.event.id);
+    // The same body as another kind, or another body, is another notification.
+    let other_kind = new(&Endpoint::Other(KindName::parse("x").unwrap()), body);
+    assert_ne!(other_kind.dedup_key, first.dedup_key);
+    let other_body = new(&Endpoint::OnboardingStatus, &format!("{body} "));
+    assert_ne!(other_body.dedup_key, first.dedup_key);
+}
+
 mod accepted_bodies_decode {
     use proptest::prelude::*;
     use prost::Message;

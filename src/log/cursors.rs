@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::{ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned};
-use crate::error::{ErrorCode, ServiceError};
+use crate::error::{ErrorKind, ServiceError};
 
 /// Key prefix of consumer cursors in the state store.
 const PREFIX: &str = "consumer.";
@@ -30,10 +30,17 @@ pub enum CursorError {
 }
 
 impl ServiceError for CursorError {
-    fn error_code(&self) -> ErrorCode {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Self::TooManyConsumers { .. } => ErrorCode::ResourceExhausted,
-            Self::Log(error) => error.error_code(),
+            Self::TooManyConsumers { .. } => ErrorKind::ResourceExhausted,
+            Self::Log(error) => error.kind(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::TooManyConsumers { .. } => "too_many_consumers",
+            Self::Log(error) => error.code(),
         }
     }
 }

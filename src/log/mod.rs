@@ -31,7 +31,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    error::{ErrorCode, ServiceError},
+    error::{ErrorKind, ServiceError},
     proto::v1,
 };
 
@@ -360,8 +360,12 @@ impl fmt::Display for ConsumerName {
 pub struct InvalidConsumerName;
 
 impl ServiceError for InvalidConsumerName {
-    fn error_code(&self) -> ErrorCode {
-        ErrorCode::BadRequest
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::BadRequest
+    }
+
+    fn code(&self) -> &'static str {
+        "invalid_consumer"
     }
 }
 
@@ -403,10 +407,17 @@ impl LogError {
 }
 
 impl ServiceError for LogError {
-    fn error_code(&self) -> ErrorCode {
+    fn kind(&self) -> ErrorKind {
         match self {
-            Self::Closed | Self::Unavailable(_) => ErrorCode::Unavailable,
-            Self::Corrupt { .. } | Self::CorruptState { .. } => ErrorCode::Internal,
+            Self::Closed | Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Corrupt { .. } | Self::CorruptState { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self.kind() {
+            ErrorKind::Unavailable => "unavailable",
+            _ => "internal_error",
         }
     }
 }

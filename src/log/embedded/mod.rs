@@ -111,6 +111,12 @@ pub struct OpenError {
     pub source: BoxError,
 }
 
+/// A failure of the storage under the log. It lasts until the storage recovers, and every
+/// request it fails meanwhile carries it as the cause of its [`LogError::Unavailable`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event log storage failed")]
+pub struct StorageFailure(#[source] Arc<redb::Error>);
+
 type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
 /// An [`EventLog`] and [`StateStore`] in a redb file on local disk.
@@ -128,7 +134,7 @@ struct Shared {
     /// The newest events, contiguous and ending at the head.
     tail: Mutex<VecDeque<Arc<LoggedEvent>>>,
     /// The last storage failure, until a write succeeds again.
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<StorageFailure>>,
     closed: AtomicBool,
 }
 
@@ -139,12 +145,10 @@ impl Shared {
     }
 
     fn failure_error(&self) -> LogError {
-        let failure = lock(&self.failure).clone();
-        LogError::Unavailable(
-            failure
-                .unwrap_or_else(|| "storage unavailable".to_owned())
-                .into(),
-        )
+        match lock(&self.failure).clone() {
+            Some(failure) => LogError::unavailable(failure),
+            None => LogError::unavailable("storage unavailable"),
+        }
     }
 
     fn bounds(&self) -> Bounds {

@@ -195,6 +195,31 @@ async fn a_failing_disk_fails_appends_until_it_recovers() {
     assert_eq!(sequences(&read_all(&log, 1).await), [1, 2]);
 }
 
+/// The cause of a storage failure is the source of every error it makes, so that logs show it.
+#[tokio::test]
+async fn a_storage_failure_is_the_cause_of_what_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = FaultSwitch::new();
+    let log = EmbeddedLog::open_with_faults(dir.path(), options(), switch.clone()).unwrap();
+    switch.set_failing(true);
+    let refused = log.append(new_event("a")).await.unwrap_err();
+    // Reads that need the file while it is closed fail with the same cause.
+    let unread = log.get("consumer.billing").await.unwrap_err();
+    for error in [&refused, &unread] {
+        let cause = std::error::Error::source(error)
+            .and_then(|cause| cause.downcast_ref::<StorageFailure>())
+            .unwrap_or_else(|| panic!("{error:?}"));
+        let redb = std::error::Error::source(cause)
+            .and_then(|cause| cause.downcast_ref::<Arc<redb::Error>>())
+            .unwrap_or_else(|| panic!("{cause:?}"));
+        assert!(matches!(**redb, redb::Error::Io(_)), "{redb:?}");
+        assert_eq!(
+            crate::error::error_chain(error),
+            "event log storage is unavailable: event log storage failed: I/O error: injected storage fault"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_failed_log_recovers_without_anyone_asking() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     DEDUP, EVENTS, FORMAT_VERSION, LEGACY_CONSUMERS, META, META_FORMAT, META_HEAD, Opener, Options,
-    STATE, Shared, decode_record, encode_record, lock, record_time,
+    STATE, Shared, StorageFailure, decode_record, encode_record, lock, record_time,
 };
 use crate::{
     error::error_chain,
@@ -180,12 +180,12 @@ impl Writer {
                 }
             }
             Err(error) => {
-                let message = self.fail(&error);
+                let failure = self.fail(error);
                 for reply in replies {
-                    let _ = reply.send(Err(LogError::unavailable(message.clone())));
+                    let _ = reply.send(Err(LogError::unavailable(failure.clone())));
                 }
                 for reply in put_replies {
-                    let _ = reply.send(Err(LogError::unavailable(message.clone())));
+                    let _ = reply.send(Err(LogError::unavailable(failure.clone())));
                 }
             }
         }
@@ -271,7 +271,7 @@ impl Writer {
             }
             Ok(())
         });
-        result.map_err(|error| LogError::unavailable(self.fail(&error)))
+        result.map_err(|error| LogError::unavailable(self.fail(error)))
     }
 
     fn remove_expired_events(&mut self) -> Result<u64, redb::Error> {
@@ -379,7 +379,7 @@ impl Writer {
                 self.recovered();
                 Ok(())
             }
-            Err(error) => Err(LogError::unavailable(self.fail(&error))),
+            Err(error) => Err(LogError::unavailable(self.fail(error))),
         }
     }
 
@@ -422,10 +422,10 @@ impl Writer {
 
     /// Records a storage failure. redb refuses every operation after an I/O error until the
     /// database is reopened, so the database is dropped here and reopened by the next write.
-    fn fail(&mut self, error: &redb::Error) -> String {
-        let message = format!("event log storage failed: {}", error_chain(error));
-        tracing::error!(error = %message, "event log write failed; answering 503 until storage recovers");
-        *lock(&self.shared.failure) = Some(message.clone());
+    fn fail(&mut self, error: redb::Error) -> StorageFailure {
+        let failure = StorageFailure(Arc::new(error));
+        tracing::error!(error = %error_chain(&failure), "event log write failed; answering 503 until storage recovers");
+        *lock(&self.shared.failure) = Some(failure.clone());
         *self.shared.db.write().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(db) = self.db.take() {
             // Readers hold their own handle only for the length of a read; wait for them so the
@@ -444,7 +444,7 @@ impl Writer {
                 }
             }
         }
-        message
+        failure
     }
 
     fn recovered(&self) {

@@ -168,6 +168,23 @@ pub enum NatsOpenError {
     Mismatch(#[from] StreamMismatch),
 }
 
+/// Why the log cannot reach JetStream now: the cause of a [`LogError::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    /// The client is not connected.
+    #[error("not connected to NATS ({0})")]
+    NotConnected(ConnectionState),
+    /// Every publish of an event failed or went unanswered until the publish timeout.
+    #[error("no PubAck from JetStream within {}", humantime::format_duration(*timeout))]
+    NoPubAck {
+        /// The publish timeout.
+        timeout: Duration,
+        /// What the last attempt met.
+        #[source]
+        last: BoxError,
+    },
+}
+
 /// An [`EventLog`] and [`StateStore`] on NATS JetStream.
 pub struct NatsLog {
     client: async_nats::Client,
@@ -255,20 +272,17 @@ impl NatsLog {
     fn connected(&self) -> Result<(), LogError> {
         match self.client.connection_state() {
             ConnectionState::Connected => Ok(()),
-            state => Err(LogError::unavailable(format!(
-                "not connected to NATS ({state})"
-            ))),
+            state => Err(LogError::unavailable(Unreachable::NotConnected(state))),
         }
     }
 
-    async fn stream_state(&self) -> Result<stream::State, LogError> {
+    async fn stream_info(&self) -> Result<stream::Info, LogError> {
         self.connected()?;
-        let info = self
-            .stream
-            .get_info()
-            .await
-            .map_err(LogError::unavailable)?;
-        Ok(info.state)
+        self.stream.get_info().await.map_err(LogError::unavailable)
+    }
+
+    async fn stream_state(&self) -> Result<stream::State, LogError> {
+        Ok(self.stream_info().await?.state)
     }
 
     /// One publish and its PubAck.
@@ -480,13 +494,10 @@ impl EventLog for NatsLog {
                 Err(elapsed) => elapsed.into(),
             };
             if tokio::time::Instant::now() + backoff >= deadline {
-                return Err(LogError::Unavailable(
-                    format!(
-                        "no PubAck from JetStream within {}: {error}",
-                        humantime::format_duration(self.publish_timeout)
-                    )
-                    .into(),
-                ));
+                return Err(LogError::unavailable(Unreachable::NoPubAck {
+                    timeout: self.publish_timeout,
+                    last: error,
+                }));
             }
             tracing::debug!(%error, "publish to JetStream failed; retrying with the same message id");
             tokio::time::sleep(backoff).await;
@@ -544,12 +555,7 @@ impl EventLog for NatsLog {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LogError::Closed);
         }
-        self.connected()?;
-        let info = self
-            .stream
-            .get_info()
-            .await
-            .map_err(LogError::unavailable)?;
+        let info = self.stream_info().await?;
         match &info.cluster {
             Some(cluster) if cluster.leader.as_deref().is_none_or(str::is_empty) => {
                 Err(LogError::unavailable(
