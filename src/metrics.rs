@@ -302,14 +302,20 @@ impl Metrics {
             WebhookOutcome::Unauthorized => ("unauthorized", None),
             WebhookOutcome::Unavailable => ("unavailable", None),
         };
-        let mut attributes = vec![
-            KeyValue::new("kind", kind.to_owned()),
-            KeyValue::new("outcome", outcome),
-        ];
-        if let Some(reason) = reason {
-            attributes.push(KeyValue::new("reason", reason));
+        // The kinds the gateway models are static text: no allocation per request for them.
+        let kind = match kind {
+            "onboarding-status" => KeyValue::new("kind", "onboarding-status"),
+            "watchlist-updated" => KeyValue::new("kind", "watchlist-updated"),
+            other => KeyValue::new("kind", other.to_owned()),
+        };
+        let outcome = KeyValue::new("outcome", outcome);
+        match reason {
+            Some(reason) => {
+                let attributes = [kind, outcome, KeyValue::new("reason", reason)];
+                self.inner.webhooks.add(1, &attributes);
+            }
+            None => self.inner.webhooks.add(1, &[kind, outcome]),
         }
-        self.inner.webhooks.add(1, &attributes);
     }
 
     /// Counts a token request (`issued`, or the OAuth error code).

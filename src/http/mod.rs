@@ -118,13 +118,9 @@ fn server_span(request: &Request<Body>, trust_incoming: bool) -> Span {
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    let name = match route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_owned(),
-    };
     let span = tracing::info_span!(
         "http request",
-        otel.name = %name,
+        otel.name = Empty,
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = %method,
@@ -133,6 +129,15 @@ fn server_span(request: &Request<Body>, trust_incoming: bool) -> Span {
         url.scheme = "http",
         http.response.status_code = Empty,
     );
+    // Without a subscriber for spans (traces not exported) there is nothing to name or link:
+    // every request would pay for the formatting and the header parsing for nothing.
+    if span.is_disabled() {
+        return span;
+    }
+    match route {
+        Some(route) => span.record("otel.name", format!("{method} {route}")),
+        None => span.record("otel.name", method),
+    };
     let caller = telemetry::extract_from_headers(request.headers());
     if trust_incoming {
         // Fails only when the span is disabled, and then there is nothing to parent.
