@@ -1390,13 +1390,14 @@ async fn tail_authenticates_with_a_token_over_tls() {
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
 }
 
-/// docs/internal-listener.md documents every flag of the internal listener with its variable
-/// and default, as `serve --help` has them.
+/// The configuration reference (docs/configuration.md, which docs/internal-listener.md links to)
+/// documents every flag of the internal listener with its variable and default, as
+/// `serve --help` has them.
 #[test]
-fn the_internal_listener_doc_lists_every_flag_with_its_default() {
+fn the_configuration_reference_lists_every_internal_listener_flag_with_its_default() {
     use clap::CommandFactory;
     let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/internal-listener.md"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
     )
     .unwrap();
     let command = incode_gateway::config::Cli::command();
@@ -1411,7 +1412,7 @@ fn the_internal_listener_doc_lists_every_flag_with_its_default() {
         let row = doc
             .lines()
             .find(|line| line.starts_with(&format!("| `--{long}` | `{env}` |")))
-            .unwrap_or_else(|| panic!("docs/internal-listener.md has no row for --{long} ({env})"));
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for --{long} ({env})"));
         if let Some(default) = arg.get_default_values().first() {
             let default = default.to_string_lossy();
             if default != "false" {

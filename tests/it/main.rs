@@ -7,7 +7,6 @@ mod common;
 mod conformance;
 mod contract;
 mod crash;
-mod docs_examples;
 mod documented_errors;
 mod durability;
 mod environment;
