@@ -7,6 +7,8 @@ mod common;
 mod conformance;
 mod contract;
 mod crash;
+mod docs_checks;
+mod docs_run;
 mod documented_errors;
 mod durability;
 mod environment;
