@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod contract;
 mod crash;
+mod docs_benchmarks;
 mod docs_checks;
 mod docs_run;
 mod documented_errors;
