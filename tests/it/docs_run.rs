@@ -618,9 +618,14 @@ impl Session {
         let mut interrupted = false;
         let mut timed_out = false;
         let status = match block.interrupt() {
-            Some(after) => match tokio::time::timeout(after, child.wait()).await {
-                Ok(status) => status.ok(),
-                Err(_) => {
+            Some(after) => match tokio::time::timeout(
+                after,
+                exit_or_expected_output(&mut child, &output, block),
+            )
+            .await
+            {
+                Ok(Some(status)) => status.ok(),
+                Ok(None) | Err(_) => {
                     interrupted = true;
                     signal("-INT");
                     tokio::time::timeout(INTERRUPT_GRACE, child.wait())
@@ -679,6 +684,30 @@ impl Session {
         if let Some(gateway) = self.gateway.take() {
             gateway.stop().await;
         }
+    }
+}
+
+/// Waits until the block exits (`Some`), or until its output holds every text it expects
+/// (`None`), so that a streaming block is interrupted as soon as it has shown what it should; a
+/// block that expects nothing runs until its interrupt.
+async fn exit_or_expected_output(
+    child: &mut tokio::process::Child,
+    output: &Mutex<Vec<u8>>,
+    block: &Block,
+) -> Option<std::io::Result<std::process::ExitStatus>> {
+    let expected: Vec<&str> = block.expected().collect();
+    let shown = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let output = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+            if !expected.is_empty() && expected.iter().all(|text| output.contains(text)) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        status = child.wait() => Some(status),
+        () = shown => None,
     }
 }
 
