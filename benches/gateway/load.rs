@@ -30,6 +30,9 @@ pub struct Target {
 pub struct LoadResult {
     pub ok: u64,
     pub failed: u64,
+    /// The `n` of every request answered `200` (open loop only), for checks that need to know
+    /// which requests were acknowledged, not only how many.
+    pub acknowledged: Vec<u64>,
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
@@ -120,6 +123,7 @@ pub async fn closed_loop(target: Target, connections: usize, duration: Duration)
     let mut result = LoadResult {
         ok: 0,
         failed: 0,
+        acknowledged: Vec::new(),
         elapsed: Duration::ZERO,
         latency: histogram(),
     };
@@ -152,9 +156,11 @@ pub async fn open_loop(
                 let mut connection = Connection::open(target.addr).await;
                 let mut latency = histogram();
                 let (mut ok, mut failed) = (0u64, 0u64);
+                let mut acknowledged = Vec::new();
                 while let Some((n, scheduled)) = jobs.recv().await {
                     if connection.send(&target, n).await {
                         ok += 1;
+                        acknowledged.push(n);
                         // Measured from the scheduled time: no coordinated omission.
                         latency.saturating_record(scheduled.elapsed().as_micros() as u64);
                     } else {
@@ -162,7 +168,7 @@ pub async fn open_loop(
                         connection = Connection::open(target.addr).await;
                     }
                 }
-                (ok, failed, latency)
+                (ok, failed, acknowledged, latency)
             })
         })
         .collect();
@@ -178,13 +184,15 @@ pub async fn open_loop(
     let mut result = LoadResult {
         ok: 0,
         failed: 0,
+        acknowledged: Vec::new(),
         elapsed: Duration::ZERO,
         latency: histogram(),
     };
     for worker in workers {
-        let (ok, failed, latency) = worker.await.expect("load worker");
+        let (ok, failed, acknowledged, latency) = worker.await.expect("load worker");
         result.ok += ok;
         result.failed += failed;
+        result.acknowledged.extend(acknowledged);
         result.latency.add(latency).expect("merge histograms");
     }
     result.elapsed = started.elapsed();

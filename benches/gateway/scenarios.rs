@@ -1,6 +1,7 @@
 //! The scenarios: ingest against the baseline, end-to-end latency, fan-out, catch-up.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, LazyLock,
         atomic::{AtomicU64, Ordering},
@@ -321,7 +322,79 @@ async fn end_to_end(settings: &Settings) -> Value {
     })
 }
 
-/// N subscribers on one gateway at a fixed rate: delivered events/s, loss, memory.
+/// The sequences one subscriber received, as runs of consecutive sequences.
+#[derive(Debug, Default)]
+struct Delivered {
+    /// Inclusive ranges, in the order received.
+    runs: Vec<(u64, u64)>,
+    /// Sequences not greater than the one received before them.
+    out_of_order: u64,
+}
+
+impl Delivered {
+    fn record(&mut self, sequence: u64) {
+        match self.runs.last_mut() {
+            Some((_, end)) if sequence == *end + 1 => *end = sequence,
+            last => {
+                if last.is_some_and(|(_, end)| sequence <= *end) {
+                    self.out_of_order += 1;
+                }
+                self.runs.push((sequence, sequence));
+            }
+        }
+    }
+
+    /// How many of `acknowledged` (sorted) this subscriber did not receive.
+    fn missing(mut self, acknowledged: &[u64]) -> u64 {
+        self.runs.sort_unstable();
+        let runs = self.runs;
+        acknowledged
+            .iter()
+            .filter(|&&sequence| {
+                let after = runs.partition_point(|(start, _)| *start <= sequence);
+                !runs[..after].iter().rev().any(|(_, end)| *end >= sequence)
+            })
+            .count() as u64
+    }
+}
+
+/// The sequence each notification of the measured load was stored under, by the `n` of its body
+/// (`fanout-{n}`), read back from the log.
+async fn stored_sequences(gateway: &GatewayProcess) -> HashMap<u64, u64> {
+    let mut stream = gateway
+        .client()
+        .await
+        .subscribe(SubscribeRequest {
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(v1::start_position::Earliest {})),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stored = HashMap::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.response {
+            Some(Response::Event(event)) => {
+                if let Some(Payload::OnboardingStatusChanged(changed)) = &event.payload
+                    && let Some(n) = changed
+                        .interview_id
+                        .strip_prefix("fanout-")
+                        .and_then(|n| n.parse().ok())
+                {
+                    stored.insert(n, event.sequence);
+                }
+            }
+            Some(Response::CaughtUp(_)) => break,
+            _ => {}
+        }
+    }
+    stored
+}
+
+/// N subscribers on one gateway at a fixed rate: delivered events/s, loss, memory. Loss compares
+/// sequences: each subscriber's delivered sequences against those of the acknowledged webhooks.
 async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
     let data_dir = tempfile::tempdir().unwrap();
     let gateway = GatewayProcess::start(data_dir.path()).await;
@@ -331,6 +404,11 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
         path: PATH.into(),
         authorization: Some(format!("Bearer {token}")),
         body: body("fanout"),
+    };
+    // The warm-up's notifications are told apart from the measured ones by their interview ids.
+    let warm_up = Target {
+        body: body("fanout-warm"),
+        ..target.clone()
     };
     // Warm the gateway up before taking its resting memory: more events than the log keeps in
     // its in-memory tail, delivered to one subscriber, so that the tail's memory (each event
@@ -344,7 +422,7 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
         .unwrap()
         .into_inner();
     let warm_reader = tokio::spawn(async move { while let Ok(Some(_)) = warm.message().await {} });
-    load::open_loop(target.clone(), 8, 2000, Duration::from_secs(5)).await;
+    load::open_loop(warm_up, 8, 2000, Duration::from_secs(5)).await;
     warm_reader.abort();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = gateway.rss();
@@ -367,15 +445,15 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
         let received = received.clone();
         let last_receipt = last_receipt.clone();
         readers.push(tokio::spawn(async move {
-            let mut count = 0u64;
+            let mut delivered = Delivered::default();
             while let Ok(Some(message)) = stream.message().await {
-                if matches!(message.response, Some(Response::Event(_))) {
-                    count += 1;
+                if let Some(Response::Event(event)) = message.response {
+                    delivered.record(event.sequence);
                     received.fetch_add(1, Ordering::Relaxed);
                     last_receipt.store(micros_since_epoch(), Ordering::Relaxed);
                 }
             }
-            count
+            delivered
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -398,6 +476,7 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
             "  perf: {per_delivery:.0} ns of gateway CPU time per delivered event while the load ran"
         );
     }
+    // Counts only tell when to stop waiting; loss is judged by sequence below.
     let expected = acks.ok * subscribers as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -407,26 +486,47 @@ async fn fan_out(settings: &Settings, subscribers: usize) -> Value {
     let total = received.load(Ordering::Relaxed);
     let elapsed = (last_receipt.load(Ordering::Relaxed).saturating_sub(started)) as f64 / 1e6;
     let delivered_rate = total as f64 / elapsed.max(1e-9);
-    let lost = expected.saturating_sub(total);
+
+    // Which sequences were acknowledged: the log says what each acknowledged body became.
+    let stored = stored_sequences(&gateway).await;
+    let mut acknowledged = Vec::with_capacity(acks.acknowledged.len());
+    let mut acknowledged_not_stored = 0u64;
+    for n in &acks.acknowledged {
+        match stored.get(n) {
+            Some(&sequence) => acknowledged.push(sequence),
+            None => acknowledged_not_stored += 1,
+        }
+    }
+    acknowledged.sort_unstable();
+    let stored_unacknowledged = stored.len() as u64 - acknowledged.len() as u64;
+    gateway.stop().await;
+    let (mut lost, mut subscribers_with_loss, mut out_of_order) = (0u64, 0u64, 0u64);
+    for reader in readers {
+        let delivered = reader.await.unwrap();
+        out_of_order += delivered.out_of_order;
+        let missing = delivered.missing(&acknowledged) + acknowledged_not_stored;
+        lost += missing;
+        subscribers_with_loss += u64::from(missing > 0);
+    }
     let per_subscriber =
         |rss: u64| rss.saturating_sub(rss_before) as f64 / subscribers as f64 / 1024.0;
     println!(
-        "fan-out: {subscribers:>5} subscribers at {} events/s: {:>9.0} delivered/s, lost {lost}, RSS/subscriber {:.1} KiB connected, {:.1} KiB after load (target 0 lost, <= 64 KiB)",
+        "fan-out: {subscribers:>5} subscribers at {} events/s: {:>9.0} delivered/s, lost {lost} (acknowledged sequences missing, over {subscribers_with_loss} subscribers), out of order {out_of_order}, RSS/subscriber {:.1} KiB connected, {:.1} KiB after load (target 0 lost, <= 64 KiB)",
         settings.rate,
         delivered_rate,
         per_subscriber(rss_connected),
         per_subscriber(rss_loaded),
     );
-    gateway.stop().await;
-    for reader in readers {
-        let _ = reader.await;
-    }
     json!({
         "subscribers": subscribers,
         "offered_rate": settings.rate,
         "acknowledged": acks.ok,
         "delivered": total,
         "lost": lost,
+        "subscribers_with_loss": subscribers_with_loss,
+        "out_of_order": out_of_order,
+        "acknowledged_not_stored": acknowledged_not_stored,
+        "stored_unacknowledged": stored_unacknowledged,
         "delivered_per_second": delivered_rate.round(),
         "rss_before_bytes": rss_before,
         "rss_connected_bytes": rss_connected,

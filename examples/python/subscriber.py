@@ -10,7 +10,7 @@ It connects over TLS when given ``--ca`` (or an ``https://`` address), with a cl
 for mutual TLS (``--cert`` and ``--key``), and authenticates as a subscriber with a bearer token
 (``--token``, or better the ``INCODE_GATEWAY_TOKEN`` environment variable).
 
-The stubs are generated from ``proto/`` (see the README), for example::
+The stubs are generated from ``proto/`` (see docs/clients.md), for example::
 
     buf generate --template clients/python.yaml
     INCODE_GATEWAY_TOKEN=... PYTHONPATH=gen/python python3 examples/python/subscriber.py \\

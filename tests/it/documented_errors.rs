@@ -1,13 +1,14 @@
 //! Every error answer of the public listener is in the documentation's error tables, and every
 //! row of those tables is an answer the gateway gives: each is provoked here. The tables are the
-//! ones headed `| status | `error` | cause |` in the README and `docs/`; the token endpoint's is
-//! the one naming `unsupported_grant_type`.
+//! ones headed `| status | `error` | cause |` wherever they are in the README and `docs/` (today
+//! both are in docs/http-api.md); the token endpoint's is the one naming
+//! `unsupported_grant_type`.
 
-use std::{collections::BTreeSet, net::IpAddr, path::Path, sync::Arc};
+use std::{collections::BTreeSet, net::IpAddr, path::Path, sync::Arc, time::Duration};
 
 use incode_gateway::{
     Config,
-    auth::Secret,
+    auth::{Secret, hash_secret},
     log::{EmbeddedLog, EventLog, Storage},
 };
 use reqwest::{Method, StatusCode};
@@ -107,6 +108,7 @@ async fn every_error_answer_is_documented_and_every_documented_one_happens() {
     let mut config = oauth_config();
     config.auth.webhook_headers = vec![Secret::new("X-Check=ok")];
     config.max_body_bytes = 1024;
+    config.public_listener.request_timeout = Duration::from_secs(1);
     let gateway = Gateway::start_with(config).await;
     let bearer = format!("Bearer {}", fetch_token(&gateway).await);
     let path = WEBHOOK;
@@ -134,6 +136,13 @@ async fn every_error_answer_is_documented_and_every_documented_one_happens() {
         (json, good, b"{oops".to_vec()),
         (json, good, b"{\"a\":\"\xff\"}".to_vec()),
         (json, good, b"[1]".to_vec()),
+        (json, good, deep_body(30).into_bytes()),
+        (
+            json,
+            good,
+            br#"{"interviewId":"n","onboardingStatus":"UNKNOWN","n":12345678901234567890}"#
+                .to_vec(),
+        ),
         (json, good, br#"{"onboardingStatus":"UNKNOWN"}"#.to_vec()),
         (
             json,
@@ -192,6 +201,17 @@ async fn every_error_answer_is_documented_and_every_documented_one_happens() {
     )
     .await;
     webhook.insert((status, answer["error"].as_str().unwrap().to_owned()));
+    // A body that never arrives in full, past the request timeout.
+    let (status, answer) = raw(
+        &gateway,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\nX-Check: ok\r\n\
+             Content-Type: application/json\r\nContent-Length: 10\r\n\r\n{{}}"
+        )
+        .as_bytes(),
+    )
+    .await;
+    webhook.insert((status, answer["error"].as_str().unwrap().to_owned()));
 
     // The token endpoint.
     let form = Some("application/x-www-form-urlencoded");
@@ -237,6 +257,51 @@ async fn every_error_answer_is_documented_and_every_documented_one_happens() {
         }
     }
 
+    // A body whose event would be too large for subscribers' decoders, on a gateway that takes
+    // large bodies.
+    let mut config = Config::for_tests();
+    config.max_body_bytes = 4 << 20;
+    let large = Gateway::start_with(config).await;
+    let body = serde_json::json!({
+        "interviewId": "large", "onboardingStatus": "UNKNOWN", "blob": "x".repeat(1 << 20),
+    });
+    let (status, answer) = large.post_json(path, &body.to_string()).await;
+    webhook.insert((
+        status.as_u16(),
+        answer["error"].as_str().unwrap().to_owned(),
+    ));
+
+    // Every argon2 check allowed at once busy: concurrent requests of a client with a hashed
+    // secret, one check at a time.
+    let mut config = oauth_config();
+    config.auth.oauth_client_secret =
+        Some(Secret::new(hash_secret(CLIENT_SECRET).unwrap().as_str()));
+    config.client_auth_limits.max_concurrent_secret_checks = 1;
+    let hashed = Gateway::start_with(config).await;
+    let mut busy = None;
+    for _ in 0..20 {
+        let requests = (0..8).map(|_| {
+            token_request(
+                &hashed,
+                &hashed.http,
+                Some(&client),
+                "grant_type=client_credentials",
+            )
+        });
+        let answers = futures::future::join_all(requests).await;
+        busy = answers
+            .into_iter()
+            .find(|(status, _, _)| *status == StatusCode::SERVICE_UNAVAILABLE);
+        if busy.is_some() {
+            break;
+        }
+    }
+    let (status, _, answer) = busy.expect("no request found every secret check busy");
+    token.insert((
+        status.as_u16(),
+        answer["error"].as_str().unwrap().to_owned(),
+    ));
+
     // A log that cannot take the notification.
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = Config::for_tests();
@@ -272,4 +337,14 @@ async fn every_error_answer_is_documented_and_every_documented_one_happens() {
         token, documented_token,
         "token endpoint answers (left) and the documented ones (right) differ"
     );
+}
+
+/// A notification body nested `levels` objects deep.
+fn deep_body(levels: usize) -> String {
+    let mut deep = serde_json::json!("leaf");
+    for _ in 0..levels {
+        deep = serde_json::json!({ "a": deep });
+    }
+    serde_json::json!({ "interviewId": "deep", "onboardingStatus": "UNKNOWN", "extra": deep })
+        .to_string()
 }

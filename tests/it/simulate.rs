@@ -22,10 +22,7 @@ use incode_gateway::proto::v1;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, process::Command};
 
-use crate::{
-    common::*,
-    docs_examples::{readme_gateway, shell_commands},
-};
+use crate::common::*;
 
 /// `incode-gateway simulate --url <url> --summary json`, with none of its variables inherited.
 fn simulate(url: &str) -> Command {
@@ -527,54 +524,4 @@ async fn simulate_authenticates_at_the_gateways_token_endpoint() {
         stderr.contains("--client-id") && stderr.contains("INCODE_GATEWAY_SIMULATE_CLIENT_SECRET"),
         "{stderr}"
     );
-}
-
-/// The README's `simulate` commands work, as written, against the gateway its "Run it" starts
-/// (with the README's demo client). Only the URL (the ports are ephemeral here) and the number
-/// of notifications are changed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_simulate_commands_work_against_the_readmes_gateway() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let commands = shell_commands(&readme);
-    let data_dir = tempfile::tempdir().unwrap();
-    let gateway = readme_gateway(data_dir.path()).await;
-
-    let simulations: Vec<_> = commands
-        .iter()
-        .filter(|(_, words)| {
-            words.starts_with(&["incode-gateway".to_owned(), "simulate".to_owned()])
-        })
-        .collect();
-    assert!(!simulations.is_empty(), "no simulate command in the README");
-    for (env, words) in simulations {
-        let mut args = words[2..].to_vec();
-        // The README's gateway listens on 8080; this one on an ephemeral port. And fewer
-        // notifications will do.
-        for arg in &mut args {
-            if arg.starts_with("http://localhost:8080") || arg.starts_with("http://127.0.0.1:8080")
-            {
-                *arg = gateway.base_url.clone();
-            }
-        }
-        match args.iter().position(|arg| arg == "--count") {
-            Some(flag) => args[flag + 1] = "20".to_owned(),
-            None => args.extend(["--count".to_owned(), "20".to_owned()]),
-        }
-        let output = run(binary_async()
-            .arg("simulate")
-            .args(&args)
-            .args(["--summary", "json"])
-            .envs(
-                env.iter()
-                    .map(|(name, value)| (name.as_str(), value.as_str())),
-            )
-            .env("INCODE_GATEWAY_SIMULATE_URL", &gateway.base_url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()))
-        .await;
-        assert!(output.status.success(), "{words:?}: {output:?}");
-        assert_eq!(summary(&output)["acknowledged"], 20, "{words:?}");
-    }
 }
