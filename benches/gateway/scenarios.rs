@@ -64,6 +64,7 @@ pub async fn run(settings: &Settings) -> Value {
         for &subscribers in &settings.fanout {
             runs.push(fan_out(settings, subscribers).await);
         }
+        marginal_memory(&mut runs);
         report.insert("fan_out".into(), Value::Array(runs));
     }
     if settings.runs("catchup") {
@@ -391,6 +392,29 @@ async fn stored_sequences(gateway: &GatewayProcess) -> HashMap<u64, u64> {
         }
     }
     stored
+}
+
+/// The memory each subscriber adds, beyond what the same load costs a gateway with one: the load
+/// itself grows the gateway (the deduplication index holds every event of the window, the
+/// allocator keeps what it freed), and that growth, the same whatever the number of
+/// subscribers, is not theirs. Needs a 1-subscriber run in the same report.
+fn marginal_memory(runs: &mut [Value]) {
+    let rss_after = |run: &Value| run["rss_after_load_bytes"].as_f64().unwrap_or(0.0)
+        - run["rss_before_bytes"].as_f64().unwrap_or(0.0);
+    let Some(single) = runs.iter().find(|run| run["subscribers"] == 1).map(rss_after) else {
+        return;
+    };
+    for run in runs.iter_mut() {
+        let subscribers = run["subscribers"].as_f64().unwrap_or(1.0);
+        if subscribers <= 1.0 {
+            continue;
+        }
+        let kib = (rss_after(run) - single) / (subscribers - 1.0) / 1024.0;
+        println!(
+            "fan-out: {subscribers:>5} subscribers: {kib:.1} KiB each beyond a 1-subscriber gateway under the same load"
+        );
+        run["rss_per_subscriber_beyond_one_kib"] = json!((kib * 10.0).round() / 10.0);
+    }
 }
 
 /// N subscribers on one gateway at a fixed rate: delivered events/s, loss, memory. Loss compares
