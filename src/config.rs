@@ -92,6 +92,10 @@ impl Cli {
         let command = with_file_defaults(command, &file);
         let matches = command.try_get_matches_from(&args)?;
         let mut cli = Self::from_arg_matches(&matches)?;
+        cli.serve.add_file_lists(&file);
+        if let Some(Command::Serve(config)) = &mut cli.command {
+            config.add_file_lists(&file);
+        }
         let sections = Arc::new(file.sections);
         cli.serve.file = Some(sections.clone());
         if let Some(Command::Serve(config)) = &mut cli.command {
@@ -142,14 +146,29 @@ fn config_path(matches: &ArgMatches) -> Option<PathBuf> {
     serve.get_one::<PathBuf>("config_file").cloned()
 }
 
+/// The lists a flag or variable adds to rather than replaces, as they always have: verify-only
+/// keys add up (a key being rotated out stays accepted wherever it is configured), and a
+/// `--webhook-header` replaces only the file's header of the same name, so that no header the
+/// file requires is dropped by setting another one elsewhere. See [`Config::add_file_lists`].
+const ADDED_TO_FILE_LISTS: [&str; 3] = [
+    "token-verify-key-file",
+    "token-verify-key",
+    "webhook-header",
+];
+
 /// `command` with the settings of `file` as the defaults of the flags they belong to: clap then
-/// gives a flag, then its variable, then the file, then the built-in default.
+/// gives a flag, then its variable, then the file, then the built-in default. The lists of
+/// [`ADDED_TO_FILE_LISTS`] are combined after parsing instead.
 fn with_file_defaults(command: clap::Command, file: &file::ConfigFile) -> clap::Command {
     let apply = |command: clap::Command| {
         let ids: Vec<(String, Vec<String>)> = command
             .get_arguments()
             .filter_map(|arg| {
-                let values = file.values_of(arg.get_long()?)?;
+                let long = arg.get_long()?;
+                if ADDED_TO_FILE_LISTS.contains(&long) {
+                    return None;
+                }
+                let values = file.values_of(long)?;
                 Some((arg.get_id().to_string(), values.to_vec()))
             })
             .collect();
@@ -653,6 +672,38 @@ impl Config {
         Ok(config)
     }
 
+    /// Adds the lists of [`ADDED_TO_FILE_LISTS`] that `file` holds to those the flags and
+    /// variables gave: the file's verify-only keys before the others, and the file's webhook
+    /// headers except those a flag or variable sets again by name (header names are
+    /// case-insensitive).
+    fn add_file_lists(&mut self, file: &file::ConfigFile) {
+        let values = |flag| file.values_of(flag).unwrap_or_default().iter().cloned();
+        let auth = &mut self.auth;
+        auth.token_verify_key_files = values("token-verify-key-file")
+            .map(PathBuf::from)
+            .chain(std::mem::take(&mut auth.token_verify_key_files))
+            .collect();
+        auth.token_verify_keys = values("token-verify-key")
+            .map(Secret::from)
+            .chain(std::mem::take(&mut auth.token_verify_keys))
+            .collect();
+        let header_name = |header: &str| {
+            header
+                .split_once('=')
+                .map(|(name, _)| name.trim().to_ascii_lowercase())
+        };
+        let set_again: Vec<Option<String>> = auth
+            .webhook_headers
+            .iter()
+            .map(|header| header_name(header.expose()))
+            .collect();
+        auth.webhook_headers = values("webhook-header")
+            .filter(|header| !set_again.contains(&header_name(header)))
+            .map(Secret::from)
+            .chain(std::mem::take(&mut auth.webhook_headers))
+            .collect();
+    }
+
     /// Options of the embedded log.
     pub fn embedded_log_options(&self) -> crate::log::embedded::Options {
         let mut options = crate::log::embedded::Options::new(self.dedup_window);
@@ -799,6 +850,50 @@ mod tests {
         };
         assert_eq!(config.retention, Duration::from_secs(2 * 24 * 3600));
         assert!(config.file.is_some());
+    }
+
+    #[test]
+    fn verify_keys_add_up_and_a_webhook_header_replaces_only_its_name() {
+        let (_dir, path) = write_file(
+            "[oauth]\nverify_keys = [\"ZmlsZS1rZXk=\"]\nverify_key_files = [\"/file.key\"]\n\
+             [webhooks]\nheaders = { \"X-Incode-Secret\" = \"file\", \"X-Other\" = \"kept\" }\n",
+        );
+        let exposed = |secrets: &[Secret]| -> Vec<String> {
+            secrets.iter().map(|s| s.expose().to_owned()).collect()
+        };
+        for args in [vec!["--config", &path], vec!["serve", "--config", &path]] {
+            let mut args = args;
+            args.extend([
+                "--token-verify-key",
+                "ZmxhZy1rZXk=",
+                "--token-verify-key-file",
+                "/flag.key",
+                "--webhook-header",
+                "x-incode-secret=flag",
+            ]);
+            let cli = parse(&args).unwrap();
+            let config = match cli.command {
+                Some(Command::Serve(config)) => config,
+                _ => cli.serve,
+            };
+            let auth = &config.auth;
+            assert_eq!(
+                exposed(&auth.token_verify_keys),
+                ["ZmlsZS1rZXk=", "ZmxhZy1rZXk="]
+            );
+            assert_eq!(
+                auth.token_verify_key_files,
+                [PathBuf::from("/file.key"), PathBuf::from("/flag.key")]
+            );
+            assert_eq!(
+                exposed(&auth.webhook_headers),
+                ["X-Other=kept", "x-incode-secret=flag"]
+            );
+        }
+        // Without flags, the file's lists as they are.
+        let auth = parse(&["--config", &path]).unwrap().serve.auth;
+        assert_eq!(exposed(&auth.token_verify_keys), ["ZmlsZS1rZXk="]);
+        assert_eq!(auth.webhook_headers.len(), 2);
     }
 
     #[test]
