@@ -176,8 +176,9 @@ impl Connection {
         if http2 {
             self.http2.store(true, Ordering::Relaxed);
         }
+        // No wake-up: a busy connection has no deadline, and a timer that fires meanwhile finds
+        // none and is set again when the request ends.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -385,27 +386,31 @@ async fn serve_connection(
     };
     let served = shared.builder.serve_connection(io, service);
     tokio::pin!(served);
+    // The watchers are made once and polled in place: `select!` polls every branch whenever the
+    // connection's I/O wakes the task, so each must be cheap to poll and touch nothing other
+    // connections contend on (hence a child of the shutdown token, not the shared token itself).
+    let shutdown = shared.shutdown.child_token();
+    let shutdown_requested = shutdown.cancelled();
+    let closed = connection.close.cancelled();
+    let changed = connection.changed.notified();
+    let mut deadline = connection.deadline(&shared.limits);
+    let expired = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into());
+    tokio::pin!(shutdown_requested, closed, changed, expired);
     let mut draining = false;
     loop {
-        let deadline = connection.deadline(&shared.limits);
-        let expired = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
+            biased;
             result = served.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "public connection ended with an error");
                 }
                 break;
             }
-            () = connection.close.cancelled() => {
+            () = &mut closed => {
                 tracing::debug!(%peer, "public connection closed to make room");
                 break;
             }
-            () = shared.shutdown.cancelled(), if !draining => {
+            () = &mut shutdown_requested, if !draining => {
                 // Nothing in flight: nothing to lose, and a half-sent head must not hold up
                 // the shutdown. Otherwise finish what is in flight (HTTP/2: GOAWAY), then close.
                 if !connection.is_busy() {
@@ -414,14 +419,21 @@ async fn serve_connection(
                 served.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = connection.changed.notified() => {}
-            () = expired => {
+            () = &mut changed => changed.set(connection.changed.notified()),
+            () = &mut expired, if deadline.is_some() => {
                 if connection.deadline(&shared.limits).is_some_and(|d| d <= Instant::now()) {
                     tracing::debug!(%peer, "public connection timed out");
                     break;
                 }
             }
         }
+        let now_due = connection.deadline(&shared.limits);
+        if let Some(at) = now_due
+            && (now_due != deadline || expired.is_elapsed())
+        {
+            expired.as_mut().reset(at.into());
+        }
+        deadline = now_due;
     }
     shared.forget(&connection);
 }
