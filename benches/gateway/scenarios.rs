@@ -399,9 +399,15 @@ async fn stored_sequences(gateway: &GatewayProcess) -> HashMap<u64, u64> {
 /// allocator keeps what it freed), and that growth, the same whatever the number of
 /// subscribers, is not theirs. Needs a 1-subscriber run in the same report.
 fn marginal_memory(runs: &mut [Value]) {
-    let rss_after = |run: &Value| run["rss_after_load_bytes"].as_f64().unwrap_or(0.0)
-        - run["rss_before_bytes"].as_f64().unwrap_or(0.0);
-    let Some(single) = runs.iter().find(|run| run["subscribers"] == 1).map(rss_after) else {
+    let rss_after = |run: &Value| {
+        run["rss_after_load_bytes"].as_f64().unwrap_or(0.0)
+            - run["rss_before_bytes"].as_f64().unwrap_or(0.0)
+    };
+    let Some(single) = runs
+        .iter()
+        .find(|run| run["subscribers"] == 1)
+        .map(rss_after)
+    else {
         return;
     };
     for run in runs.iter_mut() {
