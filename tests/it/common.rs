@@ -387,3 +387,32 @@ impl GatewayProcess {
         EventStreamServiceClient::new(channel)
     }
 }
+
+/// `message` as a gRPC request, with `token` as its bearer token when there is one.
+pub fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+/// Acknowledges `sequence` for the durable consumer `consumer`; the answer is the cursor.
+pub async fn ack(
+    channel: &Channel,
+    token: Option<&str>,
+    consumer: &str,
+    sequence: u64,
+) -> Result<u64, tonic::Status> {
+    let request = v1::AckRequest {
+        consumer: consumer.to_owned(),
+        sequence,
+        ..Default::default()
+    };
+    EventStreamServiceClient::new(channel.clone())
+        .ack(with_token(request, token))
+        .await
+        .map(|answer| answer.into_inner().sequence)
+}

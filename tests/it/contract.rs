@@ -18,7 +18,7 @@ use incode_gateway::{
     },
 };
 use reqwest::StatusCode;
-use tonic::{Code, Request, Status, Streaming, transport::Channel};
+use tonic::{Code, Status, Streaming, transport::Channel};
 
 use crate::common::*;
 
@@ -129,16 +129,6 @@ impl Seen {
     }
 }
 
-fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
 fn start(position: Position) -> Option<StartPosition> {
     Some(StartPosition {
         position: Some(position),
@@ -154,23 +144,6 @@ async fn subscribe(
         .subscribe(with_token(request, token))
         .await
         .map(tonic::Response::into_inner)
-}
-
-async fn ack(
-    channel: &Channel,
-    token: Option<&str>,
-    consumer: &str,
-    sequence: u64,
-) -> Result<u64, Status> {
-    let request = AckRequest {
-        consumer: consumer.into(),
-        sequence,
-        ..Default::default()
-    };
-    EventStreamServiceClient::new(channel.clone())
-        .ack(with_token(request, token))
-        .await
-        .map(|answer| answer.into_inner().sequence)
 }
 
 /// The first message of a stream, or the status it ended with.

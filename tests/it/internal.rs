@@ -34,7 +34,7 @@ use tokio_rustls::{
     },
 };
 use tonic::{
-    Code, Request, Status, Streaming,
+    Code, Status, Streaming,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 use tonic_health::pb::{
@@ -108,16 +108,6 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
 fn plain_channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -159,23 +149,6 @@ async fn subscribe(
         .subscribe(with_token(request, token))
         .await
         .map(tonic::Response::into_inner)
-}
-
-async fn ack(
-    channel: &Channel,
-    token: Option<&str>,
-    consumer: &str,
-    sequence: u64,
-) -> Result<u64, Status> {
-    let request = AckRequest {
-        consumer: consumer.to_owned(),
-        sequence,
-        ..Default::default()
-    };
-    EventStreamServiceClient::new(channel.clone())
-        .ack(with_token(request, token))
-        .await
-        .map(|answer| answer.into_inner().sequence)
 }
 
 async fn health(channel: &Channel, token: Option<&str>) -> ServingStatus {
