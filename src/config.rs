@@ -2,13 +2,15 @@
 //! `INCODE_GATEWAY_*` environment equivalents, and an optional TOML file ([`file`]) with a key for
 //! every flag ([`keys`]), in that order of precedence, then the defaults. `incode-gateway serve
 //! --help` lists every flag with its default; this module (with the argument groups it
-//! flattens) is the one place they are defined. The tools' options (`tail`, `simulate`) are
-//! defined beside the tools, in [`crate::tools`], and so are two groups of `serve` options: the
+//! flattens) is the one place they are defined, the tools' options too ([`tail`], [`simulate`];
+//! the tools themselves are the binary's), except two groups of `serve` options: the
 //! public listener's limits ([`crate::http::PublicListenerArgs`]) and the client authentication
 //! limits ([`crate::auth::ClientAuthLimitArgs`]).
 
 pub mod file;
 pub mod keys;
+pub mod simulate;
+pub mod tail;
 
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -44,9 +46,9 @@ pub enum Command {
     /// echo on a terminal, so that it stays out of the shell history.
     HashSecret,
     /// Subscribe to a gateway and print its events as JSON lines.
-    Tail(crate::tools::tail::TailArgs),
+    Tail(tail::TailArgs),
     /// Play Incode: obtain a token and post notifications to a gateway, with Incode's retry.
-    Simulate(crate::tools::simulate::SimulateArgs),
+    Simulate(simulate::SimulateArgs),
 }
 
 impl Cli {

@@ -18,9 +18,10 @@
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
 //! - [`telemetry`]: logs, OpenTelemetry traces and W3C trace-context propagation.
 //! - [`metrics`]: the gateway's instruments, exported over OTLP and as Prometheus text.
-//! - [`proto`]: code generated from `proto/`.
-//! - [`tools`]: the binary's tools for people: `tail` (print events as JSON lines) and
-//!   `simulate` (play Incode against a gateway).
+//! - [`proto`]: code generated from `proto/`, and the contract's JSON mapping of events.
+//!
+//! The binary's tools (`tail`, `simulate`, `hash-secret`) are clients of this library and live
+//! apart from it, in the binary's `cli` module.
 
 pub mod auth;
 pub mod config;
@@ -34,7 +35,6 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod telemetry;
-pub mod tools;
 
 pub use config::Config;
 pub use server::run;

@@ -1,13 +1,12 @@
 //! The `incode-gateway` binary: parses the configuration, installs logging and signal handling,
-//! and runs the gateway (or `hash-secret`, `tail`, `simulate`).
+//! and runs the gateway (or one of the tools in [`cli`]: `hash-secret`, `tail`, `simulate`).
+
+mod cli;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use incode_gateway::{
-    config::{Cli, Command, LoadError},
-    tools,
-};
+use incode_gateway::config::{Cli, Command, LoadError};
 use tokio::net::TcpListener;
 
 /// The request path allocates many small, short-lived objects (JSON maps, protobuf messages);
@@ -32,11 +31,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     let config = match cli.into_command() {
         Command::Serve(config) => config,
         Command::HashSecret => {
-            incode_gateway::auth::hash_secret_command()?;
+            cli::hash_secret::main()?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Tail(args) => return Ok(tools::tail::main(args).await),
-        Command::Simulate(args) => return Ok(tools::simulate::main(args).await),
+        Command::Tail(args) => return Ok(cli::tail::main(args).await),
+        Command::Simulate(args) => return Ok(cli::simulate::main(args).await),
     };
     let telemetry = incode_gateway::telemetry::init(config.log_format)?;
 

@@ -1,4 +1,7 @@
-//! Code generated from `proto/` by `build.rs`. The module path mirrors the protobuf package.
+//! Code generated from `proto/` by `build.rs`. The module path mirrors the protobuf package;
+//! beside it, [`json`], the contract's canonical JSON mapping of events.
+
+pub mod json;
 
 /// The `incode` protobuf namespace.
 pub mod incode {

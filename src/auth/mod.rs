@@ -8,7 +8,6 @@
 //! yields the [`Authenticated`] proof that the webhook handlers require.
 
 mod clients;
-mod hash_command;
 mod secret;
 mod settings;
 mod throttle;
@@ -23,7 +22,6 @@ pub use clients::{
     ARGON2_BOUNDS, Argon2Bounds, ClientConfig, ClientConfigError, ClientCredentials, ClientId,
     ClientRegistry, CredentialsRefused, hash_secret,
 };
-pub use hash_command::{HashSecretError, hash_secret_command};
 pub use secret::Secret;
 pub use settings::{
     AuthSettings, AuthSetupError, ClientAuthLimitArgs, DEFAULT_TOKEN_TTL, KeyPolicy, MAX_TOKEN_TTL,

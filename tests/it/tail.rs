@@ -3,7 +3,7 @@
 
 use std::process::{Output, Stdio};
 
-use incode_gateway::{proto::v1, tools::json::EventJson};
+use incode_gateway::proto::{json::EventJson, v1};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},

@@ -5,7 +5,7 @@
 
 use std::io::{self, IsTerminal, Read, Write};
 
-use super::{Secret, hash_secret};
+use incode_gateway::auth::{Secret, hash_secret};
 
 /// Why `hash-secret` failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum HashSecretError {
 }
 
 /// Reads a secret from standard input or the terminal and prints its hash on standard output.
-pub fn hash_secret_command() -> Result<(), HashSecretError> {
+pub fn main() -> Result<(), HashSecretError> {
     let stdin = io::stdin();
     let secret = if stdin.is_terminal() {
         let first = Secret::new(
