@@ -7,6 +7,7 @@
 //! ([`Auth::authenticate_client`]) and to check a webhook call ([`Auth::check_webhook`]), which
 //! yields the [`Authenticated`] proof that the webhook handlers require.
 
+pub mod bearer;
 mod clients;
 mod secret;
 mod settings;

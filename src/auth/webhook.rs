@@ -3,11 +3,14 @@
 
 use std::fmt;
 
-use axum::http::{HeaderMap, HeaderName, header};
+use axum::http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{ClientId, Secret, TokenError};
+use super::{
+    ClientId, Secret, TokenError,
+    bearer::{Authorization, authorization},
+};
 
 /// Proof that a webhook call passed the guard. Only the guard makes one, and the webhook
 /// handlers cannot store a notification without it.
@@ -137,23 +140,16 @@ pub enum WebhookAuthError {
 
 /// The bearer token in `Authorization`, if the header uses the Bearer scheme (RFC 6750 §2.1).
 pub(super) fn bearer_token(headers: &HeaderMap) -> Result<&str, WebhookAuthError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = match (values.next(), values.next()) {
-        (None, _) => return Err(WebhookAuthError::MissingToken),
-        (Some(_), Some(_)) => return Err(WebhookAuthError::AmbiguousAuthorization),
-        (Some(value), None) => value,
-    };
-    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    match authorization(headers) {
+        Authorization::Bearer(token) => std::str::from_utf8(token)
+            .ok()
+            .filter(|token| token.bytes().all(|byte| byte.is_ascii_graphic()))
+            .ok_or_else(|| TokenError::Malformed.into()),
         // Another scheme is "no token" to us (RFC 6750 §3.1: no error code in the challenge).
-        return Err(WebhookAuthError::MissingToken);
+        Authorization::Absent | Authorization::OtherScheme => Err(WebhookAuthError::MissingToken),
+        Authorization::EmptyBearer => Err(TokenError::Malformed.into()),
+        Authorization::Repeated => Err(WebhookAuthError::AmbiguousAuthorization),
     }
-    let token = token.trim_start_matches(' ');
-    if token.is_empty() {
-        return Err(TokenError::Malformed.into());
-    }
-    Ok(token)
 }
 
 pub(super) fn check_headers(
@@ -173,7 +169,7 @@ pub(super) fn check_headers(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, header};
 
     use super::*;
 

@@ -21,6 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::identity::{Subscriber, Subscribers, certificate_names};
 use crate::{
+    auth::bearer::{Authorization, authorization},
     error::{ErrorKind, ServiceError, grpc_status, is_plain_name},
     metrics::Metrics,
 };
@@ -125,29 +126,16 @@ impl Access {
     }
 }
 
-/// The bearer token of the `authorization` header, if there is one.
+/// The bearer token of the `authorization` header, if there is one. Anything else in the
+/// header is refused as malformed, so that a client learns what to send.
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&[u8]>, Refusal> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Refusal::MalformedAuthorization);
+    match authorization(headers) {
+        Authorization::Absent => Ok(None),
+        Authorization::Bearer(token) => Ok(Some(token)),
+        Authorization::OtherScheme | Authorization::EmptyBearer | Authorization::Repeated => {
+            Err(Refusal::MalformedAuthorization)
+        }
     }
-    let bytes = value.as_bytes();
-    let scheme_end = bytes
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(Refusal::MalformedAuthorization)?;
-    let (scheme, rest) = bytes.split_at(scheme_end);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Err(Refusal::MalformedAuthorization);
-    }
-    let token = rest.trim_ascii();
-    if token.is_empty() {
-        return Err(Refusal::MalformedAuthorization);
-    }
-    Ok(Some(token))
 }
 
 /// Who made a call, once authenticated, and from where. Cheap to clone.

@@ -62,7 +62,7 @@ pub enum SimulateError {
         url: String,
         /// Why.
         #[source]
-        source: TokenError,
+        source: TokenFetchError,
     },
     /// The summary could not be written.
     #[error("cannot write the summary")]
@@ -71,7 +71,7 @@ pub enum SimulateError {
 
 /// Why a token could not be obtained.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub enum TokenFetchError {
     /// The call failed (connection, timeout).
     #[error("the token request failed")]
     Request(#[source] CallError),

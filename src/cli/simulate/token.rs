@@ -30,7 +30,7 @@ impl TokenSource {
         url: Uri,
         client_id: &str,
         client_secret: &Secret,
-    ) -> Result<Self, TokenError> {
+    ) -> Result<Self, TokenFetchError> {
         Ok(Self {
             http,
             url,
@@ -41,7 +41,7 @@ impl TokenSource {
     }
 
     /// Obtains the first token; returns how long it is valid.
-    pub(super) async fn obtain_first(&self) -> Result<Duration, TokenError> {
+    pub(super) async fn obtain_first(&self) -> Result<Duration, TokenFetchError> {
         let (token, expires_in) = self.obtain().await?;
         *self.current.lock().await = Some(token);
         Ok(expires_in)
@@ -49,7 +49,7 @@ impl TokenSource {
 
     /// The `Authorization` header for the next notification: the current token, or a new one
     /// when it is about to expire. Concurrent callers wait for one request.
-    pub(super) async fn bearer(&self) -> Result<HeaderValue, TokenError> {
+    pub(super) async fn bearer(&self) -> Result<HeaderValue, TokenFetchError> {
         let mut current = self.current.lock().await;
         if let Some(token) = current.as_ref()
             && Instant::now() < token.refresh_at
@@ -62,7 +62,7 @@ impl TokenSource {
         Ok(authorization)
     }
 
-    pub(super) async fn obtain(&self) -> Result<(Token, Duration), TokenError> {
+    pub(super) async fn obtain(&self) -> Result<(Token, Duration), TokenFetchError> {
         let requested = Instant::now();
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, self.authorization.clone());
@@ -76,22 +76,22 @@ impl TokenSource {
             .http
             .post(&self.url, &headers, body)
             .await
-            .map_err(TokenError::Request)?;
+            .map_err(TokenFetchError::Request)?;
         if !answered.status.is_success() {
-            return Err(TokenError::Refused {
+            return Err(TokenFetchError::Refused {
                 status: answered.status,
                 body: excerpt(&answered.body),
             });
         }
         let answer: TokenAnswer =
-            serde_json::from_slice(&answered.body).map_err(TokenError::InvalidAnswer)?;
+            serde_json::from_slice(&answered.body).map_err(TokenFetchError::InvalidAnswer)?;
         let expires_in = Duration::try_from_secs_f64(answer.expires_in).map_err(|_| {
-            TokenError::InvalidExpiry {
+            TokenFetchError::InvalidExpiry {
                 expires_in: answer.expires_in,
             }
         })?;
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", answer.access_token))
-            .map_err(|_| TokenError::InvalidCredentials)?;
+            .map_err(|_| TokenFetchError::InvalidCredentials)?;
         authorization.set_sensitive(true);
         self.obtained.fetch_add(1, Ordering::Relaxed);
         // Renew a little early (a tenth of the lifetime, at most 30 s) so that no notification
@@ -111,11 +111,11 @@ impl TokenSource {
 pub(super) fn basic_authorization(
     client_id: &str,
     client_secret: &str,
-) -> Result<HeaderValue, TokenError> {
+) -> Result<HeaderValue, TokenFetchError> {
     let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(client_id), encode(client_secret));
     let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(credentials)))
-        .map_err(|_| TokenError::InvalidCredentials)?;
+        .map_err(|_| TokenFetchError::InvalidCredentials)?;
     value.set_sensitive(true);
     Ok(value)
 }
