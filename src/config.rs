@@ -623,7 +623,8 @@ impl Config {
     /// The defaults, as `serve` with no flags would have them (whatever `INCODE_GATEWAY_*`
     /// variables the environment holds), with both listeners on ephemeral loopback ports,
     /// webhooks open to anyone, and no data directory: set `data_dir` (a temporary directory)
-    /// before running with it. Meant for tests and embedding.
+    /// before running with it. For tests.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn for_tests() -> Self {
         let mut config = match Cli::try_parse_args_only(["incode-gateway"]) {
             Ok(cli) => cli.serve,
@@ -662,6 +663,7 @@ impl Config {
     }
 
     /// Like [`Config::for_tests`], with `args` (flags, `--config FILE`) on the command line too.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn for_tests_with(args: &[&str]) -> Result<Self, LoadError> {
         let mut config = Cli::try_parse_args_only(
             std::iter::once("incode-gateway").chain(args.iter().copied()),

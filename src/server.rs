@@ -85,7 +85,8 @@ pub async fn run(
     serve(config, auth, security, storage, public, internal, shutdown).await
 }
 
-/// [`run`] over already opened storage.
+/// [`run`] over already opened storage, for tests that hold the storage themselves.
+#[cfg(any(test, feature = "test-util"))]
 pub async fn run_with_storage(
     config: Config,
     storage: Storage,

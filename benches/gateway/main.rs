@@ -17,7 +17,7 @@ mod load;
 mod nats;
 // Shared with the integration tests, which use more of it.
 #[allow(dead_code)]
-#[path = "../../tests/it/nats_server.rs"]
+#[path = "../../tests/it/support/nats_server.rs"]
 mod nats_server;
 mod perf;
 mod scenarios;

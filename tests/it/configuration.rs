@@ -12,7 +12,7 @@ use incode_gateway::config::{
     keys::{FILE_KEYS, STRUCTURED_KEYS, path_of},
 };
 
-use crate::common::PATIENCE;
+use crate::support::common::PATIENCE;
 
 const START: &str =
     "<!-- reference:start (generated from the flags by tests/it/configuration.rs) -->";
@@ -207,7 +207,7 @@ async fn the_environment_wins_over_the_file_and_the_file_over_the_defaults() {
          [webhooks]\nallow_unauthenticated = true\n",
     )
     .unwrap();
-    let mut child = crate::common::binary_async()
+    let mut child = crate::support::common::binary_async()
         .arg("--config")
         .arg(&file)
         .arg("--data-dir")

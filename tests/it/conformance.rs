@@ -20,7 +20,7 @@ use incode_gateway::{
 };
 use tempfile::TempDir;
 
-use crate::{
+use crate::support::{
     common::{Gateway, PATIENCE, drain_until_caught_up, next_progress, no_filter},
     nats_server::NatsServer,
 };

@@ -20,7 +20,7 @@ use incode_gateway::{
 use reqwest::StatusCode;
 use tonic::{Code, Status, Streaming, transport::Channel};
 
-use crate::common::*;
+use crate::support::common::*;
 
 const TOKEN: &str = "contract-billing-token-3e1f9a";
 const WEBHOOK: &str = "/webhooks/incode/onboarding-status";

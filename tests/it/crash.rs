@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::*;
+use crate::support::common::*;
 use reqwest::StatusCode;
 
 const WRITERS: usize = 6;

@@ -24,7 +24,7 @@ use std::{
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-use crate::common::*;
+use crate::support::common::*;
 
 /// The addresses the docs use, which the runner rewrites.
 const DOCS_PUBLIC_PORT: &str = "8080";

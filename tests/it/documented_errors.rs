@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{auth_common::*, common::*};
+use crate::support::{auth_common::*, common::*};
 
 /// Answers no test can provoke from outside, and why.
 const UNPROVOKABLE: &[(u16, &str, &str)] = &[

@@ -11,7 +11,7 @@ use incode_gateway::{
 use reqwest::StatusCode;
 use tonic::Code;
 
-use crate::common::*;
+use crate::support::common::*;
 
 const PATH: &str = "/webhooks/incode/onboarding-status";
 

@@ -23,7 +23,7 @@ use incode_gateway::{
 use tokio::{sync::watch, task::JoinHandle};
 use tonic::{Code, transport::Channel};
 
-use crate::{common::*, nats_server::NatsServer};
+use crate::support::{common::*, nats_server::NatsServer};
 
 const PATH: &str = "/webhooks/incode/onboarding-status";
 const PARTITIONS: u32 = 12;

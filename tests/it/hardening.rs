@@ -20,7 +20,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{auth_common::*, common::*};
+use crate::support::{auth_common::*, common::*};
 
 /// The header read timeout the timing tests use: short, so that the generous bounds below stay
 /// short too.

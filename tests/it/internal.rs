@@ -46,8 +46,10 @@ use tonic_reflection::pb::v1::{
 };
 
 use crate::{
-    common::*,
-    pki::{Leaf, TestCa, TlsFiles},
+    support::{
+        common::*,
+        pki::{Leaf, TestCa, TlsFiles},
+    },
     telemetry::{Collector, attribute},
 };
 

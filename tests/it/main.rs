@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod auth_common;
-mod common;
 mod configuration;
 mod conformance;
 mod contract;
@@ -14,20 +12,19 @@ mod docs_run;
 mod documented_errors;
 mod durability;
 mod environment;
-mod gated;
 mod groups;
 mod hardening;
 mod internal;
-mod nats_server;
+mod layout;
 mod nats_setup;
 mod oauth;
-mod pki;
 mod scale_out;
 mod secrets;
 mod service;
 mod shutdown;
 mod simulate;
 mod subscribe;
+mod support;
 mod tail;
 mod telemetry;
 mod webhook_auth;

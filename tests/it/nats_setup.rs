@@ -11,7 +11,7 @@ use incode_gateway::{
     proto::v1,
 };
 
-use crate::{
+use crate::support::{
     common::PATIENCE,
     nats_server::{NatsServer, NodeSettings},
     pki::TestCa,
@@ -180,7 +180,7 @@ async fn safe_differences_are_updated_and_the_storage_is_refused_at_start() {
 async fn with_nats_and_oauth_serve_refuses_to_start_without_a_signing_key() {
     // Each replica would sign with its own random key and refuse the others' tokens.
     let data_dir = tempfile::tempdir().unwrap();
-    let output = crate::common::binary_async()
+    let output = crate::support::common::binary_async()
         .args([
             "--public-addr",
             "127.0.0.1:0",

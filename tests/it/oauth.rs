@@ -9,7 +9,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use incode_gateway::auth::{Secret, hash_secret};
 use reqwest::StatusCode;
 
-use crate::{auth_common::*, common::*};
+use crate::support::{auth_common::*, common::*};
 
 #[tokio::test]
 async fn incode_gets_a_token_with_basic_auth_and_its_webhook_is_delivered() {

@@ -14,7 +14,7 @@ use incode_gateway::proto::v1::{
 };
 use reqwest::StatusCode;
 
-use crate::{
+use crate::support::{
     common::*,
     nats_server::{NatsCluster, NatsServer},
 };

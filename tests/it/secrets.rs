@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tracing_subscriber::{filter::LevelFilter, fmt::MakeWriter, prelude::*};
 
-use crate::{auth_common::*, common::*};
+use crate::support::{auth_common::*, common::*};
 
 /// Every log line the gateway writes while the guard lives, as text and as JSON.
 #[derive(Clone, Default)]

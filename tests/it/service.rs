@@ -10,7 +10,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::common::*;
+use crate::support::common::*;
 
 #[tokio::test]
 async fn http_health_endpoints_answer() {

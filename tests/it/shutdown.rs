@@ -19,7 +19,7 @@ use tokio::{
 };
 use tonic::Code;
 
-use crate::{common::*, gated::GatedLog};
+use crate::support::{common::*, gated::GatedLog};
 
 const PATH: &str = "/webhooks/incode/onboarding-status";
 

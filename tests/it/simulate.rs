@@ -22,7 +22,7 @@ use incode_gateway::proto::v1;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, process::Command};
 
-use crate::common::*;
+use crate::support::common::*;
 
 /// `incode-gateway simulate --url <url> --summary json`, with none of its variables inherited.
 fn simulate(url: &str) -> Command {
@@ -493,7 +493,7 @@ async fn a_refused_token_request_stops_simulate_with_a_clear_error() {
 
 #[tokio::test]
 async fn simulate_authenticates_at_the_gateways_token_endpoint() {
-    use crate::auth_common::{CLIENT_ID, CLIENT_SECRET, oauth_config};
+    use crate::support::auth_common::{CLIENT_ID, CLIENT_SECRET, oauth_config};
     let gateway = Gateway::start_with(oauth_config()).await;
 
     let output = run(simulate(&gateway.base_url)

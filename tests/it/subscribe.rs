@@ -9,7 +9,7 @@ use incode_gateway::{
 };
 use tonic::Code;
 
-use crate::{common::*, gated::GatedLog};
+use crate::support::{common::*, gated::GatedLog};
 
 async fn post_n(gateway: &Gateway, prefix: &str, n: usize) {
     for i in 0..n {

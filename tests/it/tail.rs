@@ -10,7 +10,7 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 
-use crate::common::*;
+use crate::support::common::*;
 
 /// `incode-gateway tail --addr <the gateway>` with piped output.
 fn tail(grpc_url: &str) -> Command {

@@ -20,7 +20,7 @@ use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::{auth_common::*, common::*};
+use crate::support::{auth_common::*, common::*};
 
 /// An OTLP trace collector that keeps every span it receives.
 #[derive(Clone, Default)]

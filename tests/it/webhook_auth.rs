@@ -5,7 +5,7 @@ use incode_gateway::{Config, auth::Secret};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::{auth_common::*, common::*};
+use crate::support::{auth_common::*, common::*};
 
 fn with(mut claims: Value, field: &str, value: Value) -> Value {
     claims[field] = value;

@@ -5,7 +5,7 @@ use prost_types::value::Kind;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::*;
+use crate::support::common::*;
 
 #[tokio::test]
 async fn onboarding_status_is_delivered_with_every_field() {

@@ -18,13 +18,13 @@
 //! A ticker thread asks the writer to apply retention every maintenance interval and, after a
 //! storage failure, to probe the disk every second, so the log recovers by itself.
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod fault;
 mod reader;
 mod writer;
 
 use std::{
     collections::VecDeque,
-    fs::OpenOptions,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
@@ -44,6 +44,7 @@ use super::{
     PutOutcome, Revision, Sequence, StateStore, Versioned,
 };
 use crate::proto::v1;
+#[cfg(any(test, feature = "test-util"))]
 use fault::{FaultSwitch, FaultyBackend};
 use reader::EmbeddedReader;
 use writer::{Request, Writer};
@@ -212,6 +213,7 @@ impl EmbeddedLog {
 
     /// Like [`EmbeddedLog::open`], with writes failing while `switch` is on: for testing how the
     /// gateway answers a failing disk.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn open_with_faults(
         data_dir: &Path,
         options: Options,
@@ -219,7 +221,7 @@ impl EmbeddedLog {
     ) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
-            let file = OpenOptions::new()
+            let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)

@@ -18,7 +18,7 @@ use incode_gateway::log::{
 };
 use tokio::sync::watch;
 
-use crate::common::PATIENCE;
+use crate::support::common::PATIENCE;
 
 /// A gate callers pass: at once while it is open, when it opens while it is closed.
 #[derive(Clone)]

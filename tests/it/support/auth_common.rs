@@ -12,7 +12,7 @@ use incode_gateway::{
 use reqwest::{StatusCode, header::HeaderMap};
 use serde_json::{Value, json};
 
-use crate::common::*;
+use crate::support::common::*;
 
 pub const CLIENT_ID: &str = "incode";
 pub const CLIENT_SECRET: &str = "s3cret-for-incode-4f9c";
