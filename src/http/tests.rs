@@ -215,10 +215,14 @@ async fn each_endpoint_reads_its_kind() {
         ),
         ("/webhooks/incode", r#"{"interviewId":"i-3","other":1}"#),
         ("/webhooks/incode/id-validation", r#"{"interviewId":"i-4"}"#),
-        // Only the exact spelling is the modelled kind's route.
+        // Another spelling of a modelled kind's URL is that kind's route.
         (
             "/webhooks/incode/onboarding%2Dstatus",
-            r#"{"interviewId":"i-5"}"#,
+            r#"{"interviewId":"i-5","onboardingStatus":"UNKNOWN"}"#,
+        ),
+        (
+            "/webhooks/incode/%77atchlist-updated",
+            r#"{"interviewId":"i-6","ref":"r","search_id":"s"}"#,
         ),
     ] {
         let answer = harness.post_json(path, body).await;
@@ -241,9 +245,36 @@ async fn each_endpoint_reads_its_kind() {
             "watchlist-updated",
             "unknown",
             "id-validation",
-            "onboarding-status"
+            "onboarding-status",
+            "watchlist-updated",
         ]
     );
+}
+
+/// A modelled kind's URL spelled otherwise is read as that kind, strictly, and shares its
+/// deduplication key: Incode's delivery to the real URL is the same notification, not one that
+/// an earlier call under another spelling turned into an unrecognised "duplicate".
+#[tokio::test]
+async fn another_spelling_of_a_modelled_kind_is_that_kind() {
+    let harness = harness(Guard::Open);
+    harness
+        .post_json(
+            "/webhooks/incode/onboarding%2Dstatus",
+            r#"{"interviewId":"i-1"}"#,
+        )
+        .await
+        .assert_refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "onboardingStatus is missing",
+        );
+    for path in ["/webhooks/incode/onboarding%2Dstatus", ONBOARDING] {
+        let answer = harness.post_json(path, GOOD_BODY).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+    }
+    let stored = harness.stored().await;
+    assert_eq!(stored.len(), 1, "one notification, stored once");
+    assert_eq!(stored[0].r#type(), v1::EventType::OnboardingStatusChanged);
 }
 
 #[tokio::test]
