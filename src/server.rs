@@ -13,7 +13,8 @@ use crate::{
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage, embedded::OpenError, nats::NatsOpenError,
+        Cursors, EmbeddedLog, MemoryLog, NatsLog, Readiness, Storage, embedded::OpenError,
+        nats::NatsOpenError, readiness,
     },
     metrics::{Metrics, MetricsError},
     telemetry,
@@ -126,8 +127,9 @@ async fn serve(
     }
 
     let metrics = Metrics::new(log.clone(), telemetry::otlp_metrics_enabled())?;
+    let readiness = Readiness::spawn(log.clone(), readiness::CHECK_INTERVAL, token.clone());
     let app = http::app(
-        AppState::new(log.clone(), auth, metrics.clone()),
+        AppState::new(log.clone(), readiness.clone(), auth, metrics.clone()),
         HttpSettings {
             max_body_bytes: config.max_body_bytes,
             trust_incoming_trace_context: config.public_listener.trust_incoming_trace_context,
@@ -157,6 +159,7 @@ async fn serve(
             cursors,
             groups,
             metrics: metrics.clone(),
+            readiness,
         },
         GrpcSettings::from_config(&config, telemetry::traces_enabled()),
         security,

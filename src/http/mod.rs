@@ -43,7 +43,12 @@ pub mod fuzzing {
 pub struct ClientAddress(pub IpAddr);
 
 use self::auth::PeerIp;
-use crate::{auth::Auth, log::SharedLog, metrics::Metrics, telemetry};
+use crate::{
+    auth::Auth,
+    log::{Readiness, SharedLog},
+    metrics::Metrics,
+    telemetry,
+};
 
 /// What the public handlers share.
 #[derive(Clone)]
@@ -53,16 +58,27 @@ pub struct AppState {
 
 struct Inner {
     log: SharedLog,
+    readiness: Readiness,
     auth: Arc<Auth>,
     metrics: Metrics,
 }
 
 impl AppState {
-    /// State over this event log, guarded by `auth`, counting into `metrics`.
-    pub fn new(log: SharedLog, auth: Arc<Auth>, metrics: Metrics) -> Self {
+    /// State over this event log and its `readiness`, guarded by `auth`, counting into
+    /// `metrics`.
+    pub fn new(log: SharedLog, readiness: Readiness, auth: Arc<Auth>, metrics: Metrics) -> Self {
         Self {
-            inner: Arc::new(Inner { log, auth, metrics }),
+            inner: Arc::new(Inner {
+                log,
+                readiness,
+                auth,
+                metrics,
+            }),
         }
+    }
+
+    fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
     }
 
     fn log(&self) -> &SharedLog {
