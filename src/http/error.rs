@@ -68,6 +68,9 @@ pub enum ListenerError {
     /// The request timeout passed while the gateway was answering.
     #[error("the request could not be completed in time; retry later")]
     AnswerTimeout,
+    /// The shutdown deadline passed while the gateway was answering.
+    #[error("the gateway is shutting down; retry later")]
+    ShuttingDown,
     /// A handler panicked.
     #[error("a request handler panicked: {message}")]
     Panic {
@@ -82,7 +85,7 @@ impl ServiceError for ListenerError {
             Self::NotFound => ErrorKind::NotFound,
             Self::MethodNotAllowed => ErrorKind::MethodNotAllowed,
             Self::BodyTimeout => ErrorKind::RequestTimeout,
-            Self::AnswerTimeout => ErrorKind::Unavailable,
+            Self::AnswerTimeout | Self::ShuttingDown => ErrorKind::Unavailable,
             Self::Panic { .. } => ErrorKind::Internal,
         }
     }
@@ -92,7 +95,7 @@ impl ServiceError for ListenerError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTimeout => "request_timeout",
-            Self::AnswerTimeout => "unavailable",
+            Self::AnswerTimeout | Self::ShuttingDown => "unavailable",
             Self::Panic { .. } => "internal_error",
         }
     }
@@ -104,7 +107,8 @@ impl ServiceError for ListenerError {
         }
     }
 
-    /// A slow answer is logged where it is noticed, as a warning.
+    /// A slow answer, and a shutdown that cannot wait, are logged where they are noticed, as
+    /// warnings.
     fn is_failure(&self) -> bool {
         matches!(self, Self::Panic { .. })
     }
