@@ -2,8 +2,9 @@
 //! else.
 //!
 //! Each resource has its own router; [`app`] merges them and adds the layers every request
-//! goes through. [`serve`] runs it on the internet-facing socket, with timeouts and a connection
-//! limit; [`TrustedProxies`] decides whose forwarding headers are believed.
+//! goes through, among them the rate-limited log of refusals (`rejections`). [`serve`] runs it on
+//! the internet-facing socket, with timeouts and a connection limit; [`TrustedProxies`] decides
+//! whose forwarding headers are believed.
 
 mod args;
 mod auth;
@@ -11,6 +12,7 @@ mod client_address;
 mod error;
 mod health;
 mod oauth;
+mod rejections;
 mod serve;
 mod webhooks;
 
@@ -42,7 +44,7 @@ pub mod fuzzing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
-use self::auth::PeerIp;
+use self::{auth::PeerIp, rejections::RejectionLog};
 use crate::{
     auth::Auth,
     log::{Readiness, SharedLog},
@@ -61,6 +63,7 @@ struct Inner {
     readiness: Readiness,
     auth: Arc<Auth>,
     metrics: Metrics,
+    rejections: RejectionLog,
 }
 
 impl AppState {
@@ -73,8 +76,13 @@ impl AppState {
                 readiness,
                 auth,
                 metrics,
+                rejections: RejectionLog::default(),
             }),
         }
+    }
+
+    fn rejections(&self) -> &RejectionLog {
+        &self.inner.rejections
     }
 
     fn readiness(&self) -> &Readiness {
@@ -112,6 +120,11 @@ pub fn app(state: AppState, settings: HttpSettings) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        // Inside the trace layer, so that a rejection's line carries the request's trace id.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rejections::log_rejections,
+        ))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(
             TraceLayer::new_for_http()

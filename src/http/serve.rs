@@ -53,7 +53,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{ClientAddress, TrustedProxies, error::ListenerError};
+use super::{
+    ClientAddress, TrustedProxies,
+    error::ListenerError,
+    rejections::{Rejection, RejectionLog},
+};
 
 /// Largest HTTP/1.1 request head (request line and headers), and HTTP/2 header list, in bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -224,6 +228,8 @@ struct Shared {
     shutdown: CancellationToken,
     give_up: CancellationToken,
     registry: Mutex<Registry>,
+    /// The refusals the listener answers itself, outside the router (see [`timed_out`]).
+    rejections: RejectionLog,
 }
 
 struct Registry {
@@ -310,6 +316,7 @@ pub async fn serve(
         builder: builder(&limits),
         shutdown: shutdown.clone(),
         give_up,
+        rejections: RejectionLog::default(),
         registry: Mutex::new(Registry {
             next_id: 0,
             open: HashMap::new(),
@@ -532,7 +539,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         extensions.insert(ConnectInfo(self.peer));
         extensions.insert(ClientAddress(client));
         extensions.insert(ConnectionHandle(self.connection.clone()));
-        let app = self.shared.app.clone();
+        let shared = self.shared.clone();
         let timeout = self.shared.limits.request_timeout;
         let give_up = self.give_up.clone();
         Box::pin(async move {
@@ -540,10 +547,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
             tokio::select! {
                 // An answer ready at the deadline is given: it may be a `200`.
                 biased;
-                answer = tokio::time::timeout(timeout, app.oneshot(request)) => match answer {
-                    Ok(answer) => answer,
-                    Err(_) => Ok(timed_out(body_done.load(Ordering::Acquire), version)),
-                },
+                answer = tokio::time::timeout(timeout, shared.app.clone().oneshot(request)) => {
+                    match answer {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            let mut answer = timed_out(body_done.load(Ordering::Acquire), version);
+                            if let Some(rejection) = answer.extensions_mut().remove::<Rejection>() {
+                                shared.rejections.record(&rejection, Some(client));
+                            }
+                            Ok(answer)
+                        }
+                    }
+                }
                 // Dropping the handler drops its append: whether the log stored the
                 // notification is unknown, and Incode's retry is deduplicated.
                 () = give_up.cancelled() => Ok(closing(ListenerError::ShuttingDown, version)),
