@@ -263,8 +263,8 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_positive_duration)]
     pub heartbeat_interval: Duration,
 
-    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and streams to finish before
-    /// exiting anyway.
+    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and streams to finish; requests
+    /// still in flight then are answered `503` before the gateway exits.
     #[arg(long, env = "INCODE_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     error::grpc_status,
     groups::{GroupName, Groups, JoinOptions},
-    log::{ConsumerName, Cursors, SharedLog},
+    log::{ConsumerName, Cursors, Readiness, SharedLog},
     metrics::Metrics,
     proto::v1::{self, start_position::Position},
     telemetry,
@@ -45,6 +45,8 @@ pub struct Sources {
     pub groups: Groups,
     /// The instruments.
     pub metrics: Metrics,
+    /// The event log's readiness, for the health service.
+    pub readiness: Readiness,
 }
 
 /// The `EventStreamService` implementation.

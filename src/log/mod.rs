@@ -12,11 +12,13 @@
 //!
 //! Backends: [`memory`] (for tests and trying things out), [`embedded`] (the default: a redb file
 //! on local disk) and [`nats`] (a replicated JetStream stream, for several gateway replicas).
+//! [`readiness`] checks whether the log can take appends, once for all who ask.
 
 pub mod cursors;
 pub mod embedded;
 pub mod memory;
 pub mod nats;
+pub mod readiness;
 
 use std::{
     fmt,
@@ -39,6 +41,7 @@ pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
+pub use readiness::{Readiness, ReadyState};
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
 pub type Sequence = u64;

@@ -524,10 +524,16 @@ async fn with_the_whole_cluster_down_webhooks_get_503_and_both_replicas_recover(
             post(&http, replica, &body).await,
             Some(StatusCode::SERVICE_UNAVAILABLE)
         );
-        assert_eq!(
-            readyz(&http, replica).await,
-            Some(StatusCode::SERVICE_UNAVAILABLE)
-        );
+        // /readyz tells the latest of the replica's readiness checks, once a second (one that
+        // gets no answer counts as not ready after 5 s).
+        let deadline = Instant::now() + PATIENCE * 2;
+        while readyz(&http, replica).await != Some(StatusCode::SERVICE_UNAVAILABLE) {
+            assert!(
+                Instant::now() < deadline,
+                "a replica still says it is ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     for node in &mut cluster.nodes {
