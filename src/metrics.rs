@@ -266,7 +266,9 @@ impl Metrics {
             events_delivered,
             acks: meter
                 .u64_counter("incode_gateway.acks")
-                .with_description("Acks of durable consumers, by the subscriber identity that sent them")
+                .with_description(
+                    "Accepted acks of durable consumers and group members, by the subscriber identity that sent them",
+                )
                 .with_unit("{request}")
                 .build(),
             internal_refusals: meter

@@ -216,6 +216,7 @@ impl EventStream {
                     .stream_opened(caller.name(), Some(group.as_str())),
                 metrics: self.metrics.clone(),
                 span: span.clone(),
+                trace_deliveries: self.settings.trace_deliveries,
             };
             return Ok(Box::pin(subscription.into_stream()));
         }
