@@ -34,17 +34,15 @@ use crate::{
 };
 use records::{GroupRecord, PartitionRecord};
 
-/// The name of a consumer group: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+/// The name of a consumer group. Groups and durable consumers share one namespace and one name
+/// rule: [`crate::log::is_consumer_name`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GroupName(String);
 
 impl GroupName {
-    /// Longest accepted name.
-    pub const MAX_LEN: usize = 128;
-
     /// Parses a group name.
     pub fn parse(name: &str) -> Result<Self, GroupError> {
-        if crate::error::is_plain_name(name, Self::MAX_LEN) {
+        if crate::log::is_consumer_name(name) {
             Ok(Self(name.to_owned()))
         } else {
             Err(GroupError::InvalidName)
@@ -103,7 +101,7 @@ impl Default for GroupSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
     /// The group name is outside the allowed alphabet or length.
-    #[error("group must be 1 to 128 ASCII letters, digits, '-', '_' or '.'")]
+    #[error("group must be {}", crate::log::CONSUMER_NAME_RULE)]
     InvalidName,
     /// A partition count outside 1..=1024.
     #[error(

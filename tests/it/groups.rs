@@ -534,6 +534,61 @@ async fn bad_group_requests_are_refused() {
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
+/// Consumer and group names share one rule: dots only between non-empty parts, since the names
+/// become parts of NATS subjects. A name breaking it is the caller's mistake on every backend;
+/// a dotted name that keeps it works on every backend.
+async fn names_with_an_empty_part_between_dots_are_refused(env: Env) {
+    let gateway = &env.gateways[0];
+    gateway
+        .notify(PATH, &onboarding_body("names", "UNKNOWN"))
+        .await;
+    let mut client = gateway.client().await;
+    for name in [".billing", "billing.", "billing..eu", "."] {
+        let subscribe = |consumer: &str, group: &str| SubscribeRequest {
+            consumer: consumer.to_owned(),
+            group: group.to_owned(),
+            ..Default::default()
+        };
+        let ack = |consumer: &str, group: &str| AckRequest {
+            consumer: consumer.to_owned(),
+            group: group.to_owned(),
+            member_id: "m".into(),
+            sequence: 1,
+        };
+        let answers = [
+            client.subscribe(subscribe(name, "")).await.map(|_| ()),
+            client.subscribe(subscribe("", name)).await.map(|_| ()),
+            client.ack(ack(name, "")).await.map(|_| ()),
+            client.ack(ack("", name)).await.map(|_| ()),
+        ];
+        for (n, answer) in answers.into_iter().enumerate() {
+            let status = answer.expect_err(name);
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{name:?} #{n}: {status:?}"
+            );
+            assert!(
+                status.message().contains("no two in a row"),
+                "{name:?} #{n}: {}",
+                status.message()
+            );
+        }
+    }
+    let dotted = "team.eu-1";
+    let answer = client
+        .ack(AckRequest {
+            consumer: dotted.into(),
+            sequence: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().sequence, 1);
+    let member = Member::join("dotted", gateway, gateway, dotted).await;
+    all_received(&[&member], 1).await;
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod embedded {
@@ -560,4 +615,5 @@ on_both_backends!(
     a_departed_members_unacknowledged_events_reach_the_others,
     a_member_that_joins_late_gets_work,
     a_stale_members_ack_is_refused,
+    names_with_an_empty_part_between_dots_are_refused,
 );
