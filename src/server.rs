@@ -13,7 +13,8 @@ use crate::{
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage, embedded::OpenError, nats::NatsOpenError,
+        Cursors, EmbeddedLog, MemoryLog, NatsLog, Quota, Storage, embedded::OpenError,
+        nats::NatsOpenError,
     },
     metrics::{Metrics, MetricsError},
     telemetry,
@@ -140,14 +141,14 @@ async fn serve(
         config.public_listener.trusted_proxies(),
         token.clone(),
     );
-    let cursors = Cursors::new(
-        storage.state.clone(),
-        usize::try_from(config.max_consumers).unwrap_or(usize::MAX),
-    );
+    // Consumers and groups share one namespace, so one quota bounds both.
+    let quota = Quota::new(storage.state.clone(), config.consumer_limits());
+    let cursors = Cursors::new(storage.state.clone(), quota.clone());
     let groups = Groups::new(
         storage.state.clone(),
         log.clone(),
         config.group_settings(),
+        quota,
         metrics.clone(),
     );
     let grpc = grpc::serve(

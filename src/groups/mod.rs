@@ -29,7 +29,10 @@ pub use session::{Claim, Member, Session};
 
 use crate::{
     error::{ErrorKind, ServiceError},
-    log::{LogError, PutOutcome, ReadItem, Sequence, SharedLog, SharedState},
+    log::{
+        LogError, NameKind, PutOutcome, Quota, QuotaError, ReadItem, Sequence, SharedLog,
+        SharedState, SubscriberIdentity,
+    },
     metrics::Metrics,
 };
 use records::{GroupRecord, PartitionRecord};
@@ -70,8 +73,6 @@ pub struct GroupSettings {
     pub default_partitions: u32,
     /// Most unacknowledged events a member holds when the subscriber does not say.
     pub default_max_in_flight: u32,
-    /// Most groups that may be created.
-    pub max_groups: usize,
 }
 
 impl GroupSettings {
@@ -92,7 +93,6 @@ impl Default for GroupSettings {
             session_timeout: Duration::from_secs(10),
             default_partitions: 16,
             default_max_in_flight: 256,
-            max_groups: 10_000,
         }
     }
 }
@@ -124,14 +124,9 @@ pub enum GroupError {
         /// The count asked for.
         asked: u32,
     },
-    /// Creating one more group would exceed the limit.
-    #[error(
-        "too many consumer groups ({max}); reuse an existing group or ask the operator to raise --max-consumers"
-    )]
-    TooManyGroups {
-        /// The limit.
-        max: usize,
-    },
+    /// Creating the group would exceed a limit.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The group does not exist.
     #[error("group {group} does not exist")]
     UnknownGroup {
@@ -173,7 +168,7 @@ impl ServiceError for GroupError {
             | Self::NotOwner { .. }
             | Self::EventNotStored { .. }
             | Self::UnknownGroup { .. } => ErrorKind::FailedPrecondition,
-            Self::TooManyGroups { .. } => ErrorKind::ResourceExhausted,
+            Self::Quota(error) => error.kind(),
             Self::Log(error) => error.kind(),
         }
     }
@@ -184,7 +179,7 @@ impl ServiceError for GroupError {
             Self::InvalidPartitions => "invalid_partitions",
             Self::InvalidMaxInFlight => "invalid_max_in_flight",
             Self::PartitionsMismatch { .. } => "partitions_mismatch",
-            Self::TooManyGroups { .. } => "too_many_groups",
+            Self::Quota(error) => error.code(),
             Self::UnknownGroup { .. } => "unknown_group",
             Self::NotOwner { .. } => "not_owner",
             Self::EventNotStored { .. } => "event_not_stored",
@@ -214,6 +209,7 @@ struct Inner {
     state: SharedState,
     log: SharedLog,
     settings: GroupSettings,
+    quota: Quota,
     metrics: Metrics,
     /// Members whose streams this gateway serves, by member id: acks for them update their
     /// flow control at once.
@@ -221,11 +217,12 @@ struct Inner {
 }
 
 impl Groups {
-    /// Groups kept in `state`, over the events of `log`.
+    /// Groups kept in `state`, over the events of `log`; creating groups is bounded by `quota`.
     pub fn new(
         state: SharedState,
         log: SharedLog,
         settings: GroupSettings,
+        quota: Quota,
         metrics: Metrics,
     ) -> Self {
         Self {
@@ -233,6 +230,7 @@ impl Groups {
                 state,
                 log,
                 settings,
+                quota,
                 metrics,
                 local: Mutex::new(HashMap::new()),
             }),
@@ -244,12 +242,14 @@ impl Groups {
         &self.inner.settings
     }
 
-    /// Joins `group` as a new member, creating the group if it does not exist. The member takes
-    /// part in the assignment until it is dropped, which lets go of its partitions.
+    /// Joins `group` as a new member of `subscriber`, creating the group (charged to it) if it
+    /// does not exist. The member takes part in the assignment until it is dropped, which lets
+    /// go of its partitions.
     pub async fn join(
         &self,
         group: &GroupName,
         options: JoinOptions,
+        subscriber: &SubscriberIdentity,
     ) -> Result<Member, GroupError> {
         let settings = &self.inner.settings;
         if options.partitions > GroupSettings::MAX_PARTITIONS {
@@ -258,7 +258,7 @@ impl Groups {
         if options.max_in_flight > GroupSettings::MAX_IN_FLIGHT {
             return Err(GroupError::InvalidMaxInFlight);
         }
-        let record = self.create_or_check(group, &options).await?;
+        let record = self.create_or_check(group, &options, subscriber).await?;
         let max_in_flight = match options.max_in_flight {
             0 => settings.default_max_in_flight,
             n => n,
@@ -289,6 +289,7 @@ impl Groups {
         &self,
         group: &GroupName,
         options: &JoinOptions,
+        subscriber: &SubscriberIdentity,
     ) -> Result<GroupRecord, GroupError> {
         let state = &self.inner.state;
         let key = records::group_key(group.as_str());
@@ -304,10 +305,10 @@ impl Groups {
                 }
                 return Ok(record);
             }
-            let max = self.inner.settings.max_groups;
-            if state.count(records::GROUP_PREFIX).await? >= max {
-                return Err(GroupError::TooManyGroups { max });
-            }
+            self.inner
+                .quota
+                .admit(subscriber, NameKind::Group, group.as_str())
+                .await?;
             let record = GroupRecord {
                 partitions: match options.partitions {
                     0 => self.inner.settings.default_partitions,

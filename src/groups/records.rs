@@ -21,7 +21,7 @@ use crate::{
 
 /// The key of a group's record.
 pub fn group_key(group: &str) -> String {
-    format!("group.{group}")
+    format!("{GROUP_PREFIX}{group}")
 }
 
 /// The key of a partition's record.
@@ -29,8 +29,8 @@ pub fn partition_key(group: &str, partition: u32) -> String {
     format!("partition.{group}.{partition}")
 }
 
-/// The key prefix of every group record, for counting groups.
-pub const GROUP_PREFIX: &str = "group.";
+/// The key prefix of every group record, which the [`crate::log::Quota`] counts.
+pub const GROUP_PREFIX: &str = crate::log::NameKind::Group.prefix();
 
 /// A group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

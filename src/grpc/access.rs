@@ -22,6 +22,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use super::identity::{Subscriber, Subscribers, certificate_names};
 use crate::{
     error::{ErrorKind, ServiceError, grpc_status, is_plain_name},
+    log::SubscriberIdentity,
     metrics::Metrics,
 };
 
@@ -30,7 +31,7 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// The path prefix of the `EventStream` rpcs, which authorize per request.
 const EVENT_STREAM_PREFIX: &str = "/incode.gateway.v1.EventStreamService/";
 /// Name of an anonymous caller in logs, spans and metrics.
-pub const ANONYMOUS: &str = "anonymous";
+pub const ANONYMOUS: &str = SubscriberIdentity::ANONYMOUS;
 
 /// The access policy of the internal listener.
 #[derive(Debug)]
@@ -186,6 +187,17 @@ impl Caller {
             Kind::Certificate(name) => name,
             Kind::Subscriber(subscriber) => subscriber.name(),
             Kind::Unrestricted | Kind::Anonymous { .. } => ANONYMOUS,
+        }
+    }
+
+    /// The identity that the consumers and groups it creates are charged to, and that the group
+    /// members it joins are bound to. Callers that did not authenticate are all one anonymous
+    /// identity.
+    pub fn identity(&self) -> SubscriberIdentity {
+        match &self.kind {
+            Kind::Certificate(name) => SubscriberIdentity::authenticated(name.clone()),
+            Kind::Subscriber(subscriber) => SubscriberIdentity::authenticated(subscriber.name()),
+            Kind::Unrestricted | Kind::Anonymous { .. } => SubscriberIdentity::anonymous(),
         }
     }
 

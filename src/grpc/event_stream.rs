@@ -193,7 +193,7 @@ impl EventStream {
             };
             let member = self
                 .groups
-                .join(&group, options)
+                .join(&group, options, &caller.identity())
                 .instrument(span.clone())
                 .await?;
             span.in_scope(|| {
@@ -293,7 +293,7 @@ impl EventStream {
             AckTarget::Consumer(consumer) => {
                 let sequence = self
                     .cursors
-                    .ack(&consumer, request.sequence)
+                    .ack(&consumer, request.sequence, &caller.identity())
                     .instrument(span.clone())
                     .await?;
                 v1::AckResponse {

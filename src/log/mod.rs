@@ -1,7 +1,7 @@
 //! The event log: an append-only sequence of events with deduplication of repeated
 //! notifications, and readers that follow it from any position; beside it, a small durable
 //! key-value store with compare-and-set for the state subscribers leave behind (durable consumer
-//! cursors).
+//! cursors, and the [`quota`] on how many consumers and groups there may be).
 //!
 //! The rest of the gateway sees only the traits: [`EventLog`] (append, bounds, time lookup,
 //! [`LogReader`]s), and [`StateStore`] (versioned keys), both opened together as a [`Storage`].
@@ -17,6 +17,7 @@ pub mod cursors;
 pub mod embedded;
 pub mod memory;
 pub mod nats;
+pub mod quota;
 
 use std::{
     fmt,
@@ -39,6 +40,7 @@ pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
+pub use quota::{NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity};
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
 pub type Sequence = u64;

@@ -534,6 +534,114 @@ async fn bad_group_requests_are_refused() {
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
+const ALPHA_TOKEN: &str = "alpha-token-5d2c8e1f7a9b3c4d";
+const BETA_TOKEN: &str = "beta-token-9e3f1a7c2b8d4e6f";
+
+/// [`Env::config`] with two subscribers, `alpha` and `beta`, that may both use every name
+/// starting with `shared-`: what keeps them apart is not the names they may use.
+fn two_subscribers(dir: &std::path::Path) -> Config {
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[subscribers]]\nname = \"alpha\"\ntokens = [\"{ALPHA_TOKEN}\"]\nconsumers = [\"shared-*\"]\n\n\
+             [[subscribers]]\nname = \"beta\"\ntokens = [\"{BETA_TOKEN}\"]\nconsumers = [\"shared-*\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut config = Env::config();
+    config.config_file = Some(file);
+    config
+}
+
+/// Opens a group member's stream as the subscriber of `token`.
+async fn join_as(
+    gateway: &Gateway,
+    token: Option<&str>,
+    group: &str,
+) -> Result<tonic::Streaming<v1::SubscribeResponse>, tonic::Status> {
+    let request = SubscribeRequest {
+        group: group.to_owned(),
+        group_partitions: PARTITIONS,
+        ..Default::default()
+    };
+    gateway
+        .client()
+        .await
+        .subscribe(with_token(request, token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_and_groups_count_together_against_max_consumers() {
+    let mut config = Env::config();
+    config.max_consumers = 2;
+    let gateway = Gateway::start_with(config).await;
+    gateway
+        .notify(PATH, &onboarding_body("limit", "UNKNOWN"))
+        .await;
+    let channel = gateway.channel().await;
+    assert_eq!(ack(&channel, None, "consumer-1", 1).await.unwrap(), 1);
+    let _member = join_as(&gateway, None, "group-1").await.unwrap();
+    // The limit is reached by one of each: neither kind may add one more.
+    let refused = [
+        ack(&channel, None, "consumer-2", 1).await.map(|_| ()),
+        join_as(&gateway, None, "group-2").await.map(|_| ()),
+    ];
+    for status in refused {
+        let status = status.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("(2, the two counted together)"),
+            "{}",
+            status.message()
+        );
+    }
+    // What exists goes on working.
+    assert_eq!(ack(&channel, None, "consumer-1", 1).await.unwrap(), 1);
+    let _again = join_as(&gateway, None, "group-1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscriber_cannot_use_up_the_room_of_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = two_subscribers(dir.path());
+    config.max_consumers = 10;
+    config.max_consumers_per_subscriber = 2;
+    let gateway = Gateway::start_with(config).await;
+    gateway
+        .notify(PATH, &onboarding_body("share", "UNKNOWN"))
+        .await;
+    let channel = gateway.channel().await;
+    let alpha = Some(ALPHA_TOKEN);
+    assert_eq!(ack(&channel, alpha, "shared-a1", 1).await.unwrap(), 1);
+    let _member = join_as(&gateway, alpha, "shared-a2").await.unwrap();
+    let refused = [
+        ack(&channel, alpha, "shared-a3", 1).await.map(|_| ()),
+        join_as(&gateway, alpha, "shared-a4").await.map(|_| ()),
+    ];
+    for status in refused {
+        let status = status.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("subscriber `alpha`")
+                && status.message().contains("--max-consumers-per-subscriber"),
+            "{}",
+            status.message()
+        );
+    }
+    // alpha may still use what it has, and what another subscriber created.
+    assert_eq!(ack(&channel, alpha, "shared-a1", 1).await.unwrap(), 1);
+    let beta = Some(BETA_TOKEN);
+    assert_eq!(ack(&channel, beta, "shared-b1", 1).await.unwrap(), 1);
+    assert_eq!(ack(&channel, alpha, "shared-b1", 1).await.unwrap(), 1);
+    // beta has its own share.
+    let _member = join_as(&gateway, beta, "shared-b2").await.unwrap();
+    let status = ack(&channel, beta, "shared-b3", 1).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
+
 /// Consumer and group names share one rule: dots only between non-empty parts, since the names
 /// become parts of NATS subjects. A name breaking it is the caller's mistake on every backend;
 /// a dotted name that keeps it works on every backend.
