@@ -369,9 +369,9 @@ pub(super) async fn guard(
 
 /// Records a refusal: a log line (the caller's name where known, never a credential) and the
 /// `incode_gateway.internal.refusals` metric.
-pub(super) fn refused(
+pub(super) fn refused<R: ServiceError + ?Sized>(
     metrics: &Metrics,
-    refusal: &Refusal,
+    refusal: &R,
     caller: Option<&Caller>,
     path: &str,
     peer: Option<SocketAddr>,
@@ -432,7 +432,18 @@ pub fn authorize_ack(caller: &Caller, name: &str, metrics: &Metrics) -> Result<(
         .inspect_err(|refusal| refused_call(metrics, refusal, caller, "Ack"))
 }
 
-fn refused_call(metrics: &Metrics, refusal: &Refusal, caller: &Caller, method: &str) {
+/// Records a group ack refused because it names a member that is not the caller's member of the
+/// group: another subscriber trying a member's id is worth an operator's eye.
+pub fn refused_ack<R: ServiceError + ?Sized>(caller: &Caller, refusal: &R, metrics: &Metrics) {
+    refused_call(metrics, refusal, caller, "Ack");
+}
+
+fn refused_call<R: ServiceError + ?Sized>(
+    metrics: &Metrics,
+    refusal: &R,
+    caller: &Caller,
+    method: &str,
+) {
     let path = format!("{EVENT_STREAM_PREFIX}{method}");
     refused(metrics, refusal, Some(caller), &path, caller.peer());
 }

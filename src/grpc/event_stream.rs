@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     error::grpc_status,
-    groups::{GroupName, Groups, JoinOptions},
+    groups::{GroupError, GroupName, Groups, JoinOptions},
     log::{ConsumerName, Cursors, SharedLog},
     metrics::Metrics,
     proto::v1::{self, start_position::Position},
@@ -200,7 +200,7 @@ impl EventStream {
                 tracing::info!(
                     subscriber = caller.name(),
                     group = %group,
-                    member = member.session().member_id(),
+                    member = %member.session().member_id().fingerprint(),
                     "group member subscribed"
                 );
             });
@@ -282,9 +282,19 @@ impl EventStream {
                 }
                 let (partition, sequence) = self
                     .groups
-                    .ack(&group, &request.member_id, request.sequence)
+                    .ack(
+                        &group,
+                        &request.member_id,
+                        &caller.identity(),
+                        request.sequence,
+                    )
                     .instrument(span.clone())
-                    .await?;
+                    .await
+                    .inspect_err(|error| {
+                        if let GroupError::NotMember { .. } = error {
+                            span.in_scope(|| access::refused_ack(&caller, error, &self.metrics));
+                        }
+                    })?;
                 v1::AckResponse {
                     sequence,
                     partition,

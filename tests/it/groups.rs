@@ -43,17 +43,25 @@ impl Env {
     }
 
     async fn embedded() -> Self {
+        Self::embedded_with(Self::config()).await
+    }
+
+    async fn embedded_with(config: Config) -> Self {
         Self {
-            gateways: vec![Gateway::start_with(Self::config()).await],
+            gateways: vec![Gateway::start_with(config).await],
             _nats: None,
         }
     }
 
     async fn nats() -> Self {
+        Self::nats_with(Self::config()).await
+    }
+
+    async fn nats_with(base: Config) -> Self {
         let nats = NatsServer::start().await;
         let mut gateways = Vec::new();
         for _ in 0..2 {
-            let mut config = Self::config();
+            let mut config = base.clone();
             config.storage = StorageKind::Nats;
             config.nats.urls = vec![nats.url()];
             gateways.push(Gateway::start_with(config).await);
@@ -452,18 +460,16 @@ async fn group_metrics_show_members_partitions_lag_and_redeliveries() {
         .unwrap();
     let group = "group=\"metered\"";
     assert_eq!(metric(&text, "incode_gateway_group_members", &[group]), 2.0);
-    let a_partitions = metric(
-        &text,
-        "incode_gateway_group_partitions",
-        &[group, &format!("member=\"{}\"", a.member_id())],
+    // Both members are served here: together they own every partition.
+    assert_eq!(
+        metric(&text, "incode_gateway_group_partitions", &[group]),
+        f64::from(PARTITIONS)
     );
-    let b_partitions = metric(
-        &text,
-        "incode_gateway_group_partitions",
-        &[group, &format!("member=\"{}\"", b.member_id())],
-    );
-    assert_eq!(a_partitions + b_partitions, f64::from(PARTITIONS));
-    assert!(a_partitions > 0.0 && b_partitions > 0.0);
+    // A member id acks for its member: it is no label.
+    for id in [a.member_id(), b.member_id()] {
+        assert!(!id.is_empty());
+        assert!(!text.contains(&id), "a member id in the metrics:\n{text}");
+    }
     // Nothing is acknowledged: the group trails the head by every event.
     assert_eq!(metric(&text, "incode_gateway_group_lag", &[group]), 24.0);
     assert!(metric(&text, "incode_gateway_group_redeliveries_total", &[group]) >= 1.0);
@@ -640,6 +646,152 @@ async fn one_subscriber_cannot_use_up_the_room_of_all() {
     let _member = join_as(&gateway, beta, "shared-b2").await.unwrap();
     let status = ack(&channel, beta, "shared-b3", 1).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
+
+/// Reads a member's stream up to its first event: the member's id (from the assignment) and
+/// the event.
+async fn member_and_first_event(
+    stream: &mut tonic::Streaming<v1::SubscribeResponse>,
+) -> (String, v1::Event) {
+    let mut member_id = None;
+    loop {
+        match next_progress(stream).await {
+            Response::GroupAssignment(assignment) => member_id = Some(assignment.member_id),
+            Response::Event(event) => {
+                return (member_id.expect("an event before the assignment"), event);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A member belongs to its group and to the subscriber that joined it. alpha and beta may both
+/// use both groups, so the names they may use do not keep them apart: the binding does. On NATS
+/// the acks reach the replica that does not serve the member's stream.
+async fn a_member_acks_only_for_its_group_and_the_subscriber_that_joined_it(env: Env) {
+    let (subscribe, acks) = env.for_member(0);
+    env.post("bound", 1, 1).await;
+    let mut a_stream = join_as(subscribe, Some(ALPHA_TOKEN), "shared-a")
+        .await
+        .unwrap();
+    let (a_member, event) = member_and_first_event(&mut a_stream).await;
+    assert_eq!(event.sequence, 1);
+    let b_stream = join_as(subscribe, Some(BETA_TOKEN), "shared-b").await;
+    let mut b_stream = b_stream.unwrap();
+    let (b_member, event) = member_and_first_event(&mut b_stream).await;
+    assert_eq!(event.sequence, 1);
+
+    let mut client = acks.client().await;
+    let request = |group: &str, member: &str| AckRequest {
+        group: group.to_owned(),
+        member_id: member.to_owned(),
+        sequence: 1,
+        ..Default::default()
+    };
+    for (token, group, member, case) in [
+        (
+            BETA_TOKEN,
+            "shared-a",
+            b_member.as_str(),
+            "beta's member of shared-b, for shared-a",
+        ),
+        (
+            ALPHA_TOKEN,
+            "shared-b",
+            b_member.as_str(),
+            "beta's member, by alpha",
+        ),
+        (
+            ALPHA_TOKEN,
+            "shared-a",
+            b_member.as_str(),
+            "beta's member of shared-b, by alpha for shared-a",
+        ),
+        (
+            BETA_TOKEN,
+            "shared-a",
+            a_member.as_str(),
+            "alpha's member, by beta",
+        ),
+        (
+            BETA_TOKEN,
+            "shared-b",
+            "0123456789abcdef0123456789abcdef",
+            "a made-up member",
+        ),
+    ] {
+        let status = client
+            .ack(with_token(request(group, member), Some(token)))
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), Code::PermissionDenied, "{case}: {status:?}");
+        assert!(
+            status.message().contains("not a live member") && !status.message().contains(member),
+            "{case}: {}",
+            status.message()
+        );
+    }
+
+    // Neither cursor moved: when beta's member goes, the member that takes over its partitions
+    // receives event 1 again.
+    drop(b_stream);
+    let mut b_again = join_as(subscribe, Some(BETA_TOKEN), "shared-b")
+        .await
+        .unwrap();
+    env.post("after", 1, 1).await;
+    let (b_again_member, event) = member_and_first_event(&mut b_again).await;
+    assert_eq!(event.sequence, 1, "shared-b's cursor moved");
+    // Each member's own subscriber acks it, through either replica.
+    let answer = client
+        .ack(with_token(
+            request("shared-b", &b_again_member),
+            Some(BETA_TOKEN),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().sequence, 1);
+    let answer = client
+        .ack(with_token(
+            request("shared-a", &a_member),
+            Some(ALPHA_TOKEN),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().sequence, 1);
+
+    // Each refusal is counted against the subscriber that tried.
+    let text = acks
+        .http
+        .get(format!("http://{}/metrics", acks.grpc_addr))
+        .bearer_auth(ALPHA_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusals = |subscriber: &str| {
+        let subscriber = format!("subscriber=\"{subscriber}\"");
+        let labels = ["reason=\"not_group_member\"", subscriber.as_str()];
+        metric(&text, "incode_gateway_internal_refusals_total", &labels)
+    };
+    assert_eq!((refusals("alpha"), refusals("beta")), (2.0, 3.0));
+}
+
+mod bound_members {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = super::Env::embedded_with(super::two_subscribers(dir.path())).await;
+        super::a_member_acks_only_for_its_group_and_the_subscriber_that_joined_it(env).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_two_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = super::Env::nats_with(super::two_subscribers(dir.path())).await;
+        super::a_member_acks_only_for_its_group_and_the_subscriber_that_joined_it(env).await;
+    }
 }
 
 /// Consumer and group names share one rule: dots only between non-empty parts, since the names
