@@ -112,9 +112,17 @@ struct Member {
 
 impl Member {
     async fn join(name: &str, subscribe: &Gateway, ack: &Gateway, group: &str) -> Self {
+        Self::join_through(name, subscribe.client().await, ack.client().await, group).await
+    }
+
+    /// Joins through one gateway's client, and acks through another's.
+    async fn join_through(
+        name: &str,
+        mut subscribe: EventStreamServiceClient<Channel>,
+        ack_client: EventStreamServiceClient<Channel>,
+        group: &str,
+    ) -> Self {
         let mut stream = subscribe
-            .client()
-            .await
             .subscribe(SubscribeRequest {
                 group: group.to_owned(),
                 group_partitions: PARTITIONS,
@@ -129,7 +137,6 @@ impl Member {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(Vec::new()));
         let acking = Arc::new(AtomicBool::new(true));
-        let ack_client = ack.client().await;
         let task = tokio::spawn({
             let (received, acked, refused, acking, mut client) = (
                 received.clone(),
@@ -413,6 +420,163 @@ async fn a_stale_members_ack_is_refused(env: Env) {
         assert!(tokio::time::Instant::now() < deadline, "never redelivered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A member whose gateway dies cannot let go of its partitions: they move to the remaining
+/// member once its session expires, with the events it held unacknowledged. Two gateway
+/// processes over one NATS server; one is killed with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_member_expires_and_its_partitions_move_to_the_others() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let replica = async || {
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "--allow-unauthenticated-webhooks",
+            "--storage",
+            "nats",
+            "--nats-url",
+            url.as_str(),
+            "--group-session-timeout",
+            "2s",
+            "--heartbeat-interval",
+            "500ms",
+        ];
+        GatewayProcess::spawn_with(dir.path(), &args, &[]).await
+    };
+    let mut doomed = replica().await;
+    let survivor = replica().await;
+    let a = Member::join_through("a", doomed.client().await, doomed.client().await, "expiry").await;
+    let b = Member::join_through(
+        "b",
+        survivor.client().await,
+        survivor.client().await,
+        "expiry",
+    )
+    .await;
+    settled(&[&a, &b]).await;
+    a.acking.store(false, Ordering::SeqCst);
+    let http = http_client();
+    for interview in 0..24 {
+        let response = http
+            .post(format!("{}{PATH}", survivor.base_url))
+            .header("content-type", "application/json")
+            .body(onboarding_body(&format!("expiry-{interview}"), "UNKNOWN"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+    }
+    all_received(&[&a, &b], 24).await;
+    let held: BTreeSet<u64> = a.received().iter().map(|e| e.sequence).collect();
+    assert!(!held.is_empty(), "a got no share");
+    let ids = [a.member_id(), b.member_id()];
+
+    doomed.child.start_kill().unwrap();
+    doomed.child.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    let deadline = killed + PATIENCE * 2;
+    loop {
+        let assignment = b.assignment.borrow().clone().unwrap();
+        if assignment.members == 1 && assignment.partitions.len() == PARTITIONS as usize {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never took a's partitions: {assignment:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing let go of them: they waited for a's session to expire (2 s after its last
+    // renewal, at most 0.4 s before the kill).
+    assert!(
+        killed.elapsed() >= Duration::from_secs(1),
+        "a's partitions moved {:?} after the kill, before its session could expire",
+        killed.elapsed()
+    );
+    // b resumes them after their cursors: what a held unacknowledged reaches b.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let received: BTreeSet<u64> = b.received().iter().map(|e| e.sequence).collect();
+        if held.is_subset(&received) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's unacknowledged events {:?} did not reach b",
+            held.difference(&received).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    in_order_per_interview(&b);
+    // Neither gateway wrote a member's id in its log.
+    for output in [&doomed.output, &survivor.output] {
+        let output = output.lock().unwrap();
+        assert!(!output.is_empty());
+        for line in output.iter() {
+            assert!(
+                ids.iter().all(|id| !line.contains(id.as_str())),
+                "a member id in the log: {line}"
+            );
+        }
+    }
+}
+
+/// A member holds at most `max_in_flight` unacknowledged events: it receives that many, then
+/// nothing (heartbeats only) until an ack makes room, and then as many events as the ack freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_receives_max_in_flight_events_and_no_more_until_it_acks() {
+    let mut config = Env::config();
+    config.heartbeat_interval = Duration::from_millis(200);
+    let gateway = Gateway::start_with(config).await;
+    // One interview: one partition, so that an ack frees every earlier event in flight.
+    for round in 0..10 {
+        let body = serde_json::json!({
+            "interviewId": "held",
+            "onboardingStatus": "UNKNOWN",
+            "round": round,
+        });
+        gateway.notify(PATH, &body.to_string()).await;
+    }
+    let mut stream = gateway
+        .client()
+        .await
+        .subscribe(SubscribeRequest {
+            group: "held".into(),
+            max_in_flight: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (member_id, first) = member_and_first_event(&mut stream).await;
+    let mut received = vec![first.sequence];
+    let mut client = gateway.client().await;
+    for (acked, then) in [(None, 2..=3), (Some(1), 4..=4), (Some(4), 5..=7)] {
+        if let Some(sequence) = acked {
+            let answer = client
+                .ack(AckRequest {
+                    group: "held".into(),
+                    member_id: member_id.clone(),
+                    sequence,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(answer.into_inner().sequence, sequence);
+        }
+        for _ in then {
+            received.push(next_event(&mut stream).await.sequence);
+        }
+        // Full: two heartbeats in a row, and nothing between them.
+        for _ in 0..2 {
+            match next_message(&mut stream).await {
+                Response::Heartbeat(_) => {}
+                other => panic!("after {received:?} with 3 unacknowledged, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(received, (1..=7).collect::<Vec<_>>());
 }
 
 /// The value of the Prometheus series `name` whose labels include `labels`; fails when missing.
