@@ -329,10 +329,17 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
     pub maintenance_interval: Duration,
 
-    /// Most durable consumers that `Ack` may create, and most consumer groups; new names
-    /// beyond it are refused with RESOURCE_EXHAUSTED.
+    /// Most durable consumers and consumer groups, the two counted together; new names beyond
+    /// it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "INCODE_GATEWAY_MAX_CONSUMERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_consumers: u32,
+
+    /// Most durable consumers and consumer groups (together) that one subscriber identity may
+    /// create, so that one subscriber cannot use up --max-consumers for all; new names beyond it
+    /// are refused with RESOURCE_EXHAUSTED. Callers without credentials are bounded by
+    /// --max-consumers only.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_CONSUMERS_PER_SUBSCRIBER", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_consumers_per_subscriber: u32,
 
     /// A consumer group member that has not renewed itself for this long (its gateway died or
     /// lost the storage) is gone: its partitions move to the other members. Members renew five
@@ -813,8 +820,16 @@ impl Config {
     pub fn group_settings(&self) -> crate::groups::GroupSettings {
         crate::groups::GroupSettings {
             session_timeout: self.group_session_timeout,
-            max_groups: usize::try_from(self.max_consumers).unwrap_or(usize::MAX),
             ..crate::groups::GroupSettings::default()
+        }
+    }
+
+    /// The limits on durable consumers and consumer groups.
+    pub fn consumer_limits(&self) -> crate::log::QuotaLimits {
+        crate::log::QuotaLimits {
+            max_total: usize::try_from(self.max_consumers).unwrap_or(usize::MAX),
+            max_per_subscriber: usize::try_from(self.max_consumers_per_subscriber)
+                .unwrap_or(usize::MAX),
         }
     }
 

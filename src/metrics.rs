@@ -78,10 +78,9 @@ struct GroupRegistry {
     members: Mutex<HashMap<u64, Arc<GroupMemberGauges>>>,
 }
 
-/// One member's figures.
+/// One member's figures. The member is not named: its id acks for it, so it stays out of labels.
 struct GroupMemberGauges {
     group: String,
-    member: String,
     partitions: AtomicU64,
     members: AtomicU64,
     /// The lowest cursor of its partitions, `u64::MAX` while it owns none.
@@ -183,17 +182,18 @@ impl Metrics {
         let registry_groups = groups.clone();
         meter
             .u64_observable_gauge("incode_gateway.group.partitions")
-            .with_description("Partitions each consumer group member served by this gateway owns")
+            .with_description(
+                "Partitions of each consumer group owned by the members this gateway serves",
+            )
             .with_unit("{partition}")
             .with_callback(move |observer| {
+                let mut owned: HashMap<String, u64> = HashMap::new();
                 for gauges in registry_groups.snapshot() {
-                    observer.observe(
-                        gauges.partitions.load(Ordering::Relaxed),
-                        &[
-                            KeyValue::new("group", gauges.group.clone()),
-                            KeyValue::new("member", gauges.member.clone()),
-                        ],
-                    );
+                    *owned.entry(gauges.group.clone()).or_default() +=
+                        gauges.partitions.load(Ordering::Relaxed);
+                }
+                for (group, partitions) in owned {
+                    observer.observe(partitions, &[KeyValue::new("group", group)]);
                 }
             })
             .build();
@@ -385,11 +385,10 @@ impl Metrics {
 
     /// Registers a consumer group member served by this gateway; the guard reports its figures
     /// and unregisters it when dropped.
-    pub fn group_member_joined(&self, group: &str, member: &str) -> GroupMemberGuard {
+    pub fn group_member_joined(&self, group: &str) -> GroupMemberGuard {
         let id = self.inner.groups.next_id.fetch_add(1, Ordering::Relaxed);
         let gauges = Arc::new(GroupMemberGauges {
             group: group.to_owned(),
-            member: member.to_owned(),
             partitions: AtomicU64::new(0),
             members: AtomicU64::new(0),
             min_cursor: AtomicU64::new(u64::MAX),

@@ -13,7 +13,7 @@ use crate::{
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Readiness, Storage, embedded::OpenError,
+        Cursors, EmbeddedLog, MemoryLog, NatsLog, Quota, Readiness, Storage, embedded::OpenError,
         nats::NatsOpenError, readiness,
     },
     metrics::{Metrics, MetricsError},
@@ -148,14 +148,14 @@ async fn serve(
         token.clone(),
         give_up.clone(),
     );
-    let cursors = Cursors::new(
-        storage.state.clone(),
-        usize::try_from(config.max_consumers).unwrap_or(usize::MAX),
-    );
+    // Consumers and groups share one namespace, so one quota bounds both.
+    let quota = Quota::new(storage.state.clone(), config.consumer_limits());
+    let cursors = Cursors::new(storage.state.clone(), quota.clone());
     let groups = Groups::new(
         storage.state.clone(),
         log.clone(),
         config.group_settings(),
+        quota,
         metrics.clone(),
     );
     let grpc = grpc::serve(

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     error::grpc_status,
-    groups::{GroupName, Groups, JoinOptions},
+    groups::{GroupError, GroupName, Groups, JoinOptions},
     log::{ConsumerName, Cursors, Readiness, SharedLog},
     metrics::Metrics,
     proto::v1::{self, start_position::Position},
@@ -195,14 +195,14 @@ impl EventStream {
             };
             let member = self
                 .groups
-                .join(&group, options)
+                .join(&group, options, &caller.identity())
                 .instrument(span.clone())
                 .await?;
             span.in_scope(|| {
                 tracing::info!(
                     subscriber = caller.name(),
                     group = %group,
-                    member = member.session().member_id(),
+                    member = %member.session().member_id().fingerprint(),
                     "group member subscribed"
                 );
             });
@@ -285,9 +285,19 @@ impl EventStream {
                 }
                 let (partition, sequence) = self
                     .groups
-                    .ack(&group, &request.member_id, request.sequence)
+                    .ack(
+                        &group,
+                        &request.member_id,
+                        &caller.identity(),
+                        request.sequence,
+                    )
                     .instrument(span.clone())
-                    .await?;
+                    .await
+                    .inspect_err(|error| {
+                        if let GroupError::NotMember { .. } = error {
+                            span.in_scope(|| access::refused_ack(&caller, error, &self.metrics));
+                        }
+                    })?;
                 v1::AckResponse {
                     sequence,
                     partition,
@@ -296,7 +306,7 @@ impl EventStream {
             AckTarget::Consumer(consumer) => {
                 let sequence = self
                     .cursors
-                    .ack(&consumer, request.sequence)
+                    .ack(&consumer, request.sequence, &caller.identity())
                     .instrument(span.clone())
                     .await?;
                 v1::AckResponse {
