@@ -90,7 +90,9 @@ impl Cli {
         let Some(path) = config_path(&matches) else {
             return Ok(Self::from_arg_matches(&matches)?);
         };
-        let file = file::ConfigFile::load(&path)?;
+        let file = file::ConfigFile::load_checked(&path, &|flag, values| {
+            check_file_values(&command, &matches, flag, values)
+        })?;
         let command = with_file_defaults(command, &file);
         let matches = command.try_get_matches_from(&args)?;
         let mut cli = Self::from_arg_matches(&matches)?;
@@ -140,12 +142,105 @@ pub enum LoadError {
 
 /// The config file `serve` is to read, from the command line or the environment.
 fn config_path(matches: &ArgMatches) -> Option<PathBuf> {
-    let serve = match matches.subcommand() {
-        Some(("serve", serve)) => serve,
-        Some(_) => return None,
-        None => matches,
+    serve_matches(matches)?
+        .get_one::<PathBuf>("config_file")
+        .cloned()
+}
+
+/// The matches of `serve`'s arguments, given with or without the subcommand.
+fn serve_matches(matches: &ArgMatches) -> Option<&ArgMatches> {
+    match matches.subcommand() {
+        Some(("serve", serve)) => Some(serve),
+        Some(_) => None,
+        None => Some(matches),
+    }
+}
+
+/// Checks the values the config file gives the flag `flag` with the flag's own parser, unless
+/// a flag or a variable gives it values instead (those win, so the file's are not used). A
+/// refusal says why in words of its own: clap's message would quote the value, which may be a
+/// secret, and name the flag, not the key of the file.
+fn check_file_values(
+    command: &clap::Command,
+    matches: &ArgMatches,
+    flag: &str,
+    values: &[String],
+) -> Result<(), String> {
+    let Some(arg) = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(flag))
+    else {
+        return Ok(());
     };
-    serve.get_one::<PathBuf>("config_file").cloned()
+    let overridden = serve_matches(matches)
+        .and_then(|serve| serve.value_source(arg.get_id().as_str()))
+        .is_some_and(|source| {
+            matches!(
+                source,
+                clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable
+            )
+        });
+    if overridden && !ADDED_TO_FILE_LISTS.contains(&flag) {
+        return Ok(());
+    }
+    let list = matches!(arg.get_action(), clap::ArgAction::Append);
+    if values.len() > 1 && !list {
+        return Err("takes one value, not a list".to_owned());
+    }
+    // The argument alone, taking a value whatever its action (a switch's value comes from the
+    // file as `true` or `false`), parsed as clap parses it.
+    let alone = arg.clone().env(None).action(if list {
+        clap::ArgAction::Append
+    } else {
+        clap::ArgAction::Set
+    });
+    let probe = clap::Command::new("config-file")
+        .no_binary_name(true)
+        .disable_help_flag(true)
+        .arg(alone);
+    for value in values {
+        if let Err(error) = probe
+            .clone()
+            .try_get_matches_from([format!("--{flag}={value}")])
+        {
+            return Err(refusal_reason(&error, value));
+        }
+    }
+    Ok(())
+}
+
+/// Why clap refused `value`, without `value` itself.
+fn refusal_reason(error: &clap::Error, value: &str) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match (error.kind(), error.get(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) => {
+            let valid: Vec<String> = valid.iter().map(|value| format!("`{value}`")).collect();
+            format!("must be one of {}", valid.join(", "))
+        }
+        _ => match std::error::Error::source(error) {
+            Some(reason) => without_value(&reason.to_string(), value),
+            None => "not a valid value".to_owned(),
+        },
+    }
+}
+
+/// `message` with every standalone occurrence of `value` (not inside a longer word) blanked.
+fn without_value(message: &str, value: &str) -> String {
+    if value.is_empty() {
+        return message.to_owned();
+    }
+    let is_word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(value) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + value.len()..];
+        let standalone = !is_word(out.chars().next_back()) && !is_word(after.chars().next());
+        out.push_str(if standalone { "…" } else { value });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The lists a flag or variable adds to rather than replaces, as they always have: verify-only
@@ -236,10 +331,17 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_MAINTENANCE_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
     pub maintenance_interval: Duration,
 
-    /// Most durable consumers that `Ack` may create, and most consumer groups; new names
-    /// beyond it are refused with RESOURCE_EXHAUSTED.
+    /// Most durable consumers and consumer groups, the two counted together; new names beyond
+    /// it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "INCODE_GATEWAY_MAX_CONSUMERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_consumers: u32,
+
+    /// Most durable consumers and consumer groups (together) that one subscriber identity may
+    /// create, so that one subscriber cannot use up --max-consumers for all; new names beyond it
+    /// are refused with RESOURCE_EXHAUSTED. Callers without credentials are bounded by
+    /// --max-consumers only.
+    #[arg(long, env = "INCODE_GATEWAY_MAX_CONSUMERS_PER_SUBSCRIBER", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_consumers_per_subscriber: u32,
 
     /// A consumer group member that has not renewed itself for this long (its gateway died or
     /// lost the storage) is gone: its partitions move to the other members. Members renew five
@@ -265,8 +367,8 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_positive_duration)]
     pub heartbeat_interval: Duration,
 
-    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and streams to finish before
-    /// exiting anyway.
+    /// On SIGINT/SIGTERM, how long to wait for in-flight requests and streams to finish; requests
+    /// still in flight then are answered `503` before the gateway exits.
     #[arg(long, env = "INCODE_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
@@ -722,8 +824,16 @@ impl Config {
     pub fn group_settings(&self) -> crate::groups::GroupSettings {
         crate::groups::GroupSettings {
             session_timeout: self.group_session_timeout,
-            max_groups: usize::try_from(self.max_consumers).unwrap_or(usize::MAX),
             ..crate::groups::GroupSettings::default()
+        }
+    }
+
+    /// The limits on durable consumers and consumer groups.
+    pub fn consumer_limits(&self) -> crate::log::QuotaLimits {
+        crate::log::QuotaLimits {
+            max_total: usize::try_from(self.max_consumers).unwrap_or(usize::MAX),
+            max_per_subscriber: usize::try_from(self.max_consumers_per_subscriber)
+                .unwrap_or(usize::MAX),
         }
     }
 
@@ -901,16 +1011,35 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_value_in_the_file_is_refused_like_a_bad_flag() {
+    fn a_bad_value_in_the_file_is_refused_at_its_key_without_the_value() {
         let (_dir, path) = write_file("[public]\nmax_connections = \"many\"\n");
         let error = parse(&["--config", &path]).unwrap_err().to_string();
         assert!(
-            error.contains("many") && error.contains("max-connections"),
+            error.contains(&path)
+                && error.contains("line 2, column 1")
+                && error.contains("`public.max_connections` (--max-connections)")
+                && !error.contains("many"),
             "{error}"
         );
+        // A flag wins over the file: the file's value is not used, so not refused either.
+        let config = parse(&["--config", &path, "--max-connections", "7"]).unwrap();
+        assert_eq!(config.serve.public_listener.max_connections, 7);
         let (_dir, path) = write_file("[public]\nmax_conections = 3\n");
         let error = parse(&["--config", &path]).unwrap_err().to_string();
         assert!(error.contains("public.max_conections"), "{error}");
+    }
+
+    #[test]
+    fn refusals_keep_the_reason_and_drop_the_value() {
+        assert_eq!(
+            without_value("3000 is not in 1..=1000", "3000"),
+            "… is not in 1..=1000"
+        );
+        assert_eq!(
+            without_value("expected number at 0", "e"),
+            "expected number at 0"
+        );
+        assert_eq!(without_value("x: x1 x", "x"), "…: x1 …");
     }
 
     #[test]

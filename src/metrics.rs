@@ -78,10 +78,9 @@ struct GroupRegistry {
     members: Mutex<HashMap<u64, Arc<GroupMemberGauges>>>,
 }
 
-/// One member's figures.
+/// One member's figures. The member is not named: its id acks for it, so it stays out of labels.
 struct GroupMemberGauges {
     group: String,
-    member: String,
     partitions: AtomicU64,
     members: AtomicU64,
     /// The lowest cursor of its partitions, `u64::MAX` while it owns none.
@@ -183,17 +182,18 @@ impl Metrics {
         let registry_groups = groups.clone();
         meter
             .u64_observable_gauge("incode_gateway.group.partitions")
-            .with_description("Partitions each consumer group member served by this gateway owns")
+            .with_description(
+                "Partitions of each consumer group owned by the members this gateway serves",
+            )
             .with_unit("{partition}")
             .with_callback(move |observer| {
+                let mut owned: HashMap<String, u64> = HashMap::new();
                 for gauges in registry_groups.snapshot() {
-                    observer.observe(
-                        gauges.partitions.load(Ordering::Relaxed),
-                        &[
-                            KeyValue::new("group", gauges.group.clone()),
-                            KeyValue::new("member", gauges.member.clone()),
-                        ],
-                    );
+                    *owned.entry(gauges.group.clone()).or_default() +=
+                        gauges.partitions.load(Ordering::Relaxed);
+                }
+                for (group, partitions) in owned {
+                    observer.observe(partitions, &[KeyValue::new("group", group)]);
                 }
             })
             .build();
@@ -266,7 +266,9 @@ impl Metrics {
             events_delivered,
             acks: meter
                 .u64_counter("incode_gateway.acks")
-                .with_description("Acks of durable consumers, by the subscriber identity that sent them")
+                .with_description(
+                    "Accepted acks of durable consumers and group members, by the subscriber identity that sent them",
+                )
                 .with_unit("{request}")
                 .build(),
             internal_refusals: meter
@@ -293,7 +295,9 @@ impl Metrics {
         })
     }
 
-    /// Counts a webhook call.
+    /// Counts a webhook call of `kind` (a notification kind name, or one of the labels
+    /// `detect`, `invalid` and `any`; any kind this version does not model is counted as
+    /// `other`).
     pub fn webhook(&self, kind: &str, outcome: WebhookOutcome) {
         let (outcome, reason) = match outcome {
             WebhookOutcome::Accepted => ("accepted", None),
@@ -302,12 +306,7 @@ impl Metrics {
             WebhookOutcome::Unauthorized => ("unauthorized", None),
             WebhookOutcome::Unavailable => ("unavailable", None),
         };
-        // The kinds the gateway models are static text: no allocation per request for them.
-        let kind = match kind {
-            "onboarding-status" => KeyValue::new("kind", "onboarding-status"),
-            "watchlist-updated" => KeyValue::new("kind", "watchlist-updated"),
-            other => KeyValue::new("kind", other.to_owned()),
-        };
+        let kind = KeyValue::new("kind", webhook_kind_label(kind));
         let outcome = KeyValue::new("outcome", outcome);
         match reason {
             Some(reason) => {
@@ -386,11 +385,10 @@ impl Metrics {
 
     /// Registers a consumer group member served by this gateway; the guard reports its figures
     /// and unregisters it when dropped.
-    pub fn group_member_joined(&self, group: &str, member: &str) -> GroupMemberGuard {
+    pub fn group_member_joined(&self, group: &str) -> GroupMemberGuard {
         let id = self.inner.groups.next_id.fetch_add(1, Ordering::Relaxed);
         let gauges = Arc::new(GroupMemberGauges {
             group: group.to_owned(),
-            member: member.to_owned(),
             partitions: AtomicU64::new(0),
             members: AtomicU64::new(0),
             min_cursor: AtomicU64::new(u64::MAX),
@@ -432,6 +430,30 @@ impl Metrics {
             tracing::debug!(%error, "metrics shutdown");
         }
     }
+}
+
+/// The `kind` label of a webhook call: the kinds the gateway models and its own labels are
+/// themselves; every other kind is `other`. The `{kind}` of `/webhooks/incode/{kind}` is chosen
+/// by the caller, and each label value is a series kept for the life of the process: a label per
+/// name would let anyone who can post grow the gateway's memory and every metrics scrape without
+/// bound. The event itself keeps the kind's name.
+fn webhook_kind_label(kind: &str) -> &'static str {
+    const LABELS: [&str; 6] = [
+        "onboarding-status",
+        "watchlist-updated",
+        // A `/webhooks/incode` notification of no known shape.
+        "unknown",
+        // A `/webhooks/incode` call refused before its shape was known.
+        "detect",
+        // A `{kind}` that is not a valid name.
+        "invalid",
+        // Refused credentials: an unauthenticated caller's URL is not a label.
+        "any",
+    ];
+    LABELS
+        .into_iter()
+        .find(|label| *label == kind)
+        .unwrap_or("other")
 }
 
 /// An open stream's registration; unregisters on drop.
@@ -499,5 +521,63 @@ impl Drop for GroupMemberGuard {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::log::{MemoryLog, memory::MemoryOptions};
+
+    fn metrics() -> Metrics {
+        let log: SharedLog = Arc::new(MemoryLog::new(MemoryOptions::new(Duration::from_secs(60))));
+        Metrics::new(log, false).unwrap()
+    }
+
+    /// The `kind` label values of `incode_gateway_webhooks_total` in the Prometheus text.
+    fn webhook_kinds(metrics: &Metrics) -> std::collections::BTreeSet<String> {
+        metrics
+            .render_prometheus()
+            .lines()
+            .filter(|line| line.starts_with("incode_gateway_webhooks_total{"))
+            .filter_map(|line| {
+                let (_, rest) = line.split_once("kind=\"")?;
+                Some(rest.split_once('"')?.0.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn webhook_kinds_a_caller_picks_share_one_label() {
+        let metrics = metrics();
+        for n in 0..100 {
+            metrics.webhook(&format!("kind-{n}"), WebhookOutcome::Accepted);
+        }
+        for kind in ["onboarding-status", "watchlist-updated", "unknown"] {
+            metrics.webhook(kind, WebhookOutcome::Accepted);
+        }
+        metrics.webhook("detect", WebhookOutcome::Rejected("invalid_json"));
+        metrics.webhook("invalid", WebhookOutcome::Rejected("invalid_kind"));
+        metrics.webhook("any", WebhookOutcome::Unauthorized);
+        let kinds: Vec<_> = webhook_kinds(&metrics).into_iter().collect();
+        assert_eq!(
+            kinds,
+            [
+                "any",
+                "detect",
+                "invalid",
+                "onboarding-status",
+                "other",
+                "unknown",
+                "watchlist-updated"
+            ]
+        );
+        let text = metrics.render_prometheus();
+        assert!(
+            text.contains(r#"kind="other",outcome="accepted"} 100"#),
+            "{text}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Wires the event log and both listeners together, and takes them down in order.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,8 @@ use crate::{
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage, embedded::OpenError, nats::NatsOpenError,
+        Cursors, EmbeddedLog, MemoryLog, NatsLog, Quota, Readiness, Storage, embedded::OpenError,
+        nats::NatsOpenError, readiness,
     },
     metrics::{Metrics, MetricsError},
     telemetry,
@@ -51,6 +52,10 @@ pub enum ServerError {
     #[error("the internal listener failed")]
     Grpc(#[source] tonic::transport::Error),
 }
+
+/// How long the `503` answers given at the shutdown deadline have to go out: they are small, and
+/// a peer that does not read its answer is not waited for.
+const LAST_ANSWERS: Duration = Duration::from_secs(1);
 
 /// Opens the storage the configuration asks for.
 pub async fn open_storage(config: &Config) -> Result<Storage, ServerError> {
@@ -127,28 +132,31 @@ async fn serve(
     }
 
     let metrics = Metrics::new(log.clone(), telemetry::otlp_metrics_enabled())?;
+    let readiness = Readiness::spawn(log.clone(), readiness::CHECK_INTERVAL, token.clone());
     let app = http::app(
-        AppState::new(log.clone(), auth, metrics.clone()),
+        AppState::new(log.clone(), readiness.clone(), auth, metrics.clone()),
         HttpSettings {
             max_body_bytes: config.max_body_bytes,
             trust_incoming_trace_context: config.public_listener.trust_incoming_trace_context,
         },
     );
+    let give_up = CancellationToken::new();
     let http = http::serve(
         public,
         app,
         config.public_listener.limits(),
         config.public_listener.trusted_proxies(),
         token.clone(),
+        give_up.clone(),
     );
-    let cursors = Cursors::new(
-        storage.state.clone(),
-        usize::try_from(config.max_consumers).unwrap_or(usize::MAX),
-    );
+    // Consumers and groups share one namespace, so one quota bounds both.
+    let quota = Quota::new(storage.state.clone(), config.consumer_limits());
+    let cursors = Cursors::new(storage.state.clone(), quota.clone());
     let groups = Groups::new(
         storage.state.clone(),
         log.clone(),
         config.group_settings(),
+        quota,
         metrics.clone(),
     );
     let grpc = grpc::serve(
@@ -158,6 +166,7 @@ async fn serve(
             cursors,
             groups,
             metrics: metrics.clone(),
+            readiness,
         },
         GrpcSettings::from_config(&config, telemetry::traces_enabled()),
         security,
@@ -167,15 +176,23 @@ async fn serve(
     let http = async { http.await.map_err(ServerError::Http) };
     let grpc = async { grpc.await.map_err(ServerError::Grpc) };
     let servers = async { tokio::try_join!(http, grpc) };
+    tokio::pin!(servers);
     let deadline = async {
         token.cancelled().await;
         tokio::time::sleep(config.shutdown_timeout).await;
     };
     let result = tokio::select! {
-        result = servers => result.map(|_| ()),
+        result = &mut servers => result.map(|_| ()),
         () = deadline => {
-            tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight work did not finish in time; stopping anyway");
-            Ok(())
+            tracing::warn!(timeout = ?config.shutdown_timeout, "in-flight work did not finish in time; answering what is left 503 and stopping");
+            // Dropping the listeners now would close the connections of webhooks in flight
+            // without an answer. Incode's contract retries after a timeout or an answer other
+            // than 200, and a closed connection is neither: they are answered 503 first.
+            give_up.cancel();
+            match tokio::time::timeout(LAST_ANSWERS, &mut servers).await {
+                Ok(result) => result.map(|_| ()),
+                Err(_) => Ok(()),
+            }
         }
     };
     // Whatever happened, stop taking events and flush the log.

@@ -70,9 +70,14 @@ def run_member(
                         metadata=metadata,
                     )
                 except grpc.RpcError as error:
-                    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    if error.code() not in (
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                    ):
                         raise
-                    # The partition moved to another member, which gets the event again.
+                    # The partition moved to another member (FAILED_PRECONDITION), or this
+                    # member expired and is no longer one (PERMISSION_DENIED): the event goes to
+                    # the partition's owner again, and this stream learns its new assignment.
                 handled += 1
                 if max_events is not None and handled >= max_events:
                     return handled

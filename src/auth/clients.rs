@@ -6,10 +6,13 @@
 //! enough to be worth hashing, cheap enough that a request cannot make the gateway spend seconds
 //! of CPU. A client may have several secrets, so that one can be rotated without downtime.
 //!
-//! Every check does the same argon2 work, whether the client id is known or not and whichever of
-//! its secrets matches: as many verifications, with the same parameters, as the client with the
-//! costliest secrets needs (the rest against decoy hashes). So the time of an answer tells
-//! nothing about which client ids exist.
+//! Every check does the same argon2 work, whether the client id is known or not, whichever client
+//! it is and whichever of its secrets matches: the same verifications, with the same parameters,
+//! in the same order. The registry lays out one slot per verification, enough for every client's
+//! hashes (a slot per parameter set, as many of each as the client with the most hashes of it
+//! has); a check verifies the client's own hash in each slot where it has one and a decoy hash
+//! with the slot's parameters in every other. So the time of an answer tells nothing about which
+//! client ids exist, nor which client a request named.
 
 use std::{collections::HashMap, fmt};
 
@@ -196,8 +199,11 @@ pub struct ClientConfig {
 enum StoredSecret {
     /// SHA-256 of the plain secret.
     Plain([u8; 32]),
-    /// An argon2id hash.
-    Argon2id(PasswordHashString),
+    /// An argon2id hash, and the parameters it was made with.
+    Argon2id {
+        hash: PasswordHashString,
+        params: Params,
+    },
 }
 
 impl StoredSecret {
@@ -238,7 +244,10 @@ impl StoredSecret {
                 client: client.clone(),
             });
         }
-        Ok(Self::Argon2id(hash.serialize()))
+        Ok(Self::Argon2id {
+            hash: hash.serialize(),
+            params,
+        })
     }
 }
 
@@ -253,11 +262,19 @@ pub struct ClientCredentials {
 
 /// The configured clients.
 pub struct ClientRegistry {
-    clients: HashMap<ClientId, Vec<StoredSecret>>,
-    /// Hashes of random secrets with the parameters of the costliest client's hashed secrets.
-    /// Every check verifies the client's own hashes, then as many of these as it takes to match
-    /// that client's work, so that no id answers faster or slower than another.
-    padding: Vec<PasswordHashString>,
+    clients: HashMap<ClientId, ClientSecrets>,
+    /// One hash of a random secret per argon2 verification a check makes, with that slot's
+    /// parameters: verified wherever the client (or an unknown id) has no hash of its own there.
+    decoys: Vec<PasswordHashString>,
+}
+
+/// One client's secrets, laid out for checking.
+struct ClientSecrets {
+    /// SHA-256 digests of its plain secrets.
+    plain: Vec<[u8; 32]>,
+    /// Its argon2id hashes by slot (the index in [`ClientRegistry::decoys`]); `None` where the
+    /// slot's decoy is verified instead.
+    hashed: Vec<Option<PasswordHashString>>,
 }
 
 impl fmt::Debug for ClientRegistry {
@@ -300,25 +317,60 @@ impl ClientRegistry {
             }
             clients.insert(id, secrets);
         }
-        let costliest = clients
-            .values()
-            .map(|secrets| {
-                secrets
-                    .iter()
-                    .filter_map(StoredSecret::params)
-                    .collect::<Vec<_>>()
-            })
-            .max_by_key(|params| params.iter().map(cost).sum::<u64>())
-            .unwrap_or_default();
-        let padding = costliest
-            .iter()
+        // Each client's hashes take slots with their parameters, sharing the slots other clients
+        // laid out and adding one only where none is free.
+        let mut slots: Vec<Params> = Vec::new();
+        let mut laid_out = HashMap::with_capacity(clients.len());
+        let mut most_hashes = 0;
+        for (id, secrets) in clients {
+            let mut plain = Vec::new();
+            let mut hashed: Vec<Option<PasswordHashString>> = Vec::new();
+            let mut hashes = 0;
+            for secret in secrets {
+                let (hash, params) = match secret {
+                    StoredSecret::Plain(digest) => {
+                        plain.push(digest);
+                        continue;
+                    }
+                    StoredSecret::Argon2id { hash, params } => (hash, params),
+                };
+                hashes += 1;
+                let free = (0..slots.len()).find(|&slot| {
+                    same_work(&slots[slot], &params) && hashed.get(slot).is_none_or(Option::is_none)
+                });
+                let slot = free.unwrap_or_else(|| {
+                    slots.push(params);
+                    slots.len() - 1
+                });
+                if hashed.len() <= slot {
+                    hashed.resize(slot + 1, None);
+                }
+                hashed[slot] = Some(hash);
+            }
+            most_hashes = most_hashes.max(hashes);
+            laid_out.insert(id, ClientSecrets { plain, hashed });
+        }
+        if slots.len() > most_hashes {
+            tracing::warn!(
+                verifications = slots.len(),
+                "the OAuth clients' hashed secrets use different argon2 parameters: every token \
+                 request verifies a hash of each (its client's own, decoys for the rest) so that \
+                 its time does not tell which client it names; hash every secret with the same \
+                 parameters (`incode-gateway hash-secret`) to make each request cheaper"
+            );
+        }
+        let decoys = slots
+            .into_iter()
             .map(|params| {
                 let random = SaltString::generate(&mut OsRng);
-                hash_with(random.as_str(), params.clone())
+                hash_with(random.as_str(), params)
             })
             .collect::<Result<_, _>>()
             .map_err(ClientConfigError::Decoy)?;
-        Ok(Self { clients, padding })
+        Ok(Self {
+            clients: laid_out,
+            decoys,
+        })
     }
 
     /// Whether no client is configured.
@@ -343,30 +395,22 @@ impl ClientRegistry {
         let presented = credentials.secret.expose();
         let presented_digest = digest(presented);
         let (id, secrets) = match self.clients.get_key_value(credentials.id.as_str()) {
-            Some((id, secrets)) => (Some(id), secrets.as_slice()),
-            None => (None, &[][..]),
+            Some((id, secrets)) => (Some(id), Some(secrets)),
+            None => (None, None),
         };
         // Plain secrets: every one compared, in constant time.
         let mut matched = secrets
+            .map_or(&[][..], |secrets| secrets.plain.as_slice())
             .iter()
-            .filter_map(|secret| match secret {
-                StoredSecret::Plain(expected) => Some(expected.ct_eq(&presented_digest)),
-                StoredSecret::Argon2id(_) => None,
-            })
+            .map(|expected| expected.ct_eq(&presented_digest))
             .fold(Choice::from(0), |matched, this| matched | this);
         if id.is_none() {
             let _ = presented_digest.ct_eq(&[0; 32]);
         }
-        // Hashed secrets: every one verified (no early exit), then padded to the costliest work.
-        let mut verified = 0;
-        for secret in secrets {
-            if let StoredSecret::Argon2id(hash) = secret {
-                matched |= Choice::from(u8::from(verify_hash(hash, presented)));
-                verified += 1;
-            }
-        }
-        for decoy in self.padding.iter().skip(verified) {
-            let _ = verify_hash(decoy, presented);
+        // Hashed secrets: every slot verified, no early exit; only the client's own can match.
+        for (hash, own) in self.argon2_checks(secrets) {
+            let verified = verify_hash(hash, presented);
+            matched |= Choice::from(u8::from(verified && own));
         }
         match (id, bool::from(matched)) {
             (Some(id), true) => Ok(id.clone()),
@@ -376,18 +420,27 @@ impl ClientRegistry {
     }
 }
 
-impl StoredSecret {
-    fn params(&self) -> Option<Params> {
-        match self {
-            Self::Plain(_) => None,
-            Self::Argon2id(hash) => Params::try_from(&hash.password_hash()).ok(),
-        }
+impl ClientRegistry {
+    /// The argon2 verifications of a check of `secrets` (`None`: an unknown id), in order: each
+    /// slot's hash, and whether it is the client's own. The same slots, so the same work, for
+    /// every client id.
+    fn argon2_checks<'a>(
+        &'a self,
+        secrets: Option<&'a ClientSecrets>,
+    ) -> impl Iterator<Item = (&'a PasswordHashString, bool)> {
+        self.decoys.iter().enumerate().map(move |(slot, decoy)| {
+            match secrets.and_then(|secrets| secrets.hashed.get(slot)?.as_ref()) {
+                Some(own) => (own, true),
+                None => (decoy, false),
+            }
+        })
     }
 }
 
-/// The work of one verification, in KiB × passes × lanes.
-fn cost(params: &Params) -> u64 {
-    u64::from(params.m_cost()) * u64::from(params.t_cost()) * u64::from(params.p_cost())
+/// Whether verifying a hash of either costs the same: the same memory, passes, lanes and output.
+fn same_work(a: &Params, b: &Params) -> bool {
+    (a.m_cost(), a.t_cost(), a.p_cost(), a.output_len())
+        == (b.m_cost(), b.t_cost(), b.p_cost(), b.output_len())
 }
 
 /// Whether an id or a plain secret reads differently once form-urlencoded and decoded again.
@@ -471,8 +524,99 @@ mod tests {
         );
         // The hash itself is not a password.
         assert_eq!(registry.verify(&credentials("b", hashed.as_str())), wrong);
-        // Unknown ids and plain-secret clients do the costliest client's argon2 work too.
-        assert_eq!(registry.padding.len(), 1);
+        // Unknown ids and plain-secret clients do the hashed client's argon2 work too.
+        assert_eq!(registry.decoys.len(), 1);
+    }
+
+    /// A hash of `secret` with these argon2 parameters (the cheapest accepted, and variations, so
+    /// that the test stays quick).
+    fn hashed(secret: &str, memory_kib: u32, iterations: u32) -> String {
+        let params = Params::new(memory_kib, iterations, 1, None).unwrap();
+        hash_with(secret, params).unwrap().as_str().to_owned()
+    }
+
+    /// `(m, t, p, whether it is the client's own hash)` of each verification a check of `id`
+    /// makes.
+    fn checks(registry: &ClientRegistry, id: &str) -> Vec<((u32, u32, u32), bool)> {
+        registry
+            .argon2_checks(registry.clients.get(id))
+            .map(|(hash, own)| {
+                let params = Params::try_from(&hash.password_hash()).unwrap();
+                ((params.m_cost(), params.t_cost(), params.p_cost()), own)
+            })
+            .collect()
+    }
+
+    /// Clients whose hashes have different parameters, or more or fewer hashes, and unknown ids:
+    /// every check verifies hashes of the same parameters in the same order, so that the time of
+    /// an answer tells neither whether an id exists nor which client it is. Each client's own
+    /// hashes are among them.
+    #[test]
+    fn every_check_does_the_same_argon2_work_whatever_the_client() {
+        let (cheap, costly) = ((7 * 1024, 5), (8 * 1024, 6));
+        let registry = ClientRegistry::new(vec![
+            client("cheap", &[&hashed("c", cheap.0, cheap.1)]),
+            client("costly", &[&hashed("x", costly.0, costly.1)]),
+            client(
+                "rotating",
+                &[
+                    &hashed("old", cheap.0, cheap.1),
+                    &hashed("new", cheap.0, cheap.1),
+                ],
+            ),
+            client("plain", &["p"]),
+        ])
+        .unwrap();
+        let work = |id| {
+            let mut params: Vec<_> = checks(&registry, id).into_iter().map(|(p, _)| p).collect();
+            params.sort_unstable();
+            params
+        };
+        let expected = [
+            (cheap.0, cheap.1, 1),
+            (cheap.0, cheap.1, 1),
+            (costly.0, costly.1, 1),
+        ];
+        for id in ["cheap", "costly", "rotating", "plain", "nobody"] {
+            assert_eq!(work(id), expected, "{id}");
+            // The same slots, in the same order, for every id.
+            let order: Vec<_> = checks(&registry, id).into_iter().map(|(p, _)| p).collect();
+            let unknown: Vec<_> = checks(&registry, "nobody")
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            assert_eq!(order, unknown, "{id}");
+        }
+        let own = |id| checks(&registry, id).iter().filter(|(_, own)| *own).count();
+        assert_eq!(
+            [
+                own("cheap"),
+                own("costly"),
+                own("rotating"),
+                own("plain"),
+                own("nobody")
+            ],
+            [1, 1, 2, 0, 0]
+        );
+        for (id, secret) in [
+            ("cheap", "c"),
+            ("costly", "x"),
+            ("rotating", "old"),
+            ("rotating", "new"),
+            ("plain", "p"),
+        ] {
+            assert_eq!(
+                registry
+                    .verify(&credentials(id, secret))
+                    .map(|id| id.to_string()),
+                Ok(id.to_owned())
+            );
+        }
+        // Another client's secret is not this one's.
+        assert_eq!(
+            registry.verify(&credentials("cheap", "x")),
+            Err(CredentialsRefused::WrongSecret)
+        );
     }
 
     #[test]

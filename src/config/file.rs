@@ -13,7 +13,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::keys::{STRUCTURED_KEYS, flag_of};
+use super::keys::{STRUCTURED_KEYS, flag_of, path_of};
 use crate::auth::Secret;
 
 /// A loaded config file.
@@ -115,18 +115,30 @@ pub enum ConfigFileError {
 /// A problem at a place in the text: (line, column, message).
 type Problem = (usize, usize, String);
 
+/// Checks the values the file gives a flag (its long name), as the flag itself would: `Err`
+/// says why they are refused, without repeating them.
+pub type ValueCheck<'a> = &'a dyn Fn(&str, &[String]) -> Result<(), String>;
+
 impl ConfigFile {
     /// Reads and parses the file.
     pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        Self::load_checked(path, &|_, _| Ok(()))
+    }
+
+    /// Reads and parses the file, and checks each flag's values with `check`, so that a refused
+    /// value is reported at its key, never quoted.
+    pub fn load_checked(path: &Path, check: ValueCheck<'_>) -> Result<Self, ConfigFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|(line, column, message)| ConfigFileError::Invalid {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
+        Self::parse_checked(&text, check).map_err(|(line, column, message)| {
+            ConfigFileError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
         })
     }
 
@@ -142,6 +154,27 @@ impl ConfigFile {
 
     /// Parses the file's text.
     pub fn parse(text: &str) -> Result<Self, Problem> {
+        Self::parse_checked(text, &|_, _| Ok(()))
+    }
+
+    /// Parses the file's text and checks each flag's values with `check`; of several refused
+    /// values, the first in the text is reported.
+    pub fn parse_checked(text: &str, check: ValueCheck<'_>) -> Result<Self, Problem> {
+        let file = Self::parse_unchecked(text)?;
+        let refused = file.settings.iter().filter_map(|(flag, values)| {
+            let reason = check(flag, values).err()?;
+            let key = path_of(flag)?;
+            let (line, column) = locate(text, key);
+            let message = format!("`{key}` (--{flag}): {}", redact_quoted(&reason));
+            Some((line, column, message))
+        });
+        match refused.min() {
+            Some(problem) => Err(problem),
+            None => Ok(file),
+        }
+    }
+
+    fn parse_unchecked(text: &str) -> Result<Self, Problem> {
         let table: toml::Table = toml::from_str(text).map_err(|error| {
             let offset = error.span().map_or(0, |span| span.start);
             let (line, column) = position(text, offset);

@@ -114,6 +114,10 @@ pub const FILE_KEYS: &[FileKey] = &[
     key("internal-max-message-bytes", "internal.max_message_bytes"),
     // Durable consumers and consumer groups.
     key("max-consumers", "consumers.max"),
+    key(
+        "max-consumers-per-subscriber",
+        "consumers.max_per_subscriber",
+    ),
     key("group-session-timeout", "consumers.group_session_timeout"),
 ];
 

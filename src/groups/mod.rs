@@ -13,6 +13,10 @@
 //! Delivery is at least once: a partition that changes owner resumes after its cursor, so what
 //! the previous owner did not acknowledge is delivered again, in order. A member that lost a
 //! partition cannot move its cursor: its ack is refused (fencing), and its stream is told.
+//!
+//! A member belongs to one group and to the subscriber identity that joined it: an ack naming
+//! the member is taken only for that group from that subscriber, on whichever gateway it
+//! arrives. Its id is a capability all the same, so logs show only a [`MemberId::fingerprint`].
 
 pub mod records;
 mod session;
@@ -24,27 +28,30 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use sha2::{Digest, Sha256};
+
 pub use records::partition_of;
 pub use session::{Claim, Member, Session};
 
 use crate::{
     error::{ErrorKind, ServiceError},
-    log::{LogError, PutOutcome, ReadItem, Sequence, SharedLog, SharedState},
+    log::{
+        LogError, NameKind, PutOutcome, Quota, QuotaError, ReadItem, Sequence, SharedLog,
+        SharedState, SubscriberIdentity,
+    },
     metrics::Metrics,
 };
 use records::{GroupRecord, PartitionRecord};
 
-/// The name of a consumer group: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+/// The name of a consumer group. Groups and durable consumers share one namespace and one name
+/// rule: [`crate::log::is_consumer_name`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GroupName(String);
 
 impl GroupName {
-    /// Longest accepted name.
-    pub const MAX_LEN: usize = 128;
-
     /// Parses a group name.
     pub fn parse(name: &str) -> Result<Self, GroupError> {
-        if crate::error::is_plain_name(name, Self::MAX_LEN) {
+        if crate::log::is_consumer_name(name) {
             Ok(Self(name.to_owned()))
         } else {
             Err(GroupError::InvalidName)
@@ -63,6 +70,39 @@ impl fmt::Display for GroupName {
     }
 }
 
+/// A group member's id: what its stream's `GroupAssignment` names and its acks quote. It has no
+/// `Display`, and its `Debug` shows only its fingerprint, so that it cannot slip into a log line.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MemberId(String);
+
+impl MemberId {
+    /// A new id: 32 hex digits of a UUIDv7, whose time first keeps the members' sorted order
+    /// (which decides the assignment) about the order they joined in.
+    fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().simple().to_string())
+    }
+
+    /// The id itself, for the member's own stream and the group's records.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What logs show for the member: the first 8 hex digits of the SHA-256 of its id, enough
+    /// to follow one member through the log and no use for acking.
+    pub fn fingerprint(&self) -> String {
+        Sha256::digest(self.0.as_bytes())[..4]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
+impl fmt::Debug for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MemberId({})", self.fingerprint())
+    }
+}
+
 /// How groups behave.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupSettings {
@@ -72,8 +112,6 @@ pub struct GroupSettings {
     pub default_partitions: u32,
     /// Most unacknowledged events a member holds when the subscriber does not say.
     pub default_max_in_flight: u32,
-    /// Most groups that may be created.
-    pub max_groups: usize,
 }
 
 impl GroupSettings {
@@ -94,7 +132,6 @@ impl Default for GroupSettings {
             session_timeout: Duration::from_secs(10),
             default_partitions: 16,
             default_max_in_flight: 256,
-            max_groups: 10_000,
         }
     }
 }
@@ -103,7 +140,7 @@ impl Default for GroupSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
     /// The group name is outside the allowed alphabet or length.
-    #[error("group must be 1 to 128 ASCII letters, digits, '-', '_' or '.'")]
+    #[error("group must be {}", crate::log::CONSUMER_NAME_RULE)]
     InvalidName,
     /// A partition count outside 1..=1024.
     #[error(
@@ -126,14 +163,9 @@ pub enum GroupError {
         /// The count asked for.
         asked: u32,
     },
-    /// Creating one more group would exceed the limit.
-    #[error(
-        "too many consumer groups ({max}); reuse an existing group or ask the operator to raise --max-consumers"
-    )]
-    TooManyGroups {
-        /// The limit.
-        max: usize,
-    },
+    /// Creating the group would exceed a limit.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The group does not exist.
     #[error("group {group} does not exist")]
     UnknownGroup {
@@ -142,15 +174,22 @@ pub enum GroupError {
     },
     /// The acking member does not own the event's partition (any more).
     #[error(
-        "member {member} does not own partition {partition} of group {group}: it moved to another member, which receives its unacknowledged events again"
+        "this member does not own partition {partition} of group {group}: it moved to another member, which receives its unacknowledged events again"
     )]
     NotOwner {
         /// The group.
         group: GroupName,
         /// The partition.
         partition: u32,
-        /// The member that acked.
-        member: String,
+    },
+    /// The ack names a member that is not a live member of this group joined by the caller: the
+    /// member of another group or subscriber, or one that left or expired.
+    #[error(
+        "member_id is not a live member of group {group} joined by this subscriber: use the member_id of your own stream's group_assignment for its group (a member that left or expired must subscribe again)"
+    )]
+    NotMember {
+        /// The group the ack named.
+        group: GroupName,
     },
     /// The acked event is no longer stored, so its partition is unknown.
     #[error(
@@ -175,7 +214,8 @@ impl ServiceError for GroupError {
             | Self::NotOwner { .. }
             | Self::EventNotStored { .. }
             | Self::UnknownGroup { .. } => ErrorKind::FailedPrecondition,
-            Self::TooManyGroups { .. } => ErrorKind::ResourceExhausted,
+            Self::NotMember { .. } => ErrorKind::PermissionDenied,
+            Self::Quota(error) => error.kind(),
             Self::Log(error) => error.kind(),
         }
     }
@@ -186,9 +226,10 @@ impl ServiceError for GroupError {
             Self::InvalidPartitions => "invalid_partitions",
             Self::InvalidMaxInFlight => "invalid_max_in_flight",
             Self::PartitionsMismatch { .. } => "partitions_mismatch",
-            Self::TooManyGroups { .. } => "too_many_groups",
+            Self::Quota(error) => error.code(),
             Self::UnknownGroup { .. } => "unknown_group",
             Self::NotOwner { .. } => "not_owner",
+            Self::NotMember { .. } => "not_group_member",
             Self::EventNotStored { .. } => "event_not_stored",
             Self::Log(error) => error.code(),
         }
@@ -216,6 +257,7 @@ struct Inner {
     state: SharedState,
     log: SharedLog,
     settings: GroupSettings,
+    quota: Quota,
     metrics: Metrics,
     /// Members whose streams this gateway serves, by member id: acks for them update their
     /// flow control at once.
@@ -223,11 +265,12 @@ struct Inner {
 }
 
 impl Groups {
-    /// Groups kept in `state`, over the events of `log`.
+    /// Groups kept in `state`, over the events of `log`; creating groups is bounded by `quota`.
     pub fn new(
         state: SharedState,
         log: SharedLog,
         settings: GroupSettings,
+        quota: Quota,
         metrics: Metrics,
     ) -> Self {
         Self {
@@ -235,6 +278,7 @@ impl Groups {
                 state,
                 log,
                 settings,
+                quota,
                 metrics,
                 local: Mutex::new(HashMap::new()),
             }),
@@ -246,12 +290,14 @@ impl Groups {
         &self.inner.settings
     }
 
-    /// Joins `group` as a new member, creating the group if it does not exist. The member takes
-    /// part in the assignment until it is dropped, which lets go of its partitions.
+    /// Joins `group` as a new member of `subscriber`, creating the group (charged to it) if it
+    /// does not exist. The member takes part in the assignment until it is dropped, which lets
+    /// go of its partitions.
     pub async fn join(
         &self,
         group: &GroupName,
         options: JoinOptions,
+        subscriber: &SubscriberIdentity,
     ) -> Result<Member, GroupError> {
         let settings = &self.inner.settings;
         if options.partitions > GroupSettings::MAX_PARTITIONS {
@@ -260,15 +306,16 @@ impl Groups {
         if options.max_in_flight > GroupSettings::MAX_IN_FLIGHT {
             return Err(GroupError::InvalidMaxInFlight);
         }
-        let record = self.create_or_check(group, &options).await?;
+        let record = self.create_or_check(group, &options, subscriber).await?;
         let max_in_flight = match options.max_in_flight {
             0 => settings.default_max_in_flight,
             n => n,
         };
-        let member_id = uuid::Uuid::now_v7().simple().to_string();
+        let member_id = MemberId::generate();
         let session = Session::start(session::SessionInit {
             group: group.clone(),
             member_id: member_id.clone(),
+            subscriber: subscriber.clone(),
             partitions: record.partitions,
             start: record.start,
             max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
@@ -283,7 +330,7 @@ impl Groups {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         local.retain(|_, session| session.strong_count() > 0);
-        local.insert(member_id, Arc::downgrade(&session));
+        local.insert(member_id.0, Arc::downgrade(&session));
         Ok(Member::new(session))
     }
 
@@ -291,6 +338,7 @@ impl Groups {
         &self,
         group: &GroupName,
         options: &JoinOptions,
+        subscriber: &SubscriberIdentity,
     ) -> Result<GroupRecord, GroupError> {
         let state = &self.inner.state;
         let key = records::group_key(group.as_str());
@@ -306,10 +354,10 @@ impl Groups {
                 }
                 return Ok(record);
             }
-            let max = self.inner.settings.max_groups;
-            if state.count(records::GROUP_PREFIX).await? >= max {
-                return Err(GroupError::TooManyGroups { max });
-            }
+            self.inner
+                .quota
+                .admit(subscriber, NameKind::Group, group.as_str())
+                .await?;
             let record = GroupRecord {
                 partitions: match options.partitions {
                     0 => self.inner.settings.default_partitions,
@@ -317,6 +365,7 @@ impl Groups {
                 },
                 start: options.start_cursor,
                 members: Default::default(),
+                subscribers: Default::default(),
             };
             match state.put(&key, records::encode(&record), None).await? {
                 PutOutcome::Stored(_) => {
@@ -335,17 +384,35 @@ impl Groups {
     }
 
     /// Records that `member` of `group` processed the event `sequence` and every earlier event
-    /// of its partition. Returns the partition and its cursor after the ack.
+    /// of its partition, for `subscriber`: refused unless the member belongs to that group and
+    /// was joined by that subscriber. Returns the partition and its cursor after the ack.
     pub async fn ack(
         &self,
         group: &GroupName,
         member: &str,
+        subscriber: &SubscriberIdentity,
         sequence: Sequence,
     ) -> Result<(u32, Sequence), GroupError> {
         let local = self.local_session(member);
-        let partition = match local.as_ref().and_then(|s| s.in_flight_partition(sequence)) {
+        let (partitions, in_flight) = match &local {
+            // The gateway serving the member's stream knows whom the member belongs to, even
+            // while the group's record does not list it (it expired and has not renewed yet).
+            Some(session) => {
+                if session.group() != group || session.subscriber().name() != subscriber.name() {
+                    return Err(GroupError::NotMember {
+                        group: group.clone(),
+                    });
+                }
+                (
+                    session.partition_count(),
+                    session.in_flight_partition(sequence),
+                )
+            }
+            None => (self.check_member(group, member, subscriber).await?, None),
+        };
+        let partition = match in_flight {
             Some(partition) => partition,
-            None => self.partition_of_stored(group, sequence).await?,
+            None => self.partition_of_stored(partitions, sequence).await?,
         };
         let cursor = match &local {
             // Acks of one partition are written one after the other, each write taking every
@@ -365,12 +432,14 @@ impl Groups {
             .and_then(Weak::upgrade)
     }
 
-    /// The partition of a stored event, read from the log: for an ack that reaches a gateway
-    /// other than the one serving the member's stream.
-    async fn partition_of_stored(
+    /// For an ack that reaches a gateway other than the one serving the member's stream: checks
+    /// in the group's record that `member` is a live member of `group` joined by `subscriber`,
+    /// and returns the group's partition count.
+    async fn check_member(
         &self,
         group: &GroupName,
-        sequence: Sequence,
+        member: &str,
+        subscriber: &SubscriberIdentity,
     ) -> Result<u32, GroupError> {
         let key = records::group_key(group.as_str());
         let record: GroupRecord = match self.inner.state.get(&key).await? {
@@ -381,6 +450,22 @@ impl Groups {
                 });
             }
         };
+        let joined_by = record.subscribers.get(member).map(String::as_str);
+        if !record.members.contains_key(member) || joined_by != Some(subscriber.name()) {
+            return Err(GroupError::NotMember {
+                group: group.clone(),
+            });
+        }
+        Ok(record.partitions)
+    }
+
+    /// The partition, in a group of `partitions`, of a stored event read from the log: for an
+    /// event the member does not hold in flight here.
+    async fn partition_of_stored(
+        &self,
+        partitions: u32,
+        sequence: Sequence,
+    ) -> Result<u32, GroupError> {
         let mut reader = self.inner.log.read_from(sequence).await?;
         let item = tokio::time::timeout(Duration::from_secs(10), reader.next())
             .await
@@ -388,7 +473,7 @@ impl Groups {
         match item {
             ReadItem::Events(events) => match events.first() {
                 Some(event) if event.sequence == sequence => {
-                    Ok(records::partition_of(event, record.partitions))
+                    Ok(records::partition_of(event, partitions))
                 }
                 _ => Err(GroupError::EventNotStored { sequence }),
             },
@@ -421,7 +506,6 @@ async fn write_ack(
             return Err(GroupError::NotOwner {
                 group: group.clone(),
                 partition,
-                member: member.to_owned(),
             });
         }
         if sequence <= record.cursor {

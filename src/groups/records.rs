@@ -2,7 +2,8 @@
 //! partitions.
 //!
 //! - `group.<name>`: the group's partition count, where it started, and its live members with
-//!   the time their session expires. Members renew themselves in it with compare-and-set.
+//!   the time their session expires and the subscriber that joined each. Members renew
+//!   themselves in it with compare-and-set.
 //! - `partition.<name>.<n>`: one partition's cursor (its last acknowledged sequence), its owner
 //!   and how far the owner got before it let go. An ack is a compare-and-set on this key that
 //!   requires the acking member to be the owner: that is the fencing.
@@ -21,7 +22,7 @@ use crate::{
 
 /// The key of a group's record.
 pub fn group_key(group: &str) -> String {
-    format!("group.{group}")
+    format!("{GROUP_PREFIX}{group}")
 }
 
 /// The key of a partition's record.
@@ -29,8 +30,8 @@ pub fn partition_key(group: &str, partition: u32) -> String {
     format!("partition.{group}.{partition}")
 }
 
-/// The key prefix of every group record, for counting groups.
-pub const GROUP_PREFIX: &str = "group.";
+/// The key prefix of every group record, which the [`crate::log::Quota`] counts.
+pub const GROUP_PREFIX: &str = crate::log::NameKind::Group.prefix();
 
 /// A group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,11 @@ pub struct GroupRecord {
     /// Live members: id to the time (milliseconds since the epoch) their session expires.
     #[serde(default)]
     pub members: BTreeMap<String, u64>,
+    /// Live members: id to the name of the subscriber identity that joined it, the only one
+    /// whose acks for the member count. A map of its own (not in `members`) so that a record
+    /// written before it existed still reads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscribers: BTreeMap<String, String>,
 }
 
 /// A partition of a group.
@@ -132,6 +138,31 @@ mod tests {
             .map(|i| partition_of(&event(&format!("i-{i}"), "e"), 16))
             .collect();
         assert_eq!(used.len(), 16);
+    }
+
+    #[test]
+    fn group_records_name_who_joined_each_member_and_older_ones_still_read() {
+        let record = GroupRecord {
+            partitions: 4,
+            start: 0,
+            members: BTreeMap::from([("m-1".into(), 99)]),
+            subscribers: BTreeMap::from([("m-1".into(), "billing".into())]),
+        };
+        let stored = Versioned {
+            value: encode(&record),
+            revision: 1,
+        };
+        assert_eq!(
+            std::str::from_utf8(&stored.value).unwrap(),
+            r#"{"partitions":4,"start":0,"members":{"m-1":99},"subscribers":{"m-1":"billing"}}"#
+        );
+        let older = Versioned {
+            value: Bytes::from_static(br#"{"partitions":4,"start":0,"members":{"m-1":99}}"#),
+            revision: 1,
+        };
+        let read = decode::<GroupRecord>("k", &older).unwrap();
+        assert!(read.subscribers.is_empty());
+        assert_eq!(read.members.len(), 1);
     }
 
     #[test]

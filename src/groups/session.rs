@@ -11,19 +11,20 @@ use tokio::sync::{Notify, futures::Notified};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    GroupError, GroupName, GroupSettings, now_millis,
+    GroupError, GroupName, GroupSettings, MemberId, now_millis,
     records::{self, GroupRecord, PartitionRecord},
 };
 use crate::{
     error::error_chain,
-    log::{LogError, PutOutcome, Sequence, SharedState},
+    log::{LogError, PutOutcome, Sequence, SharedState, SubscriberIdentity},
     metrics::{GroupMemberGuard, Metrics},
     proto::v1,
 };
 
 pub(super) struct SessionInit {
     pub group: GroupName,
-    pub member_id: String,
+    pub member_id: MemberId,
+    pub subscriber: SubscriberIdentity,
     pub partitions: u32,
     pub start: Sequence,
     pub max_in_flight: usize,
@@ -35,7 +36,9 @@ pub(super) struct SessionInit {
 /// A member's live state, shared by its stream, its heartbeat and acks.
 pub struct Session {
     group: GroupName,
-    member_id: String,
+    member_id: MemberId,
+    /// Who joined: the only subscriber whose acks for this member are taken.
+    subscriber: SubscriberIdentity,
     partitions: u32,
     start: Sequence,
     max_in_flight: usize,
@@ -105,12 +108,11 @@ pub enum Claim {
 
 impl Session {
     pub(super) async fn start(init: SessionInit) -> Result<Arc<Self>, GroupError> {
-        let gauges = init
-            .metrics
-            .group_member_joined(init.group.as_str(), &init.member_id);
+        let gauges = init.metrics.group_member_joined(init.group.as_str());
         let session = Arc::new(Self {
             group: init.group,
             member_id: init.member_id,
+            subscriber: init.subscriber,
             partitions: init.partitions,
             start: init.start,
             max_in_flight: init.max_in_flight.max(1),
@@ -136,7 +138,12 @@ impl Session {
         // before the stream sends its first assignment.
         session.heartbeat().await?;
         tokio::spawn(session.clone().run());
-        tracing::info!(group = %session.group, member = %session.member_id, "group member joined");
+        tracing::info!(
+            group = %session.group,
+            member = %session.member_id.fingerprint(),
+            subscriber = %session.subscriber,
+            "group member joined"
+        );
         Ok(session)
     }
 
@@ -147,13 +154,23 @@ impl Session {
     }
 
     /// The member's id.
-    pub fn member_id(&self) -> &str {
+    pub fn member_id(&self) -> &MemberId {
         &self.member_id
     }
 
     /// The group.
     pub fn group(&self) -> &GroupName {
         &self.group
+    }
+
+    /// The subscriber that joined.
+    pub fn subscriber(&self) -> &SubscriberIdentity {
+        &self.subscriber
+    }
+
+    /// The group's partition count.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
     }
 
     /// Counts assignment changes; a stream compares it with the last it announced.
@@ -167,7 +184,7 @@ impl Session {
         (
             progress.generation,
             v1::GroupAssignment {
-                member_id: self.member_id.clone(),
+                member_id: self.member_id.as_str().to_owned(),
                 partition_count: self.partitions,
                 partitions: progress.owned.keys().copied().collect(),
                 members: progress.members,
@@ -257,7 +274,6 @@ impl Session {
                     return Err(GroupError::NotOwner {
                         group: self.group.clone(),
                         partition,
-                        member: self.member_id.clone(),
                     });
                 }
                 if lane.writing {
@@ -271,9 +287,14 @@ impl Session {
                 written.await;
                 continue;
             };
-            let result =
-                super::write_ack(&self.state, &self.group, partition, &self.member_id, target)
-                    .await;
+            let result = super::write_ack(
+                &self.state,
+                &self.group,
+                partition,
+                self.member_id.as_str(),
+                target,
+            )
+            .await;
             {
                 let mut lanes = self
                     .acks
@@ -342,7 +363,7 @@ impl Session {
                     if !failing {
                         tracing::warn!(
                             group = %self.group,
-                            member = %self.member_id,
+                            member = %self.member_id.fingerprint(),
                             error = %error_chain(&error),
                             "group member heartbeat failed; retrying"
                         );
@@ -364,7 +385,11 @@ impl Session {
         {
             return;
         }
-        tracing::warn!(group = %self.group, member = %self.member_id, "group member expired; letting go of its partitions");
+        tracing::warn!(
+            group = %self.group,
+            member = %self.member_id.fingerprint(),
+            "group member expired; letting go of its partitions"
+        );
         let expired: Vec<u32> = progress.owned.keys().copied().collect();
         progress.stale.extend(expired);
         progress.owned.clear();
@@ -378,7 +403,7 @@ impl Session {
     /// Renews the member, then takes, keeps or lets go of each partition.
     async fn heartbeat(&self) -> Result<(), GroupError> {
         let members = self.renew().await?;
-        let index = members.iter().position(|m| m == &self.member_id);
+        let index = members.iter().position(|m| m == self.member_id.as_str());
         let count = u32::try_from(members.len()).unwrap_or(u32::MAX).max(1);
         let wanted = |partition: u32| {
             index.is_some_and(|index| {
@@ -415,8 +440,8 @@ impl Session {
         Ok(())
     }
 
-    /// Writes this member into the group's record with a fresh expiry, drops expired members,
-    /// and returns the live members, sorted.
+    /// Writes this member (and who joined it) into the group's record with a fresh expiry, drops
+    /// expired members, and returns the live members, sorted.
     async fn renew(&self) -> Result<Vec<String>, GroupError> {
         let key = records::group_key(self.group.as_str());
         loop {
@@ -430,9 +455,15 @@ impl Session {
             let timeout =
                 u64::try_from(self.settings.session_timeout.as_millis()).unwrap_or(u64::MAX);
             record.members.retain(|_, expires| *expires > now);
-            record
-                .members
-                .insert(self.member_id.clone(), now.saturating_add(timeout));
+            let GroupRecord {
+                members,
+                subscribers,
+                ..
+            } = &mut record;
+            subscribers.retain(|member, _| members.contains_key(member));
+            let id = self.member_id.as_str().to_owned();
+            members.insert(id.clone(), now.saturating_add(timeout));
+            subscribers.insert(id, self.subscriber.name().to_owned());
             let outcome = self
                 .state
                 .put(&key, records::encode(&record), Some(stored.revision))
@@ -494,7 +525,12 @@ impl Session {
             }
             (false, Some(_)) => {
                 // Another member took it (this one expired meanwhile): fenced.
-                tracing::warn!(group = %self.group, member = %self.member_id, partition, "partition lost to another member");
+                tracing::warn!(
+                    group = %self.group,
+                    member = %self.member_id.fingerprint(),
+                    partition,
+                    "partition lost to another member"
+                );
                 self.drop_partition(partition);
                 Ok(true)
             }
@@ -507,7 +543,7 @@ impl Session {
                     return Ok(false);
                 }
                 let taken = PartitionRecord {
-                    owner: Some(self.member_id.clone()),
+                    owner: Some(self.member_id.as_str().to_owned()),
                     epoch: record.epoch + 1,
                     ..record.clone()
                 };
@@ -585,9 +621,10 @@ impl Session {
                 let Ok(mut record) = records::decode::<GroupRecord>(&key, &stored) else {
                     break;
                 };
-                if record.members.remove(&self.member_id).is_none() {
+                if record.members.remove(self.member_id.as_str()).is_none() {
                     break;
                 }
+                record.subscribers.remove(self.member_id.as_str());
                 let outcome = self
                     .state
                     .put(&key, records::encode(&record), Some(stored.revision))
@@ -600,12 +637,14 @@ impl Session {
         }
         .await;
         match result {
-            Ok(()) => {
-                tracing::info!(group = %self.group, member = %self.member_id, "group member left")
-            }
+            Ok(()) => tracing::info!(
+                group = %self.group,
+                member = %self.member_id.fingerprint(),
+                "group member left"
+            ),
             Err(error) => tracing::warn!(
                 group = %self.group,
-                member = %self.member_id,
+                member = %self.member_id.fingerprint(),
                 error = %error_chain(&error),
                 "group member could not let go of its partitions; they move when its session expires"
             ),

@@ -23,6 +23,7 @@ use super::identity::{Subscriber, Subscribers, certificate_names};
 use crate::{
     auth::bearer::{Authorization, authorization},
     error::{ErrorKind, ServiceError, grpc_status, is_plain_name},
+    log::SubscriberIdentity,
     metrics::Metrics,
 };
 
@@ -31,7 +32,7 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// The path prefix of the `EventStream` rpcs, which authorize per request.
 const EVENT_STREAM_PREFIX: &str = "/incode.gateway.v1.EventStreamService/";
 /// Name of an anonymous caller in logs, spans and metrics.
-pub const ANONYMOUS: &str = "anonymous";
+pub const ANONYMOUS: &str = SubscriberIdentity::ANONYMOUS;
 
 /// The access policy of the internal listener.
 #[derive(Debug)]
@@ -174,6 +175,17 @@ impl Caller {
             Kind::Certificate(name) => name,
             Kind::Subscriber(subscriber) => subscriber.name(),
             Kind::Unrestricted | Kind::Anonymous { .. } => ANONYMOUS,
+        }
+    }
+
+    /// The identity that the consumers and groups it creates are charged to, and that the group
+    /// members it joins are bound to. Callers that did not authenticate are all one anonymous
+    /// identity.
+    pub fn identity(&self) -> SubscriberIdentity {
+        match &self.kind {
+            Kind::Certificate(name) => SubscriberIdentity::authenticated(name.clone()),
+            Kind::Subscriber(subscriber) => SubscriberIdentity::authenticated(subscriber.name()),
+            Kind::Unrestricted | Kind::Anonymous { .. } => SubscriberIdentity::anonymous(),
         }
     }
 
@@ -345,9 +357,9 @@ pub(super) async fn guard(
 
 /// Records a refusal: a log line (the caller's name where known, never a credential) and the
 /// `incode_gateway.internal.refusals` metric.
-pub(super) fn refused(
+pub(super) fn refused<R: ServiceError + ?Sized>(
     metrics: &Metrics,
-    refusal: &Refusal,
+    refusal: &R,
     caller: Option<&Caller>,
     path: &str,
     peer: Option<SocketAddr>,
@@ -408,7 +420,18 @@ pub fn authorize_ack(caller: &Caller, name: &str, metrics: &Metrics) -> Result<(
         .inspect_err(|refusal| refused_call(metrics, refusal, caller, "Ack"))
 }
 
-fn refused_call(metrics: &Metrics, refusal: &Refusal, caller: &Caller, method: &str) {
+/// Records a group ack refused because it names a member that is not the caller's member of the
+/// group: another subscriber trying a member's id is worth an operator's eye.
+pub fn refused_ack<R: ServiceError + ?Sized>(caller: &Caller, refusal: &R, metrics: &Metrics) {
+    refused_call(metrics, refusal, caller, "Ack");
+}
+
+fn refused_call<R: ServiceError + ?Sized>(
+    metrics: &Metrics,
+    refusal: &R,
+    caller: &Caller,
+    method: &str,
+) {
     let path = format!("{EVENT_STREAM_PREFIX}{method}");
     refused(metrics, refusal, Some(caller), &path, caller.peer());
 }

@@ -160,7 +160,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::error::grpc_status;
+    use crate::{error::grpc_status, log::QuotaError};
 
     #[test]
     fn carried_errors_answer_for_themselves() {
@@ -179,9 +179,9 @@ mod tests {
                 "the bearer token is not valid",
             ),
             (
-                CursorError::TooManyConsumers { max: 2 }.into(),
+                CursorError::from(QuotaError::TooMany { max: 2 }).into(),
                 Code::ResourceExhausted,
-                "too many durable consumers (2); reuse an existing consumer name or ask the operator to raise --max-consumers",
+                "too many durable consumers and consumer groups (2, the two counted together); reuse an existing name or ask the operator to raise --max-consumers",
             ),
             (
                 LogError::Closed.into(),

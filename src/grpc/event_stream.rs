@@ -22,8 +22,8 @@ use super::{
 };
 use crate::{
     error::grpc_status,
-    groups::{GroupName, Groups, JoinOptions},
-    log::{ConsumerName, Cursors, SharedLog},
+    groups::{GroupError, GroupName, Groups, JoinOptions},
+    log::{ConsumerName, Cursors, Readiness, SharedLog},
     metrics::Metrics,
     proto::v1::{self, start_position::Position},
     telemetry,
@@ -45,6 +45,8 @@ pub struct Sources {
     pub groups: Groups,
     /// The instruments.
     pub metrics: Metrics,
+    /// The event log's readiness, for the health service.
+    pub readiness: Readiness,
 }
 
 /// The `EventStreamService` implementation.
@@ -193,14 +195,14 @@ impl EventStream {
             };
             let member = self
                 .groups
-                .join(&group, options)
+                .join(&group, options, &caller.identity())
                 .instrument(span.clone())
                 .await?;
             span.in_scope(|| {
                 tracing::info!(
                     subscriber = caller.name(),
                     group = %group,
-                    member = member.session().member_id(),
+                    member = %member.session().member_id().fingerprint(),
                     "group member subscribed"
                 );
             });
@@ -214,6 +216,7 @@ impl EventStream {
                     .stream_opened(caller.name(), Some(group.as_str())),
                 metrics: self.metrics.clone(),
                 span: span.clone(),
+                trace_deliveries: self.settings.trace_deliveries,
             };
             return Ok(Box::pin(subscription.into_stream()));
         }
@@ -282,9 +285,19 @@ impl EventStream {
                 }
                 let (partition, sequence) = self
                     .groups
-                    .ack(&group, &request.member_id, request.sequence)
+                    .ack(
+                        &group,
+                        &request.member_id,
+                        &caller.identity(),
+                        request.sequence,
+                    )
                     .instrument(span.clone())
-                    .await?;
+                    .await
+                    .inspect_err(|error| {
+                        if let GroupError::NotMember { .. } = error {
+                            span.in_scope(|| access::refused_ack(&caller, error, &self.metrics));
+                        }
+                    })?;
                 v1::AckResponse {
                     sequence,
                     partition,
@@ -293,7 +306,7 @@ impl EventStream {
             AckTarget::Consumer(consumer) => {
                 let sequence = self
                     .cursors
-                    .ack(&consumer, request.sequence)
+                    .ack(&consumer, request.sequence, &caller.identity())
                     .instrument(span.clone())
                     .await?;
                 v1::AckResponse {

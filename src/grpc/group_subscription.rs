@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::{encoded::EncodedResponse, error::ShuttingDown};
+use super::{encoded::EncodedResponse, error::ShuttingDown, subscription::trace_delivery};
 use crate::{
     error::grpc_status,
     groups::{Claim, Member},
@@ -33,8 +33,10 @@ pub struct GroupSubscription {
     pub metrics: Metrics,
     /// This stream's registration.
     pub stream_metrics: StreamGuard,
-    /// The `Subscribe` span.
+    /// The `Subscribe` span; delivery spans link to it.
     pub span: tracing::Span,
+    /// Whether to create a span per delivered event.
+    pub trace_deliveries: bool,
 }
 
 struct State {
@@ -54,6 +56,7 @@ struct State {
     metrics: Metrics,
     stream_metrics: StreamGuard,
     span: tracing::Span,
+    trace_deliveries: bool,
 }
 
 impl GroupSubscription {
@@ -75,6 +78,7 @@ impl GroupSubscription {
             metrics: self.metrics,
             stream_metrics: self.stream_metrics,
             span: self.span,
+            trace_deliveries: self.trace_deliveries,
         };
         futures::stream::unfold(state, |mut state| async move {
             let span = state.span.clone();
@@ -135,6 +139,9 @@ impl State {
                             break;
                         };
                         self.metrics.delivered();
+                        if self.trace_deliveries {
+                            trace_delivery(&event, Some(session.group().as_str()), &self.span);
+                        }
                         return Some(Ok(EncodedResponse::event(&event)));
                     }
                 }

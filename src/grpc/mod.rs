@@ -44,7 +44,7 @@ use self::{
 };
 use crate::{
     config::{Config, file::ConfigFileError},
-    log::SharedLog,
+    log::{Readiness, ReadyState},
     metrics::Metrics,
     proto::v1,
 };
@@ -289,7 +289,7 @@ pub fn serve(
         .build_v1()?
         .max_decoding_message_size(limits.max_message_bytes);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let log_for_health = sources.log.clone();
+    let readiness = sources.readiness.clone();
     let metrics = sources.metrics.clone();
     let health_service = health_service.max_decoding_message_size(limits.max_message_bytes);
     let event_stream =
@@ -322,7 +322,7 @@ pub fn serve(
             .set_serving::<EventStreamServiceServer<EventStream>>()
             .await;
         tokio::spawn(report_readiness(
-            log_for_health,
+            readiness,
             health_reporter,
             shutdown.clone(),
         ));
@@ -357,25 +357,27 @@ async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
     )
 }
 
-/// Keeps `grpc.health.v1` in step with the event log: `SERVING` while it can take events,
-/// `NOT_SERVING` while it cannot (a failing disk, NATS unreachable or without a stream leader).
+/// Keeps `grpc.health.v1` in step with the event log's readiness: `SERVING` while it can take
+/// events, `NOT_SERVING` while it cannot (a failing disk, NATS unreachable or without a stream
+/// leader).
 async fn report_readiness(
-    log: SharedLog,
+    mut readiness: Readiness,
     reporter: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) {
-    const EVERY: Duration = Duration::from_secs(1);
-    let mut ready = Some(true);
+    // `serve` reported SERVING before anyone could ask.
+    let mut serving = true;
+    let mut state = readiness.current();
     loop {
-        let now_ready = log.check_ready().await.is_ok();
-        if ready != Some(now_ready) {
-            let status = if now_ready {
+        let ready = state == ReadyState::Ready;
+        if ready != serving {
+            let status = if ready {
                 tonic_health::ServingStatus::Serving
             } else {
                 tonic_health::ServingStatus::NotServing
             };
             reporter.set_service_status("", status).await;
-            if now_ready {
+            if ready {
                 reporter
                     .set_serving::<EventStreamServiceServer<EventStream>>()
                     .await;
@@ -384,12 +386,15 @@ async fn report_readiness(
                     .set_not_serving::<EventStreamServiceServer<EventStream>>()
                     .await;
             }
-            ready = Some(now_ready);
+            serving = ready;
         }
-        tokio::select! {
+        state = tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(EVERY) => {}
-        }
+            changed = readiness.changed() => match changed {
+                Some(state) => state,
+                None => return,
+            },
+        };
     }
 }
 

@@ -178,30 +178,17 @@ impl State {
         Some(Err(grpc_status(&ShuttingDown::Stream)))
     }
 
-    /// Accounts for one delivered event: the metric, and (when traces are exported) a span in
-    /// the event's own trace, child of its ingest span and linked to this `Subscribe` call.
+    /// Accounts for one delivered event: the metric, and (when traces are exported) its
+    /// delivery span.
     fn deliver(&self, event: &v1::Event) {
         self.metrics.delivered();
-        if !self.trace_deliveries {
-            return;
+        if self.trace_deliveries {
+            trace_delivery(
+                event,
+                self.consumer.as_ref().map(ConsumerName::as_str),
+                &self.span,
+            );
         }
-        let span = tracing::info_span!(
-            "deliver",
-            otel.name = "send events",
-            otel.kind = "producer",
-            messaging.system = "incode-gateway",
-            messaging.operation.type = "send",
-            messaging.operation.name = "deliver",
-            messaging.destination.name = "events",
-            messaging.message.id = %event.id,
-            messaging.consumer.group.name = self.consumer.as_ref().map(ConsumerName::as_str),
-            incode_gateway.event.sequence = i64::try_from(event.sequence).unwrap_or(i64::MAX),
-        );
-        let ingest = telemetry::extract_from_map(&event.trace_context);
-        if ingest.span().span_context().is_valid() {
-            let _ = span.set_parent(ingest);
-        }
-        span.add_link(self.span.context().span().span_context().clone());
     }
 
     fn heartbeat(&self) -> EncodedResponse {
@@ -213,6 +200,29 @@ impl State {
 
 fn respond(response: Response) -> EncodedResponse {
     EncodedResponse::message(response)
+}
+
+/// Records the delivery of `event` on a stream of the durable consumer or group `consumer` (if
+/// any): a span in the event's own trace, child of its ingest span, and linked to the stream's
+/// `Subscribe` span (its parent instead when the event carries no trace context).
+pub(super) fn trace_delivery(event: &v1::Event, consumer: Option<&str>, subscribe: &tracing::Span) {
+    let span = tracing::info_span!(
+        "deliver",
+        otel.name = "send events",
+        otel.kind = "producer",
+        messaging.system = "incode-gateway",
+        messaging.operation.type = "send",
+        messaging.operation.name = "deliver",
+        messaging.destination.name = "events",
+        messaging.message.id = %event.id,
+        messaging.consumer.group.name = consumer,
+        incode_gateway.event.sequence = i64::try_from(event.sequence).unwrap_or(i64::MAX),
+    );
+    let ingest = telemetry::extract_from_map(&event.trace_context);
+    if ingest.span().span_context().is_valid() {
+        let _ = span.set_parent(ingest);
+    }
+    span.add_link(subscribe.context().span().span_context().clone());
 }
 
 #[cfg(test)]

@@ -182,8 +182,8 @@ pub struct ReloadingTls {
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<ServerConfig>>,
-    /// Fingerprint of the files last looked at, loaded or not: a broken file is reported once,
-    /// not at every check.
+    /// Fingerprint of the files last looked at, loaded, broken or unreadable: a failure is
+    /// reported once, not at every check.
     seen: Mutex<[u8; 32]>,
 }
 
@@ -227,10 +227,17 @@ impl ReloadingTls {
 
     /// Reloads the files if their content changed since they were last looked at (or always,
     /// with `force`). `Ok(Some(_))` when a new configuration is in use, `Ok(None)` when nothing
-    /// changed; on error the previous configuration stays.
+    /// changed (a failure already returned once included); on error the previous configuration
+    /// stays.
     pub fn reload(&self, force: bool) -> Result<Option<Summary>, TlsError> {
-        let contents = Contents::read(&self.files)?;
-        let fingerprint = contents.fingerprint();
+        let contents = Contents::read(&self.files);
+        let fingerprint = match &contents {
+            Ok(contents) => contents.fingerprint(),
+            // A file that cannot be read is reported once per reason, like a broken one; once
+            // readable again, the files differ from what was last seen and are loaded (and
+            // logged) anew, even when their content is the one in use.
+            Err(error) => unreadable_fingerprint(error),
+        };
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == fingerprint && !force {
@@ -238,6 +245,7 @@ impl ReloadingTls {
             }
             *seen = fingerprint;
         }
+        let contents = contents?;
         let (config, summary) = build(&self.files, &contents, &self.provider)?;
         *self
             .current
@@ -245,6 +253,12 @@ impl ReloadingTls {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(config);
         Ok(Some(summary))
     }
+}
+
+/// What `ReloadingTls::seen` holds after a failed read: a digest of the reason, so that the same
+/// failure is seen as nothing new and another one is.
+fn unreadable_fingerprint(error: &TlsError) -> [u8; 32] {
+    Sha256::digest(format!("unreadable: {}", error_chain(error))).into()
 }
 
 /// Reloads `tls` when its files change (checked every `interval`) and on SIGHUP (`hangup`,

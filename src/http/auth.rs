@@ -14,7 +14,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, ClientAddress, error::json_answer, oauth::REALM, serve::ConnectionHandle};
+use super::{
+    AppState, ClientAddress, error::json_answer, oauth::REALM, rejections::Rejection,
+    serve::ConnectionHandle,
+};
 use crate::{
     auth::{Authenticated, WebhookAuthError},
     error::{ErrorKind, ServiceError},
@@ -37,8 +40,6 @@ impl FromRequestParts<AppState> for Authenticated {
                 Ok(authenticated)
             }
             Err(error) => {
-                // The precise reason is for the operator; the caller gets a generic answer.
-                tracing::info!(reason = %error, "webhook call refused");
                 // Unauthenticated callers choose the URL, so it is not a label: one series only.
                 state
                     .metrics()
@@ -104,6 +105,8 @@ impl IntoResponse for Refused {
             WebhookAuthError::HeaderMismatch { .. } => None,
         };
         let mut response = json_answer(&self);
+        // The precise reason is for the operator; the caller gets a generic answer.
+        Rejection::add_reason(&mut response, self.0.to_string());
         if let Some(challenge) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
             response
                 .headers_mut()

@@ -16,6 +16,7 @@ use axum::{
 };
 use serde::Serialize;
 
+use super::rejections::Rejection;
 use crate::error::{ErrorKind, ServiceError, log_failure};
 
 /// What an HTTP caller is told of a failure of the gateway: the cause is in its logs.
@@ -28,21 +29,24 @@ struct Body<'a> {
     detail: &'a str,
 }
 
-/// The answer for `error`: its status and `{"success":false,"error","detail"}`. A rejection is
-/// logged at info level, a failure with its causes (see [`log_failure`]).
+/// The answer for `error`: its status and `{"success":false,"error","detail"}`. A failure is
+/// logged with its causes (see [`log_failure`]); a rejection travels with the answer to the
+/// rate-limited log of rejections (see [`super::rejections`]).
 pub(super) fn json_answer<E: ServiceError + ?Sized>(error: &E) -> AxumResponse {
     log_failure(error);
     let status = error.http_status();
     let detail = error.public_message();
-    if status.is_client_error() {
-        tracing::info!(status = status.as_u16(), error = error.code(), %detail, "request rejected");
-    }
     let body = Body {
         success: false,
         error: error.code(),
         detail: &detail,
     };
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if status.is_client_error() {
+        let rejection = Rejection::new(status, error.code(), detail.into_owned());
+        response.extensions_mut().insert(rejection);
+    }
+    response
 }
 
 /// Whether a request body was refused for its size (the listener's `max_body_bytes`).
@@ -68,6 +72,9 @@ pub enum ListenerError {
     /// The request timeout passed while the gateway was answering.
     #[error("the request could not be completed in time; retry later")]
     AnswerTimeout,
+    /// The shutdown deadline passed while the gateway was answering.
+    #[error("the gateway is shutting down; retry later")]
+    ShuttingDown,
     /// A handler panicked.
     #[error("a request handler panicked: {message}")]
     Panic {
@@ -82,7 +89,7 @@ impl ServiceError for ListenerError {
             Self::NotFound => ErrorKind::NotFound,
             Self::MethodNotAllowed => ErrorKind::MethodNotAllowed,
             Self::BodyTimeout => ErrorKind::RequestTimeout,
-            Self::AnswerTimeout => ErrorKind::Unavailable,
+            Self::AnswerTimeout | Self::ShuttingDown => ErrorKind::Unavailable,
             Self::Panic { .. } => ErrorKind::Internal,
         }
     }
@@ -92,7 +99,7 @@ impl ServiceError for ListenerError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTimeout => "request_timeout",
-            Self::AnswerTimeout => "unavailable",
+            Self::AnswerTimeout | Self::ShuttingDown => "unavailable",
             Self::Panic { .. } => "internal_error",
         }
     }
@@ -104,7 +111,8 @@ impl ServiceError for ListenerError {
         }
     }
 
-    /// A slow answer is logged where it is noticed, as a warning.
+    /// A slow answer, and a shutdown that cannot wait, are logged where they are noticed, as
+    /// warnings.
     fn is_failure(&self) -> bool {
         matches!(self, Self::Panic { .. })
     }

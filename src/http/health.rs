@@ -1,11 +1,12 @@
 //! Health endpoints: `GET /healthz` (the process is alive) and `GET /readyz` (the event log can
-//! take notifications).
+//! take notifications, as the gateway's one readiness check last saw it: a probe costs the log
+//! nothing).
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::error::error_chain;
+use crate::log::ReadyState;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -18,14 +19,11 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.log().check_ready().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Err(error) => {
-            tracing::warn!(error = %error_chain(&error), "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not_ready", "detail": error.to_string() })),
-            )
-        }
+    match state.readiness().current() {
+        ReadyState::Ready => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        ReadyState::NotReady(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "detail": &*reason })),
+        ),
     }
 }

@@ -2,8 +2,9 @@
 //! else.
 //!
 //! Each resource has its own router; [`app`] merges them and adds the layers every request
-//! goes through. [`serve`] runs it on the internet-facing socket, with timeouts and a connection
-//! limit; [`TrustedProxies`] decides whose forwarding headers are believed.
+//! goes through, among them the rate-limited log of refusals (`rejections`). [`serve`] runs it on
+//! the internet-facing socket, with timeouts and a connection limit; [`TrustedProxies`] decides
+//! whose forwarding headers are believed.
 
 mod args;
 mod auth;
@@ -11,6 +12,7 @@ mod client_address;
 mod error;
 mod health;
 mod oauth;
+mod rejections;
 mod serve;
 mod webhooks;
 
@@ -42,8 +44,13 @@ pub mod fuzzing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
-use self::auth::PeerIp;
-use crate::{auth::Auth, log::SharedLog, metrics::Metrics, telemetry};
+use self::{auth::PeerIp, rejections::RejectionLog};
+use crate::{
+    auth::Auth,
+    log::{Readiness, SharedLog},
+    metrics::Metrics,
+    telemetry,
+};
 
 /// What the public handlers share.
 #[derive(Clone)]
@@ -53,16 +60,33 @@ pub struct AppState {
 
 struct Inner {
     log: SharedLog,
+    readiness: Readiness,
     auth: Arc<Auth>,
     metrics: Metrics,
+    rejections: RejectionLog,
 }
 
 impl AppState {
-    /// State over this event log, guarded by `auth`, counting into `metrics`.
-    pub fn new(log: SharedLog, auth: Arc<Auth>, metrics: Metrics) -> Self {
+    /// State over this event log and its `readiness`, guarded by `auth`, counting into
+    /// `metrics`.
+    pub fn new(log: SharedLog, readiness: Readiness, auth: Arc<Auth>, metrics: Metrics) -> Self {
         Self {
-            inner: Arc::new(Inner { log, auth, metrics }),
+            inner: Arc::new(Inner {
+                log,
+                readiness,
+                auth,
+                metrics,
+                rejections: RejectionLog::default(),
+            }),
         }
+    }
+
+    fn rejections(&self) -> &RejectionLog {
+        &self.inner.rejections
+    }
+
+    fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
     }
 
     fn log(&self) -> &SharedLog {
@@ -96,6 +120,11 @@ pub fn app(state: AppState, settings: HttpSettings) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        // Inside the trace layer, so that a rejection's line carries the request's trace id.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rejections::log_rejections,
+        ))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(
             TraceLayer::new_for_http()

@@ -25,6 +25,7 @@ use super::{
     AppState, PeerIp,
     auth::Connection,
     error::{SEE_THE_LOGS, is_too_large},
+    rejections::Rejection,
 };
 use crate::{
     auth::{ClientAuthError, ClientCredentials, IssueError, Secret},
@@ -121,13 +122,31 @@ impl ServiceError for TokenRequestError {
         }
     }
 
-    /// A busy gateway is logged where it is noticed, with the client's address.
+    /// A busy gateway refuses, and is logged with the rejections, with the client's address.
     fn is_failure(&self) -> bool {
         self.kind() == ErrorKind::Internal
     }
 }
 
 impl TokenRequestError {
+    /// What the rate-limited log of rejections says of this refusal (the caller was told
+    /// `detail`), with what the caller is not told; `None` for a failure of the gateway, which
+    /// is logged with its causes instead.
+    fn rejection(&self, detail: String) -> Option<Rejection> {
+        let rejection = Rejection::new(self.http_status(), self.code(), detail);
+        match self {
+            Self::Authentication(ClientAuthError::InvalidClient(reason)) => {
+                Some(rejection.with_reason(reason.to_string()))
+            }
+            // The gateway's own limits: an operator may have to raise them.
+            Self::Authentication(ClientAuthError::Throttled(_) | ClientAuthError::Busy) => {
+                Some(rejection.logged_as_warning())
+            }
+            _ if self.is_failure() => None,
+            _ => Some(rejection),
+        }
+    }
+
     /// How long the client should wait before trying again, if it should.
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -159,11 +178,15 @@ struct ErrorBody<'a> {
 impl IntoResponse for TokenRequestError {
     fn into_response(self) -> Response {
         log_failure(&self);
+        let detail = self.public_message();
         let body = ErrorBody {
             error: self.code(),
-            error_description: &self.public_message(),
+            error_description: &detail,
         };
         let mut response = (self.http_status(), Json(body)).into_response();
+        if let Some(rejection) = self.rejection(detail.into_owned()) {
+            response.extensions_mut().insert(rejection);
+        }
         let headers = response.headers_mut();
         no_store(headers);
         if self.kind() == ErrorKind::Unauthenticated {
@@ -232,8 +255,7 @@ async fn issue(
             "authenticate client",
             otel.name = "oauth authenticate client"
         ))
-        .await
-        .inspect_err(|error| log_refusal(source, error))?;
+        .await?;
     let issued = state
         .auth()
         .tokens()
@@ -248,23 +270,6 @@ async fn issue(
     .into_response();
     no_store(response.headers_mut());
     Ok(response)
-}
-
-/// Logs what the caller of a refused client authentication is not told, with its address. A
-/// verification that failed to run is a failure, logged with its cause when it is answered.
-fn log_refusal(source: IpAddr, error: &ClientAuthError) {
-    match error {
-        ClientAuthError::InvalidClient(reason) => {
-            tracing::info!(%source, %reason, "client authentication failed");
-        }
-        ClientAuthError::Busy => {
-            tracing::warn!(%source, "client authentication refused: too many secret checks running");
-        }
-        ClientAuthError::Throttled(throttled) => {
-            tracing::warn!(%source, retry_after = ?throttled.retry_after, "client authentication throttled");
-        }
-        ClientAuthError::Internal(_) => {}
-    }
 }
 
 /// The client credentials of a token request (headers and the whole body), checked for

@@ -12,7 +12,9 @@
 //!   is the newcomer refused.
 //! - **Graceful shutdown.** When `shutdown` fires, the loop stops accepting, asks every
 //!   connection to finish (HTTP/1.1 closes once idle, HTTP/2 sends GOAWAY) and returns when all
-//!   have; the caller bounds the wait.
+//!   have. The caller bounds the wait: when it fires `give_up`, every request still in flight is
+//!   answered `503` at once (so a webhook waiting for the log is told to retry, not left without
+//!   an answer), and its connection then closes.
 
 use std::{
     collections::HashMap,
@@ -51,7 +53,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{ClientAddress, TrustedProxies, error::ListenerError};
+use super::{
+    ClientAddress, TrustedProxies,
+    error::ListenerError,
+    rejections::{Rejection, RejectionLog},
+};
 
 /// Largest HTTP/1.1 request head (request line and headers), and HTTP/2 header list, in bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -220,7 +226,10 @@ struct Shared {
     proxies: TrustedProxies,
     builder: auto::Builder<TokioExecutor>,
     shutdown: CancellationToken,
+    give_up: CancellationToken,
     registry: Mutex<Registry>,
+    /// The refusals the listener answers itself, outside the router (see [`timed_out`]).
+    rejections: RejectionLog,
 }
 
 struct Registry {
@@ -289,13 +298,16 @@ impl Shared {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` fires and every connection has finished.
+/// Serves `app` on `listener` until `shutdown` fires and every connection has finished. Once
+/// `give_up` fires too, the requests still in flight are answered `503` and their connections
+/// closed.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ListenerLimits,
     proxies: TrustedProxies,
     shutdown: CancellationToken,
+    give_up: CancellationToken,
 ) -> io::Result<()> {
     let shared = Arc::new(Shared {
         app,
@@ -303,6 +315,8 @@ pub async fn serve(
         proxies,
         builder: builder(&limits),
         shutdown: shutdown.clone(),
+        give_up,
+        rejections: RejectionLog::default(),
         registry: Mutex::new(Registry {
             next_id: 0,
             open: HashMap::new(),
@@ -383,6 +397,9 @@ async fn serve_connection(
         shared: shared.clone(),
         connection: connection.clone(),
         peer,
+        // A child per connection, so that its requests' waits touch nothing other connections
+        // contend on.
+        give_up: shared.give_up.child_token(),
     };
     let served = shared.builder.serve_connection(io, service);
     tokio::pin!(served);
@@ -496,6 +513,7 @@ struct ConnectionService {
     shared: Arc<Shared>,
     connection: Arc<Connection>,
     peer: SocketAddr,
+    give_up: CancellationToken,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -521,13 +539,29 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         extensions.insert(ConnectInfo(self.peer));
         extensions.insert(ClientAddress(client));
         extensions.insert(ConnectionHandle(self.connection.clone()));
-        let app = self.shared.app.clone();
+        let shared = self.shared.clone();
         let timeout = self.shared.limits.request_timeout;
+        let give_up = self.give_up.clone();
         Box::pin(async move {
             let _in_flight = in_flight;
-            match tokio::time::timeout(timeout, app.oneshot(request)).await {
-                Ok(answer) => answer,
-                Err(_) => Ok(timed_out(body_done.load(Ordering::Acquire), version)),
+            tokio::select! {
+                // An answer ready at the deadline is given: it may be a `200`.
+                biased;
+                answer = tokio::time::timeout(timeout, shared.app.clone().oneshot(request)) => {
+                    match answer {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            let mut answer = timed_out(body_done.load(Ordering::Acquire), version);
+                            if let Some(rejection) = answer.extensions_mut().remove::<Rejection>() {
+                                shared.rejections.record(&rejection, Some(client));
+                            }
+                            Ok(answer)
+                        }
+                    }
+                }
+                // Dropping the handler drops its append: whether the log stored the
+                // notification is unknown, and Incode's retry is deduplicated.
+                () = give_up.cancelled() => Ok(closing(ListenerError::ShuttingDown, version)),
             }
         })
     }
@@ -543,6 +577,11 @@ fn timed_out(body_done: bool, version: Version) -> Response<Body> {
     } else {
         ListenerError::BodyTimeout
     };
+    closing(error, version)
+}
+
+/// The answer for `error`, after which the connection is closed.
+fn closing(error: ListenerError, version: Version) -> Response<Body> {
     let mut response = error.into_response();
     if version < Version::HTTP_2 {
         response
@@ -681,5 +720,80 @@ mod tests {
                 "detail": "the request could not be completed in time; retry later",
             })
         );
+    }
+
+    /// A request still in flight when the shutdown deadline passes is answered 503 at once,
+    /// whatever its handler is waiting for, and its connection is closed.
+    #[tokio::test]
+    async fn a_request_in_flight_when_the_listener_gives_up_is_answered_503() {
+        // The handler says when it has started, then never answers.
+        let started = Arc::new(Notify::new());
+        let handler_started = started.clone();
+        let app = Router::new().route(
+            "/held",
+            axum::routing::post(move || async move {
+                handler_started.notify_one();
+                std::future::pending::<&'static str>().await
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = ListenerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4,
+            http2_max_concurrent_streams: 4,
+        };
+        let (shutdown, give_up) = (CancellationToken::new(), CancellationToken::new());
+        let served = tokio::spawn(serve(
+            listener,
+            app,
+            limits,
+            TrustedProxies::none(),
+            shutdown.clone(),
+            give_up.clone(),
+        ));
+        let mut connection = TcpStream::connect(address).await.unwrap();
+        let request = "POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+        tokio::io::AsyncWriteExt::write_all(&mut connection, request.as_bytes())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), started.notified())
+            .await
+            .expect("the request never reached its handler");
+        // The request is in flight until the listener gives up.
+        let mut answer = Vec::new();
+        let read = tokio::io::AsyncReadExt::read_to_end(&mut connection, &mut answer);
+        tokio::pin!(read);
+        shutdown.cancel();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut read)
+                .await
+                .is_err(),
+            "answered before the deadline"
+        );
+        give_up.cancel();
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("no answer and no close")
+            .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(body).unwrap(),
+            serde_json::json!({
+                "success": false,
+                "error": "unavailable",
+                "detail": "the gateway is shutting down; retry later",
+            })
+        );
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the listener did not finish")
+            .unwrap()
+            .unwrap();
     }
 }

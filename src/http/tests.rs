@@ -10,15 +10,24 @@ use axum::{
 use base64::Engine;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::{AppState, HttpSettings, app};
+use crate::log::Readiness;
 use crate::{
     auth::{
         Auth, AuthSettings, ClientConfig, Secret, ThrottleSettings, TokenKey, TokenSettings,
         WebhookHeader,
     },
-    log::{EventLog, MemoryLog, ReadItem, SharedLog, memory::MemoryOptions},
+    log::{
+        EventLog, MemoryLog, ReadItem, SharedLog,
+        memory::MemoryOptions,
+        readiness::{
+            CHECK_INTERVAL,
+            tests::{CheckedLog, until_checked},
+        },
+    },
     metrics::Metrics,
     proto::v1,
 };
@@ -40,7 +49,7 @@ struct Harness {
     log: Arc<MemoryLog>,
 }
 
-fn harness(guard: Guard) -> Harness {
+fn auth(guard: Guard) -> Auth {
     let (clients, webhook_headers) = match guard {
         Guard::Open => (Vec::new(), Vec::new()),
         Guard::OAuth => (
@@ -55,7 +64,7 @@ fn harness(guard: Guard) -> Harness {
             vec![WebhookHeader::parse(&Secret::new("X-Check=ok")).unwrap()],
         ),
     };
-    let auth = Auth::new(AuthSettings {
+    Auth::new(AuthSettings {
         clients,
         tokens: TokenSettings {
             ttl: Duration::from_secs(60),
@@ -70,16 +79,27 @@ fn harness(guard: Guard) -> Harness {
         },
         max_concurrent_secret_checks: 2,
     })
-    .unwrap();
-    let log = Arc::new(MemoryLog::new(MemoryOptions::new(Duration::from_secs(60))));
-    let shared: SharedLog = log.clone();
-    let metrics = Metrics::new(shared.clone(), false).unwrap();
+    .unwrap()
+}
+
+/// The public router over `log`, its readiness checked every `check_interval`.
+fn router(guard: Guard, log: SharedLog, check_interval: Duration) -> Router {
+    let readiness = Readiness::spawn(log.clone(), check_interval, CancellationToken::new());
+    let metrics = Metrics::new(log.clone(), false).unwrap();
     let settings = HttpSettings {
         max_body_bytes: 1024,
         trust_incoming_trace_context: false,
     };
+    app(
+        AppState::new(log, readiness, Arc::new(auth(guard)), metrics),
+        settings,
+    )
+}
+
+fn harness(guard: Guard) -> Harness {
+    let log = Arc::new(MemoryLog::new(MemoryOptions::new(Duration::from_secs(60))));
     Harness {
-        app: app(AppState::new(shared, Arc::new(auth), metrics), settings),
+        app: router(guard, log.clone(), CHECK_INTERVAL),
         log,
     }
 }
@@ -101,18 +121,22 @@ impl Answer {
     }
 }
 
+async fn call(app: &Router, request: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
 impl Harness {
     async fn call(&self, request: Request<Body>) -> Answer {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        call(&self.app, request).await
     }
 
     async fn post(&self, path: &str, content_type: Option<&str>, body: impl Into<Body>) -> Answer {
@@ -215,10 +239,14 @@ async fn each_endpoint_reads_its_kind() {
         ),
         ("/webhooks/incode", r#"{"interviewId":"i-3","other":1}"#),
         ("/webhooks/incode/id-validation", r#"{"interviewId":"i-4"}"#),
-        // Only the exact spelling is the modelled kind's route.
+        // Another spelling of a modelled kind's URL is that kind's route.
         (
             "/webhooks/incode/onboarding%2Dstatus",
-            r#"{"interviewId":"i-5"}"#,
+            r#"{"interviewId":"i-5","onboardingStatus":"UNKNOWN"}"#,
+        ),
+        (
+            "/webhooks/incode/%77atchlist-updated",
+            r#"{"interviewId":"i-6","ref":"r","search_id":"s"}"#,
         ),
     ] {
         let answer = harness.post_json(path, body).await;
@@ -241,9 +269,36 @@ async fn each_endpoint_reads_its_kind() {
             "watchlist-updated",
             "unknown",
             "id-validation",
-            "onboarding-status"
+            "onboarding-status",
+            "watchlist-updated",
         ]
     );
+}
+
+/// A modelled kind's URL spelled otherwise is read as that kind, strictly, and shares its
+/// deduplication key: Incode's delivery to the real URL is the same notification, not one that
+/// an earlier call under another spelling turned into an unrecognised "duplicate".
+#[tokio::test]
+async fn another_spelling_of_a_modelled_kind_is_that_kind() {
+    let harness = harness(Guard::Open);
+    harness
+        .post_json(
+            "/webhooks/incode/onboarding%2Dstatus",
+            r#"{"interviewId":"i-1"}"#,
+        )
+        .await
+        .assert_refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "onboardingStatus is missing",
+        );
+    for path in ["/webhooks/incode/onboarding%2Dstatus", ONBOARDING] {
+        let answer = harness.post_json(path, GOOD_BODY).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+    }
+    let stored = harness.stored().await;
+    assert_eq!(stored.len(), 1, "one notification, stored once");
+    assert_eq!(stored[0].r#type(), v1::EventType::OnboardingStatusChanged);
 }
 
 #[tokio::test]
@@ -376,6 +431,38 @@ async fn json_bodies_are_read_whole_or_refused() {
         answer.body
     );
     assert_eq!(harness.stored().await.len(), 1);
+}
+
+/// `/readyz` tells what the gateway's one readiness check found: a flood of probes costs the
+/// log no check at all.
+#[tokio::test]
+async fn readyz_answers_from_the_one_readiness_check() {
+    for failing in [false, true] {
+        let log = CheckedLog::new();
+        log.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+        // No second check within the test.
+        let app = router(Guard::Open, log.clone(), Duration::from_secs(3600));
+        until_checked(&log, 1).await;
+        let expected = if failing {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "status": "not_ready", "detail": "event log storage is unavailable" }),
+            )
+        } else {
+            (StatusCode::OK, json!({ "status": "ready" }))
+        };
+        let probe = || Request::get("/readyz").body(Body::empty()).unwrap();
+        // The first check's result may still be on its way to the state.
+        while call(&app, probe()).await.status != expected.0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..200 {
+            let answer = call(&app, probe()).await;
+            assert_eq!((answer.status, answer.body), expected.clone());
+        }
+        assert_eq!(log.checks(), 1, "probes do not check the log");
+    }
 }
 
 #[tokio::test]

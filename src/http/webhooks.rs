@@ -30,7 +30,7 @@ use super::{
 use crate::{
     auth::{Authenticated, ClientId},
     error::{ErrorKind, ServiceError},
-    incode::{DecodeError, Endpoint, KindName, Notification},
+    incode::{DecodeError, Endpoint, Notification},
     log::{AppendOutcome, LogError},
     metrics::WebhookOutcome,
     telemetry,
@@ -186,7 +186,8 @@ fn endpoint(
         return Ok(endpoint.clone());
     }
     match kind {
-        Ok(Some(Path(kind))) => KindName::parse(&kind).map(Endpoint::Other),
+        // Percent-decoded by `Path`: a modelled kind in any spelling is that kind's endpoint.
+        Ok(Some(Path(kind))) => Endpoint::for_kind(&kind),
         Ok(None) | Err(_) => Err(DecodeError::InvalidKind),
     }
 }

@@ -34,6 +34,26 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint of `POST /webhooks/incode/{kind}`, for the kind named in the URL (after
+    /// percent-decoding).
+    ///
+    /// The name of a modelled kind is that kind's endpoint, however the URL spelled it:
+    /// `/webhooks/incode/onboarding%2Dstatus` is `/webhooks/incode/onboarding-status` (RFC 3986
+    /// §6.2.2.2 makes them the same URL, and a proxy in front may send either). Refusing the
+    /// other spelling could lose a notification Incode will not send a third time; reading it
+    /// as an unrecognised kind would store a second decoding of one kind, under the same
+    /// deduplication key as the typed one, so that whichever came first would make the other
+    /// a "duplicate".
+    pub fn for_kind(name: &str) -> Result<Self, DecodeError> {
+        match name {
+            ONBOARDING_STATUS_KIND => Ok(Self::OnboardingStatus),
+            WATCHLIST_UPDATED_KIND => Ok(Self::WatchlistUpdated),
+            other => KindName::parse(other)
+                .map(Self::Other)
+                .ok_or(DecodeError::InvalidKind),
+        }
+    }
+
     /// The kind a call to this endpoint is meant to be, for counting calls that fail before
     /// their body is decoded: the kind name, or `detect` for `/webhooks/incode`.
     pub fn kind(&self) -> &str {
@@ -51,8 +71,10 @@ const ONBOARDING_STATUS_KIND: &str = "onboarding-status";
 /// Kind name of "notify global watchlist has updates".
 const WATCHLIST_UPDATED_KIND: &str = "watchlist-updated";
 
-/// The name of a notification kind taken from a webhook URL: 1 to 64 ASCII letters, digits,
-/// `-`, `_` or `.`.
+/// The name of a notification kind this version does not model, taken from a webhook URL: 1 to
+/// 64 ASCII letters, digits, `-`, `_` or `.`, and never the name of a modelled kind (those have
+/// endpoints of their own, see [`Endpoint::for_kind`]). So a kind name always means one way of
+/// reading a body, and the deduplication key (kind and body) one event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KindName(String);
 
@@ -60,13 +82,11 @@ impl KindName {
     /// Longest accepted kind name.
     pub const MAX_LEN: usize = 64;
 
-    /// Parses a kind name from a URL path segment.
-    pub fn parse(name: &str) -> Result<Self, DecodeError> {
-        if crate::error::is_plain_name(name, Self::MAX_LEN) {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(DecodeError::InvalidKind)
-        }
+    /// The kind name `name`, unless it is not a plain name or names a modelled kind.
+    fn parse(name: &str) -> Option<Self> {
+        let modelled = [ONBOARDING_STATUS_KIND, WATCHLIST_UPDATED_KIND].contains(&name);
+        (!modelled && crate::error::is_plain_name(name, Self::MAX_LEN))
+            .then(|| Self(name.to_owned()))
     }
 
     /// The kind name as text.

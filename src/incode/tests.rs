@@ -114,10 +114,38 @@ fn bad_bodies_name_the_problem() {
 
 #[test]
 fn kind_names_are_restricted() {
-    assert!(KindName::parse("document-expired").is_ok());
-    assert!(KindName::parse("").is_err());
-    assert!(KindName::parse("a/b").is_err());
-    assert!(KindName::parse(&"x".repeat(65)).is_err());
+    assert!(KindName::parse("document-expired").is_some());
+    assert!(KindName::parse("").is_none());
+    assert!(KindName::parse("a/b").is_none());
+    assert!(KindName::parse(&"x".repeat(65)).is_none());
+    for error in [
+        Endpoint::for_kind(""),
+        Endpoint::for_kind("a/b"),
+        Endpoint::for_kind(&"x".repeat(65)),
+    ] {
+        assert_eq!(error, Err(DecodeError::InvalidKind));
+    }
+}
+
+/// A modelled kind named in `/webhooks/incode/{kind}` is that kind's endpoint, never an
+/// unrecognised kind of the same name: its notifications are decoded as the typed route does,
+/// and so have one deduplication key and one event.
+#[test]
+fn a_modelled_kind_named_in_the_url_is_its_own_endpoint() {
+    assert_eq!(
+        Endpoint::for_kind("onboarding-status"),
+        Ok(Endpoint::OnboardingStatus)
+    );
+    assert_eq!(
+        Endpoint::for_kind("watchlist-updated"),
+        Ok(Endpoint::WatchlistUpdated)
+    );
+    assert!(KindName::parse("onboarding-status").is_none());
+    assert!(KindName::parse("watchlist-updated").is_none());
+    assert_eq!(
+        Endpoint::for_kind("face-match"),
+        Ok(Endpoint::Other(KindName("face-match".to_owned())))
+    );
 }
 
 /// A body whose extra field `deep` nests `depth` levels in all (the body itself is level 1),

@@ -7,23 +7,21 @@
 
 use bytes::Bytes;
 
-use super::{ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned};
+use super::{
+    ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned,
+    quota::{NameKind, Quota, QuotaError, SubscriberIdentity},
+};
 use crate::error::{ErrorKind, ServiceError};
 
 /// Key prefix of consumer cursors in the state store.
-const PREFIX: &str = "consumer.";
+const PREFIX: &str = NameKind::Consumer.prefix();
 
 /// Why an ack was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CursorError {
-    /// Creating one more consumer would exceed the configured number.
-    #[error(
-        "too many durable consumers ({max}); reuse an existing consumer name or ask the operator to raise --max-consumers"
-    )]
-    TooManyConsumers {
-        /// The limit.
-        max: usize,
-    },
+    /// Creating the consumer would exceed a limit.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The store failed.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -32,14 +30,14 @@ pub enum CursorError {
 impl ServiceError for CursorError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::TooManyConsumers { .. } => ErrorKind::ResourceExhausted,
+            Self::Quota(error) => error.kind(),
             Self::Log(error) => error.kind(),
         }
     }
 
     fn code(&self) -> &'static str {
         match self {
-            Self::TooManyConsumers { .. } => "too_many_consumers",
+            Self::Quota(error) => error.code(),
             Self::Log(error) => error.code(),
         }
     }
@@ -49,16 +47,13 @@ impl ServiceError for CursorError {
 #[derive(Clone)]
 pub struct Cursors {
     state: SharedState,
-    max_consumers: usize,
+    quota: Quota,
 }
 
 impl Cursors {
-    /// Cursors in `state`; at most `max_consumers` consumers may be created by acks.
-    pub fn new(state: SharedState, max_consumers: usize) -> Self {
-        Self {
-            state,
-            max_consumers,
-        }
+    /// Cursors in `state`; the acks that create consumers are bounded by `quota`.
+    pub fn new(state: SharedState, quota: Quota) -> Self {
+        Self { state, quota }
     }
 
     /// The last sequence `consumer` acknowledged, or `None` for a consumer never seen.
@@ -72,11 +67,13 @@ impl Cursors {
     }
 
     /// Records that `consumer` has processed every event up to `sequence`, durably. Returns the
-    /// consumer's cursor after the ack: an older ack than the stored cursor changes nothing.
+    /// consumer's cursor after the ack: an older ack than the stored cursor changes nothing. The
+    /// first ack of a consumer creates it, charged to `caller`.
     pub async fn ack(
         &self,
         consumer: &ConsumerName,
         sequence: Sequence,
+        caller: &SubscriberIdentity,
     ) -> Result<Sequence, CursorError> {
         let key = key(consumer);
         loop {
@@ -84,13 +81,10 @@ impl Cursors {
             let (current, expected) = match &stored {
                 Some(stored) => (decode(&key, stored)?, Some(stored.revision)),
                 None => {
-                    // Only a new consumer can take the count over the limit. Replicas creating
-                    // consumers at the same moment may overshoot it by a few.
-                    if self.state.count(PREFIX).await? >= self.max_consumers {
-                        return Err(CursorError::TooManyConsumers {
-                            max: self.max_consumers,
-                        });
-                    }
+                    // Only a new consumer can take a count over its limit.
+                    self.quota
+                        .admit(caller, NameKind::Consumer, consumer.as_str())
+                        .await?;
                     (0, None)
                 }
             };

@@ -1,7 +1,7 @@
 //! The event log: an append-only sequence of events with deduplication of repeated
 //! notifications, and readers that follow it from any position; beside it, a small durable
 //! key-value store with compare-and-set for the state subscribers leave behind (durable consumer
-//! cursors).
+//! cursors, and the [`quota`] on how many consumers and groups there may be).
 //!
 //! The rest of the gateway sees only the traits: [`EventLog`] (append, bounds, time lookup,
 //! [`LogReader`]s), and [`StateStore`] (versioned keys), both opened together as a [`Storage`].
@@ -12,11 +12,14 @@
 //!
 //! Backends: [`memory`] (for tests and trying things out), [`embedded`] (the default: a redb file
 //! on local disk) and [`nats`] (a replicated JetStream stream, for several gateway replicas).
+//! [`readiness`] checks whether the log can take appends, once for all who ask.
 
 pub mod cursors;
 pub mod embedded;
 pub mod memory;
 pub mod nats;
+pub mod readiness;
+pub mod quota;
 
 use std::{
     fmt,
@@ -39,6 +42,8 @@ pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
+pub use readiness::{Readiness, ReadyState};
+pub use quota::{NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity};
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
 pub type Sequence = u64;
@@ -325,7 +330,7 @@ impl Storage {
     }
 }
 
-/// The name of a durable consumer: 1 to 128 ASCII letters, digits, `-`, `_` or `.`.
+/// The name of a durable consumer: see [`is_consumer_name`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConsumerName(String);
 
@@ -335,7 +340,7 @@ impl ConsumerName {
 
     /// Parses a consumer name.
     pub fn parse(name: &str) -> Result<Self, InvalidConsumerName> {
-        if crate::error::is_plain_name(name, Self::MAX_LEN) {
+        if is_consumer_name(name) {
             Ok(Self(name.to_owned()))
         } else {
             Err(InvalidConsumerName)
@@ -354,9 +359,23 @@ impl fmt::Display for ConsumerName {
     }
 }
 
-/// A consumer name outside the allowed alphabet or length.
+/// What a durable consumer or consumer group name may be, as the refusals say it.
+pub const CONSUMER_NAME_RULE: &str = "1 to 128 ASCII letters, digits, '-', '_' or '.', \
+     with no '.' at the start or the end and no two in a row";
+
+/// Whether `name` may name a durable consumer or a consumer group (one namespace, one rule): a
+/// plain name of at most [`ConsumerName::MAX_LEN`] bytes whose dots only separate non-empty
+/// parts. The name becomes part of state-store keys (`consumer.<name>`,
+/// `partition.<name>.<n>`), which NATS carries as subjects: an empty part between dots is not a
+/// valid subject, and such a name would be accepted here only to fail there as `UNAVAILABLE`.
+pub fn is_consumer_name(name: &str) -> bool {
+    crate::error::is_plain_name(name, ConsumerName::MAX_LEN)
+        && name.split('.').all(|part| !part.is_empty())
+}
+
+/// A consumer name outside [`CONSUMER_NAME_RULE`].
 #[derive(Debug, thiserror::Error)]
-#[error("consumer must be 1 to 128 ASCII letters, digits, '-', '_' or '.'")]
+#[error("consumer must be {}", CONSUMER_NAME_RULE)]
 pub struct InvalidConsumerName;
 
 impl ServiceError for InvalidConsumerName {
@@ -431,6 +450,35 @@ pub fn is_state_key(key: &str) -> bool {
 mod tests {
     use super::*;
     use crate::proto::v1::subscribe_response::Response;
+
+    #[test]
+    fn consumer_names_are_plain_with_dots_only_between_parts() {
+        for good in [
+            "billing",
+            "billing.eu-1",
+            "a.b.c",
+            "A_b-9",
+            &"x".repeat(128),
+        ] {
+            assert!(is_consumer_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".billing",
+            "billing.",
+            "billing..eu",
+            ".",
+            "..",
+            "bill ing",
+            "bill/ing",
+            "billing*",
+            "ü",
+            &"x".repeat(129),
+        ] {
+            assert!(!is_consumer_name(bad), "{bad:?}");
+            assert!(ConsumerName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn dedup_keys_print_as_hex() {

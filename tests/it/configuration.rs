@@ -244,3 +244,48 @@ async fn the_environment_wins_over_the_file_and_the_file_over_the_defaults() {
     );
     child.start_kill().unwrap();
 }
+
+/// A value of the file that its flag refuses stops the start with the file, the key, its line
+/// and column, and the reason, but never the value: it may be a secret put under the wrong key.
+#[test]
+fn a_refused_value_of_the_file_is_named_by_its_key_and_line_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let secret = "hunter2-5f0c9a";
+    for (text, at, reason) in [
+        (
+            format!("[public]\nmax_connections = 10\nidle_timeout = \"{secret}\"\n"),
+            "line 3, column 1",
+            "`public.idle_timeout` (--idle-timeout)",
+        ),
+        (
+            format!("log_format = \"{secret}\"\n"),
+            "line 1, column 1",
+            "`log_format` (--log-format): must be one of `text`, `json`",
+        ),
+        (
+            format!("[storage]\nbackend = \"memory\"\n\n[nats]\n  replicas = \"{secret}\"\n"),
+            "line 5, column 3",
+            "`nats.replicas` (--nats-replicas)",
+        ),
+        (
+            "[public]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n".to_owned(),
+            "line 2, column 1",
+            "`public.trusted_proxies` (--trusted-proxies)",
+        ),
+    ] {
+        std::fs::write(&path, &text).unwrap();
+        let output = crate::common::binary()
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        for expected in [path.to_str().unwrap(), at, reason] {
+            assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+        }
+        assert!(!stderr.contains(secret), "{stderr}");
+        assert!(!stderr.contains("10.0.0.0/33"), "{stderr}");
+    }
+}

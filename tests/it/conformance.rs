@@ -13,7 +13,8 @@ use bytes::Bytes;
 use incode_gateway::{
     log::{
         AppendOutcome, Bounds, ConsumerName, CursorError, Cursors, DedupKey, EmbeddedLog,
-        MemoryLog, NatsLog, NewEvent, PutOutcome, ReadItem, Sequence, Storage,
+        MemoryLog, NameKind, NatsLog, NewEvent, PutOutcome, Quota, QuotaError, QuotaLimits,
+        ReadItem, Sequence, SharedState, Storage, SubscriberIdentity,
         embedded::Options as EmbeddedOptions, memory::MemoryOptions, nats::NatsOptions,
     },
     proto::v1,
@@ -427,17 +428,30 @@ async fn state_writes_compare_and_set(backend: impl Backend) {
     assert_eq!(state.count("none.").await.unwrap(), 0);
 }
 
+/// Cursors in `state`, with room for `max` consumers (and groups) in all and per subscriber.
+fn cursors(state: &SharedState, max: usize) -> Cursors {
+    let limits = QuotaLimits {
+        max_total: max,
+        max_per_subscriber: max,
+    };
+    Cursors::new(state.clone(), Quota::new(state.clone(), limits))
+}
+
+fn anonymous() -> SubscriberIdentity {
+    SubscriberIdentity::anonymous()
+}
+
 async fn cursors_only_move_forward_even_when_acks_race(backend: impl Backend) {
     let storage = backend.open(Limits::none()).await;
-    let cursors = Cursors::new(storage.state.clone(), 100);
+    let cursors = cursors(&storage.state, 100);
     let billing = ConsumerName::parse("billing").unwrap();
     assert_eq!(cursors.get(&billing).await.unwrap(), None);
-    assert_eq!(cursors.ack(&billing, 5).await.unwrap(), 5);
-    assert_eq!(cursors.ack(&billing, 3).await.unwrap(), 5);
+    assert_eq!(cursors.ack(&billing, 5, &anonymous()).await.unwrap(), 5);
+    assert_eq!(cursors.ack(&billing, 3, &anonymous()).await.unwrap(), 5);
     assert_eq!(cursors.get(&billing).await.unwrap(), Some(5));
 
     // Two "replicas" (two handles on the same state) ack at once, in scrambled order.
-    let other = Cursors::new(storage.state.clone(), 100);
+    let other = cursors.clone();
     let tasks: Vec<_> = (0..40u64)
         .map(|i| {
             let cursors = if i % 2 == 0 {
@@ -447,7 +461,9 @@ async fn cursors_only_move_forward_even_when_acks_race(backend: impl Backend) {
             };
             let billing = billing.clone();
             let sequence = 10 + (i * 17) % 40;
-            tokio::spawn(async move { cursors.ack(&billing, sequence).await.unwrap() })
+            tokio::spawn(
+                async move { cursors.ack(&billing, sequence, &anonymous()).await.unwrap() },
+            )
         })
         .collect();
     for task in tasks {
@@ -458,16 +474,43 @@ async fn cursors_only_move_forward_even_when_acks_race(backend: impl Backend) {
 
 async fn the_number_of_consumers_is_bounded(backend: impl Backend) {
     let storage = backend.open(Limits::none()).await;
-    let cursors = Cursors::new(storage.state.clone(), 2);
+    let limits = QuotaLimits {
+        max_total: 4,
+        max_per_subscriber: 2,
+    };
+    let quota = Quota::new(storage.state.clone(), limits);
+    let cursors = Cursors::new(storage.state.clone(), quota.clone());
     let name = |n: &str| ConsumerName::parse(n).unwrap();
-    cursors.ack(&name("a"), 1).await.unwrap();
-    cursors.ack(&name("b"), 1).await.unwrap();
+    // Dotted subscriber names, one the prefix of the other, keep apart on every backend.
+    let billing = SubscriberIdentity::authenticated("billing");
+    let billing_eu = SubscriberIdentity::authenticated("billing.eu");
+    cursors.ack(&name("a"), 1, &billing).await.unwrap();
+    cursors.ack(&name("b.x"), 1, &billing).await.unwrap();
     assert!(matches!(
-        cursors.ack(&name("c"), 1).await,
-        Err(CursorError::TooManyConsumers { max: 2 })
+        cursors.ack(&name("c"), 1, &billing).await,
+        Err(CursorError::Quota(QuotaError::TooManyForSubscriber {
+            max: 2,
+            ..
+        }))
+    ));
+    cursors.ack(&name("c"), 1, &billing_eu).await.unwrap();
+    // A group (its record written as the groups write it) counts toward the same total.
+    quota
+        .admit(&billing_eu, NameKind::Group, "g")
+        .await
+        .unwrap();
+    let group = format!("{}g", NameKind::Group.prefix());
+    storage
+        .state
+        .put(&group, Bytes::from_static(b"{}"), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        cursors.ack(&name("d"), 1, &anonymous()).await,
+        Err(CursorError::Quota(QuotaError::TooMany { max: 4 }))
     ));
     // Existing consumers keep working.
-    assert_eq!(cursors.ack(&name("a"), 2).await.unwrap(), 2);
+    assert_eq!(cursors.ack(&name("a"), 2, &billing).await.unwrap(), 2);
 }
 
 async fn events_dedup_keys_and_cursors_survive_a_restart(backend: impl Backend) {
@@ -478,8 +521,8 @@ async fn events_dedup_keys_and_cursors_survive_a_restart(backend: impl Backend) 
     let before = {
         let storage = backend.open(Limits::none()).await;
         append_n(&storage, "durable", 3).await;
-        Cursors::new(storage.state.clone(), 10)
-            .ack(&billing, 2)
+        cursors(&storage.state, 10)
+            .ack(&billing, 2, &anonymous())
             .await
             .unwrap();
         let (events, _) = read_until_caught_up(&storage, 1).await;
@@ -499,10 +542,7 @@ async fn events_dedup_keys_and_cursors_survive_a_restart(backend: impl Backend) 
         "Incode's retry after a restart is still recognised"
     );
     assert_eq!(
-        Cursors::new(storage.state.clone(), 10)
-            .get(&billing)
-            .await
-            .unwrap(),
+        cursors(&storage.state, 10).get(&billing).await.unwrap(),
         Some(2)
     );
     let ids: HashSet<_> = after.iter().map(|e| e.id.clone()).collect();

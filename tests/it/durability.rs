@@ -141,13 +141,12 @@ async fn a_failing_disk_answers_503_and_acknowledges_nothing() {
     assert_eq!(body["error"], "unavailable");
     let detail = body["detail"].as_str().unwrap();
     assert!(!detail.contains("injected"), "internals leak: {detail}");
-    let (status, ready) = gateway.get_json("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    let ready = gateway.until_readyz(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(ready["status"], "not_ready", "{ready}");
 
     // Incode's retry succeeds once the disk is back, and stores the event exactly once.
     switch.set_failing(false);
-    let (status, _) = gateway.get_json("/readyz").await;
-    assert_eq!(status, StatusCode::OK);
+    gateway.until_readyz(StatusCode::OK).await;
     gateway.notify(PATH, &lost).await;
     gateway.notify(PATH, &lost).await;
     let mut stream = gateway.subscribe(earliest(), no_filter()).await;
@@ -259,8 +258,7 @@ async fn a_failed_disk_recovers_without_anyone_asking() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(expect_caught_up(&mut resumed).await, 1);
-    let (status, _) = gateway.get_json("/readyz").await;
-    assert_eq!(status, StatusCode::OK);
+    gateway.until_readyz(StatusCode::OK).await;
     gateway
         .notify(PATH, &onboarding_body("after", "UNKNOWN"))
         .await;
@@ -280,8 +278,7 @@ async fn a_closed_log_answers_503() {
         .post_json(PATH, &onboarding_body("late", "UNKNOWN"))
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let (status, _) = gateway.get_json("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    gateway.until_readyz(StatusCode::SERVICE_UNAVAILABLE).await;
 }
 
 #[tokio::test]

@@ -43,17 +43,25 @@ impl Env {
     }
 
     async fn embedded() -> Self {
+        Self::embedded_with(Self::config()).await
+    }
+
+    async fn embedded_with(config: Config) -> Self {
         Self {
-            gateways: vec![Gateway::start_with(Self::config()).await],
+            gateways: vec![Gateway::start_with(config).await],
             _nats: None,
         }
     }
 
     async fn nats() -> Self {
+        Self::nats_with(Self::config()).await
+    }
+
+    async fn nats_with(base: Config) -> Self {
         let nats = NatsServer::start().await;
         let mut gateways = Vec::new();
         for _ in 0..2 {
-            let mut config = Self::config();
+            let mut config = base.clone();
             config.storage = StorageKind::Nats;
             config.nats.urls = vec![nats.url()];
             gateways.push(Gateway::start_with(config).await);
@@ -104,9 +112,17 @@ struct Member {
 
 impl Member {
     async fn join(name: &str, subscribe: &Gateway, ack: &Gateway, group: &str) -> Self {
+        Self::join_through(name, subscribe.client().await, ack.client().await, group).await
+    }
+
+    /// Joins through one gateway's client, and acks through another's.
+    async fn join_through(
+        name: &str,
+        mut subscribe: EventStreamServiceClient<Channel>,
+        ack_client: EventStreamServiceClient<Channel>,
+        group: &str,
+    ) -> Self {
         let mut stream = subscribe
-            .client()
-            .await
             .subscribe(SubscribeRequest {
                 group: group.to_owned(),
                 group_partitions: PARTITIONS,
@@ -121,7 +137,6 @@ impl Member {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(Vec::new()));
         let acking = Arc::new(AtomicBool::new(true));
-        let ack_client = ack.client().await;
         let task = tokio::spawn({
             let (received, acked, refused, acking, mut client) = (
                 received.clone(),
@@ -407,6 +422,163 @@ async fn a_stale_members_ack_is_refused(env: Env) {
     }
 }
 
+/// A member whose gateway dies cannot let go of its partitions: they move to the remaining
+/// member once its session expires, with the events it held unacknowledged. Two gateway
+/// processes over one NATS server; one is killed with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_member_expires_and_its_partitions_move_to_the_others() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let replica = async || {
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "--allow-unauthenticated-webhooks",
+            "--storage",
+            "nats",
+            "--nats-url",
+            url.as_str(),
+            "--group-session-timeout",
+            "2s",
+            "--heartbeat-interval",
+            "500ms",
+        ];
+        GatewayProcess::spawn_with(dir.path(), &args, &[]).await
+    };
+    let mut doomed = replica().await;
+    let survivor = replica().await;
+    let a = Member::join_through("a", doomed.client().await, doomed.client().await, "expiry").await;
+    let b = Member::join_through(
+        "b",
+        survivor.client().await,
+        survivor.client().await,
+        "expiry",
+    )
+    .await;
+    settled(&[&a, &b]).await;
+    a.acking.store(false, Ordering::SeqCst);
+    let http = http_client();
+    for interview in 0..24 {
+        let response = http
+            .post(format!("{}{PATH}", survivor.base_url))
+            .header("content-type", "application/json")
+            .body(onboarding_body(&format!("expiry-{interview}"), "UNKNOWN"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+    }
+    all_received(&[&a, &b], 24).await;
+    let held: BTreeSet<u64> = a.received().iter().map(|e| e.sequence).collect();
+    assert!(!held.is_empty(), "a got no share");
+    let ids = [a.member_id(), b.member_id()];
+
+    doomed.child.start_kill().unwrap();
+    doomed.child.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    let deadline = killed + PATIENCE * 2;
+    loop {
+        let assignment = b.assignment.borrow().clone().unwrap();
+        if assignment.members == 1 && assignment.partitions.len() == PARTITIONS as usize {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never took a's partitions: {assignment:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing let go of them: they waited for a's session to expire (2 s after its last
+    // renewal, at most 0.4 s before the kill).
+    assert!(
+        killed.elapsed() >= Duration::from_secs(1),
+        "a's partitions moved {:?} after the kill, before its session could expire",
+        killed.elapsed()
+    );
+    // b resumes them after their cursors: what a held unacknowledged reaches b.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let received: BTreeSet<u64> = b.received().iter().map(|e| e.sequence).collect();
+        if held.is_subset(&received) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's unacknowledged events {:?} did not reach b",
+            held.difference(&received).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    in_order_per_interview(&b);
+    // Neither gateway wrote a member's id in its log.
+    for output in [&doomed.output, &survivor.output] {
+        let output = output.lock().unwrap();
+        assert!(!output.is_empty());
+        for line in output.iter() {
+            assert!(
+                ids.iter().all(|id| !line.contains(id.as_str())),
+                "a member id in the log: {line}"
+            );
+        }
+    }
+}
+
+/// A member holds at most `max_in_flight` unacknowledged events: it receives that many, then
+/// nothing (heartbeats only) until an ack makes room, and then as many events as the ack freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_receives_max_in_flight_events_and_no_more_until_it_acks() {
+    let mut config = Env::config();
+    config.heartbeat_interval = Duration::from_millis(200);
+    let gateway = Gateway::start_with(config).await;
+    // One interview: one partition, so that an ack frees every earlier event in flight.
+    for round in 0..10 {
+        let body = serde_json::json!({
+            "interviewId": "held",
+            "onboardingStatus": "UNKNOWN",
+            "round": round,
+        });
+        gateway.notify(PATH, &body.to_string()).await;
+    }
+    let mut stream = gateway
+        .client()
+        .await
+        .subscribe(SubscribeRequest {
+            group: "held".into(),
+            max_in_flight: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (member_id, first) = member_and_first_event(&mut stream).await;
+    let mut received = vec![first.sequence];
+    let mut client = gateway.client().await;
+    for (acked, then) in [(None, 2..=3), (Some(1), 4..=4), (Some(4), 5..=7)] {
+        if let Some(sequence) = acked {
+            let answer = client
+                .ack(AckRequest {
+                    group: "held".into(),
+                    member_id: member_id.clone(),
+                    sequence,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(answer.into_inner().sequence, sequence);
+        }
+        for _ in then {
+            received.push(next_event(&mut stream).await.sequence);
+        }
+        // Full: two heartbeats in a row, and nothing between them.
+        for _ in 0..2 {
+            match next_message(&mut stream).await {
+                Response::Heartbeat(_) => {}
+                other => panic!("after {received:?} with 3 unacknowledged, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(received, (1..=7).collect::<Vec<_>>());
+}
+
 /// The value of the Prometheus series `name` whose labels include `labels`; fails when missing.
 fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
@@ -452,18 +624,16 @@ async fn group_metrics_show_members_partitions_lag_and_redeliveries() {
         .unwrap();
     let group = "group=\"metered\"";
     assert_eq!(metric(&text, "incode_gateway_group_members", &[group]), 2.0);
-    let a_partitions = metric(
-        &text,
-        "incode_gateway_group_partitions",
-        &[group, &format!("member=\"{}\"", a.member_id())],
+    // Both members are served here: together they own every partition.
+    assert_eq!(
+        metric(&text, "incode_gateway_group_partitions", &[group]),
+        f64::from(PARTITIONS)
     );
-    let b_partitions = metric(
-        &text,
-        "incode_gateway_group_partitions",
-        &[group, &format!("member=\"{}\"", b.member_id())],
-    );
-    assert_eq!(a_partitions + b_partitions, f64::from(PARTITIONS));
-    assert!(a_partitions > 0.0 && b_partitions > 0.0);
+    // A member id acks for its member: it is no label.
+    for id in [a.member_id(), b.member_id()] {
+        assert!(!id.is_empty());
+        assert!(!text.contains(&id), "a member id in the metrics:\n{text}");
+    }
     // Nothing is acknowledged: the group trails the head by every event.
     assert_eq!(metric(&text, "incode_gateway_group_lag", &[group]), 24.0);
     assert!(metric(&text, "incode_gateway_group_redeliveries_total", &[group]) >= 1.0);
@@ -534,6 +704,315 @@ async fn bad_group_requests_are_refused() {
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
+const ALPHA_TOKEN: &str = "alpha-token-5d2c8e1f7a9b3c4d";
+const BETA_TOKEN: &str = "beta-token-9e3f1a7c2b8d4e6f";
+
+/// [`Env::config`] with two subscribers, `alpha` and `beta`, that may both use every name
+/// starting with `shared-`: what keeps them apart is not the names they may use.
+fn two_subscribers(dir: &std::path::Path) -> Config {
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[subscribers]]\nname = \"alpha\"\ntokens = [\"{ALPHA_TOKEN}\"]\nconsumers = [\"shared-*\"]\n\n\
+             [[subscribers]]\nname = \"beta\"\ntokens = [\"{BETA_TOKEN}\"]\nconsumers = [\"shared-*\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut config = Env::config();
+    config.config_file = Some(file);
+    config
+}
+
+/// Opens a group member's stream as the subscriber of `token`.
+async fn join_as(
+    gateway: &Gateway,
+    token: Option<&str>,
+    group: &str,
+) -> Result<tonic::Streaming<v1::SubscribeResponse>, tonic::Status> {
+    let request = SubscribeRequest {
+        group: group.to_owned(),
+        group_partitions: PARTITIONS,
+        ..Default::default()
+    };
+    gateway
+        .client()
+        .await
+        .subscribe(with_token(request, token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_and_groups_count_together_against_max_consumers() {
+    let mut config = Env::config();
+    config.max_consumers = 2;
+    let gateway = Gateway::start_with(config).await;
+    gateway
+        .notify(PATH, &onboarding_body("limit", "UNKNOWN"))
+        .await;
+    let channel = gateway.channel().await;
+    assert_eq!(ack(&channel, None, "consumer-1", 1).await.unwrap(), 1);
+    let _member = join_as(&gateway, None, "group-1").await.unwrap();
+    // The limit is reached by one of each: neither kind may add one more.
+    let refused = [
+        ack(&channel, None, "consumer-2", 1).await.map(|_| ()),
+        join_as(&gateway, None, "group-2").await.map(|_| ()),
+    ];
+    for status in refused {
+        let status = status.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("(2, the two counted together)"),
+            "{}",
+            status.message()
+        );
+    }
+    // What exists goes on working.
+    assert_eq!(ack(&channel, None, "consumer-1", 1).await.unwrap(), 1);
+    let _again = join_as(&gateway, None, "group-1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscriber_cannot_use_up_the_room_of_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = two_subscribers(dir.path());
+    config.max_consumers = 10;
+    config.max_consumers_per_subscriber = 2;
+    let gateway = Gateway::start_with(config).await;
+    gateway
+        .notify(PATH, &onboarding_body("share", "UNKNOWN"))
+        .await;
+    let channel = gateway.channel().await;
+    let alpha = Some(ALPHA_TOKEN);
+    assert_eq!(ack(&channel, alpha, "shared-a1", 1).await.unwrap(), 1);
+    let _member = join_as(&gateway, alpha, "shared-a2").await.unwrap();
+    let refused = [
+        ack(&channel, alpha, "shared-a3", 1).await.map(|_| ()),
+        join_as(&gateway, alpha, "shared-a4").await.map(|_| ()),
+    ];
+    for status in refused {
+        let status = status.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("subscriber `alpha`")
+                && status.message().contains("--max-consumers-per-subscriber"),
+            "{}",
+            status.message()
+        );
+    }
+    // alpha may still use what it has, and what another subscriber created.
+    assert_eq!(ack(&channel, alpha, "shared-a1", 1).await.unwrap(), 1);
+    let beta = Some(BETA_TOKEN);
+    assert_eq!(ack(&channel, beta, "shared-b1", 1).await.unwrap(), 1);
+    assert_eq!(ack(&channel, alpha, "shared-b1", 1).await.unwrap(), 1);
+    // beta has its own share.
+    let _member = join_as(&gateway, beta, "shared-b2").await.unwrap();
+    let status = ack(&channel, beta, "shared-b3", 1).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+}
+
+/// Reads a member's stream up to its first event: the member's id (from the assignment) and
+/// the event.
+async fn member_and_first_event(
+    stream: &mut tonic::Streaming<v1::SubscribeResponse>,
+) -> (String, v1::Event) {
+    let mut member_id = None;
+    loop {
+        match next_progress(stream).await {
+            Response::GroupAssignment(assignment) => member_id = Some(assignment.member_id),
+            Response::Event(event) => {
+                return (member_id.expect("an event before the assignment"), event);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A member belongs to its group and to the subscriber that joined it. alpha and beta may both
+/// use both groups, so the names they may use do not keep them apart: the binding does. On NATS
+/// the acks reach the replica that does not serve the member's stream.
+async fn a_member_acks_only_for_its_group_and_the_subscriber_that_joined_it(env: Env) {
+    let (subscribe, acks) = env.for_member(0);
+    env.post("bound", 1, 1).await;
+    let mut a_stream = join_as(subscribe, Some(ALPHA_TOKEN), "shared-a")
+        .await
+        .unwrap();
+    let (a_member, event) = member_and_first_event(&mut a_stream).await;
+    assert_eq!(event.sequence, 1);
+    let b_stream = join_as(subscribe, Some(BETA_TOKEN), "shared-b").await;
+    let mut b_stream = b_stream.unwrap();
+    let (b_member, event) = member_and_first_event(&mut b_stream).await;
+    assert_eq!(event.sequence, 1);
+
+    let mut client = acks.client().await;
+    let request = |group: &str, member: &str| AckRequest {
+        group: group.to_owned(),
+        member_id: member.to_owned(),
+        sequence: 1,
+        ..Default::default()
+    };
+    for (token, group, member, case) in [
+        (
+            BETA_TOKEN,
+            "shared-a",
+            b_member.as_str(),
+            "beta's member of shared-b, for shared-a",
+        ),
+        (
+            ALPHA_TOKEN,
+            "shared-b",
+            b_member.as_str(),
+            "beta's member, by alpha",
+        ),
+        (
+            ALPHA_TOKEN,
+            "shared-a",
+            b_member.as_str(),
+            "beta's member of shared-b, by alpha for shared-a",
+        ),
+        (
+            BETA_TOKEN,
+            "shared-a",
+            a_member.as_str(),
+            "alpha's member, by beta",
+        ),
+        (
+            BETA_TOKEN,
+            "shared-b",
+            "0123456789abcdef0123456789abcdef",
+            "a made-up member",
+        ),
+    ] {
+        let status = client
+            .ack(with_token(request(group, member), Some(token)))
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), Code::PermissionDenied, "{case}: {status:?}");
+        assert!(
+            status.message().contains("not a live member") && !status.message().contains(member),
+            "{case}: {}",
+            status.message()
+        );
+    }
+
+    // Neither cursor moved: when beta's member goes, the member that takes over its partitions
+    // receives event 1 again.
+    drop(b_stream);
+    let mut b_again = join_as(subscribe, Some(BETA_TOKEN), "shared-b")
+        .await
+        .unwrap();
+    env.post("after", 1, 1).await;
+    let (b_again_member, event) = member_and_first_event(&mut b_again).await;
+    assert_eq!(event.sequence, 1, "shared-b's cursor moved");
+    // Each member's own subscriber acks it, through either replica.
+    let answer = client
+        .ack(with_token(
+            request("shared-b", &b_again_member),
+            Some(BETA_TOKEN),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().sequence, 1);
+    let answer = client
+        .ack(with_token(
+            request("shared-a", &a_member),
+            Some(ALPHA_TOKEN),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().sequence, 1);
+
+    // Each refusal is counted against the subscriber that tried.
+    let text = acks
+        .http
+        .get(format!("http://{}/metrics", acks.grpc_addr))
+        .bearer_auth(ALPHA_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusals = |subscriber: &str| {
+        let subscriber = format!("subscriber=\"{subscriber}\"");
+        let labels = ["reason=\"not_group_member\"", subscriber.as_str()];
+        metric(&text, "incode_gateway_internal_refusals_total", &labels)
+    };
+    assert_eq!((refusals("alpha"), refusals("beta")), (2.0, 3.0));
+}
+
+mod bound_members {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = super::Env::embedded_with(super::two_subscribers(dir.path())).await;
+        super::a_member_acks_only_for_its_group_and_the_subscriber_that_joined_it(env).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_two_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = super::Env::nats_with(super::two_subscribers(dir.path())).await;
+        super::a_member_acks_only_for_its_group_and_the_subscriber_that_joined_it(env).await;
+    }
+}
+
+/// Consumer and group names share one rule: dots only between non-empty parts, since the names
+/// become parts of NATS subjects. A name breaking it is the caller's mistake on every backend;
+/// a dotted name that keeps it works on every backend.
+async fn names_with_an_empty_part_between_dots_are_refused(env: Env) {
+    let gateway = &env.gateways[0];
+    gateway
+        .notify(PATH, &onboarding_body("names", "UNKNOWN"))
+        .await;
+    let mut client = gateway.client().await;
+    for name in [".billing", "billing.", "billing..eu", "."] {
+        let subscribe = |consumer: &str, group: &str| SubscribeRequest {
+            consumer: consumer.to_owned(),
+            group: group.to_owned(),
+            ..Default::default()
+        };
+        let ack = |consumer: &str, group: &str| AckRequest {
+            consumer: consumer.to_owned(),
+            group: group.to_owned(),
+            member_id: "m".into(),
+            sequence: 1,
+        };
+        let answers = [
+            client.subscribe(subscribe(name, "")).await.map(|_| ()),
+            client.subscribe(subscribe("", name)).await.map(|_| ()),
+            client.ack(ack(name, "")).await.map(|_| ()),
+            client.ack(ack("", name)).await.map(|_| ()),
+        ];
+        for (n, answer) in answers.into_iter().enumerate() {
+            let status = answer.expect_err(name);
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{name:?} #{n}: {status:?}"
+            );
+            assert!(
+                status.message().contains("no two in a row"),
+                "{name:?} #{n}: {}",
+                status.message()
+            );
+        }
+    }
+    let dotted = "team.eu-1";
+    let answer = client
+        .ack(AckRequest {
+            consumer: dotted.into(),
+            sequence: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().sequence, 1);
+    let member = Member::join("dotted", gateway, gateway, dotted).await;
+    all_received(&[&member], 1).await;
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod embedded {
@@ -560,4 +1039,5 @@ on_both_backends!(
     a_departed_members_unacknowledged_events_reach_the_others,
     a_member_that_joins_late_gets_work,
     a_stale_members_ack_is_refused,
+    names_with_an_empty_part_between_dots_are_refused,
 );

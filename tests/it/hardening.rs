@@ -677,3 +677,108 @@ async fn oversized_subscription_filters_are_refused() {
     assert_eq!(events.len(), 1);
     subscriber_reads(&gateway, &["before"]).await;
 }
+
+/// A flood of refused requests does not flood the log: each `error` code gets at most 10 lines
+/// a minute (the count of the others follows with its next line), and each kind of refusal is
+/// still logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_requests_writes_a_bounded_number_of_log_lines() {
+    const LINES_PER_MINUTE: usize = 10;
+    const FLOOD: usize = 150;
+    let data_dir = tempfile::tempdir().unwrap();
+    let process = GatewayProcess::spawn_with(
+        data_dir.path(),
+        &[
+            "--oauth-client-id",
+            CLIENT_ID,
+            "--oauth-client-secret",
+            CLIENT_SECRET,
+        ],
+        &[],
+    )
+    .await;
+    let http = http_client();
+    let url = |path: &str| format!("{}{path}", process.base_url);
+    let started = Instant::now();
+    for n in 0..FLOOD {
+        let not_found = http
+            .get(url(&format!("/nothing-{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(not_found.status(), StatusCode::NOT_FOUND);
+        let no_token = http
+            .post(url(WEBHOOK))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
+        // Wrong secrets: `invalid_client`, then throttled (`slow_down`).
+        let guess = http
+            .post(url("/oauth/token"))
+            .basic_auth(CLIENT_ID, Some(format!("guess-{n}")))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        assert!(guess.status().is_client_error(), "{}", guess.status());
+    }
+    let minutes = started.elapsed().as_secs() as usize / 60;
+    // A code not used above: its line comes after every line of the flood.
+    let marker = http.get(url("/oauth/token")).send().await.unwrap();
+    assert_eq!(marker.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let deadline = Instant::now() + PATIENCE;
+    let rejections = loop {
+        let rejections: Vec<Value> = process
+            .output
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|record| record["message"] == "request rejected")
+            .collect();
+        if rejections
+            .iter()
+            .any(|record| record["error"] == "method_not_allowed")
+        {
+            break rejections;
+        }
+        assert!(Instant::now() < deadline, "no line for the marker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // The flood may straddle a window boundary, and each window may be split by one more.
+    let bound = LINES_PER_MINUTE * (minutes + 2);
+    for code in ["not_found", "missing_token", "invalid_client", "slow_down"] {
+        let lines: Vec<_> = rejections
+            .iter()
+            .filter(|record| record["error"] == code)
+            .collect();
+        assert!(!lines.is_empty(), "no line for {code}");
+        assert!(
+            lines.len() <= bound,
+            "{} lines for {code} after {FLOOD} refusals",
+            lines.len()
+        );
+        // Each line says who was refused, and why when the caller was not told.
+        assert_eq!(lines[0]["client"], "127.0.0.1", "{}", lines[0]);
+    }
+    let reasons: Vec<_> = rejections
+        .iter()
+        .filter(|record| record["error"] == "invalid_client")
+        .map(|record| record["reason"].clone())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|reason| reason == "wrong secret for a known client id"),
+        "{reasons:?}"
+    );
+    assert!(
+        rejections.len() <= 5 * bound,
+        "{} rejection lines in all",
+        rejections.len()
+    );
+}

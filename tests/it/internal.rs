@@ -1085,6 +1085,45 @@ async fn a_broken_rotation_keeps_the_previous_certificate() {
     assert_eq!(summary.names, ["localhost"], "DNS names only");
 }
 
+/// A missing file is a failure like a broken one: reported once, not at every check, and its
+/// end is reported too, even when the files come back as they were.
+#[tokio::test]
+async fn a_missing_tls_file_is_reported_once_and_so_is_its_return() {
+    let ca = TestCa::new("CA");
+    let server = ca.server();
+    let files = TlsFiles::new(&server, None);
+    let tls = ReloadingTls::load(ReloadFiles {
+        cert: files.cert(),
+        key: files.key(),
+        client_ca: None,
+    })
+    .unwrap();
+
+    let moved_key = files.key().with_extension("key.moved");
+    let moved_cert = files.cert().with_extension("crt.moved");
+    std::fs::rename(files.key(), &moved_key).unwrap();
+    let error = tls.reload(false).unwrap_err();
+    assert!(error.to_string().contains("cannot read"), "{error}");
+    for _ in 0..3 {
+        assert!(tls.reload(false).unwrap().is_none(), "reported once");
+    }
+    // Another failure is news.
+    std::fs::rename(files.cert(), &moved_cert).unwrap();
+    assert!(tls.reload(false).is_err(), "a second missing file");
+    assert!(tls.reload(false).unwrap().is_none());
+    // A SIGHUP asks for an answer every time.
+    assert!(tls.reload(true).is_err());
+
+    std::fs::rename(&moved_cert, files.cert()).unwrap();
+    std::fs::rename(&moved_key, files.key()).unwrap();
+    let summary = tls
+        .reload(false)
+        .unwrap()
+        .expect("loaded again, and so logged");
+    assert_eq!(summary.names, ["localhost"]);
+    assert!(tls.reload(false).unwrap().is_none(), "then nothing new");
+}
+
 #[tokio::test]
 async fn sighup_reloads_the_certificate() {
     let data_dir = tempfile::tempdir().unwrap();

@@ -102,6 +102,67 @@ async fn all_events(replica: &GatewayProcess) -> Vec<v1::Event> {
         .expect("the replica did not deliver the stored events in time")
 }
 
+/// A subscription from the earliest event that keeps what it receives, for a look at it later.
+struct LiveSubscriber {
+    received: Arc<Mutex<Vec<(u64, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LiveSubscriber {
+    async fn start(replica: &GatewayProcess) -> Self {
+        let mut stream = replica
+            .client()
+            .await
+            .subscribe(from_earliest())
+            .await
+            .unwrap()
+            .into_inner();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let kept = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        if let Some(Response::Event(event)) = message.response {
+                            let id = interview_id(&event).to_owned();
+                            kept.lock().unwrap().push((event.sequence, id));
+                        }
+                    }
+                    Ok(None) => panic!("the live stream ended"),
+                    Err(status) => panic!("the live stream failed: {status}"),
+                }
+            }
+        });
+        Self { received, task }
+    }
+
+    fn events(&self) -> Vec<(u64, String)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` events were received, at most until `deadline`; how long it took
+    /// from the call, or how many had arrived at the deadline.
+    async fn wait_for(&self, count: usize, deadline: Instant) -> Result<Duration, usize> {
+        let started = Instant::now();
+        loop {
+            let got = self.received.lock().unwrap().len();
+            if got >= count {
+                return Ok(started.elapsed());
+            }
+            if self.task.is_finished() || Instant::now() > deadline {
+                return Err(got);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for LiveSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn ids(events: &[v1::Event]) -> Vec<(u64, String)> {
     events
         .iter()
@@ -181,6 +242,9 @@ async fn killing_the_stream_leader_under_load_loses_and_repeats_nothing() {
     // When any call failed (503 or no answer): the window Incode would see.
     let failures: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = tokio_util::sync::CancellationToken::new();
+    // A live subscriber on each replica, streaming from the first event through the kill.
+    let live: Vec<_> = replicas.iter().map(LiveSubscriber::start).collect();
+    let live = futures::future::join_all(live).await;
 
     let mut senders = Vec::new();
     for sender in 0..SENDERS {
@@ -240,7 +304,37 @@ async fn killing_the_stream_leader_under_load_loses_and_repeats_nothing() {
     }
 
     let acknowledged = acknowledged.lock().unwrap().clone();
+    // A fresh subscriber reads everything; a live one may take a few seconds more (its own
+    // consumer has to notice the leader change), not a minute.
+    let fresh_started = Instant::now();
     let events = all_events(&replicas[0]).await;
+    let fresh_took = fresh_started.elapsed();
+    let expected = ids(&events);
+    let live_deadline = Instant::now() + Duration::from_secs(5);
+    for (replica, live) in live.into_iter().enumerate() {
+        let live_took = live
+            .wait_for(expected.len(), live_deadline)
+            .await
+            .unwrap_or_else(|got| {
+                let seen: HashSet<_> = live.events().into_iter().collect();
+                let missing: Vec<_> = expected.iter().filter(|id| !seen.contains(id)).collect();
+                panic!(
+                    "the live subscriber of replica {replica} had {got} of {} events 5 s after \
+                     a fresh one had them all (in {fresh_took:?}); the first missing: {:?}",
+                    expected.len(),
+                    &missing[..missing.len().min(5)],
+                )
+            });
+        assert_eq!(
+            live.events(),
+            expected,
+            "replica {replica}'s live subscriber saw the stored order, no gap, no repeat"
+        );
+        eprintln!(
+            "replica {replica}: the live subscriber had every event {live_took:?} after the fresh \
+             one, which took {fresh_took:?}"
+        );
+    }
     let mut position = HashMap::new();
     for (index, event) in events.iter().enumerate() {
         assert_eq!(
@@ -430,10 +524,16 @@ async fn with_the_whole_cluster_down_webhooks_get_503_and_both_replicas_recover(
             post(&http, replica, &body).await,
             Some(StatusCode::SERVICE_UNAVAILABLE)
         );
-        assert_eq!(
-            readyz(&http, replica).await,
-            Some(StatusCode::SERVICE_UNAVAILABLE)
-        );
+        // /readyz tells the latest of the replica's readiness checks, once a second (one that
+        // gets no answer counts as not ready after 5 s).
+        let deadline = Instant::now() + PATIENCE * 2;
+        while readyz(&http, replica).await != Some(StatusCode::SERVICE_UNAVAILABLE) {
+            assert!(
+                Instant::now() < deadline,
+                "a replica still says it is ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     for node in &mut cluster.nodes {

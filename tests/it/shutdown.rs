@@ -13,6 +13,7 @@ use incode_gateway::{
     log::{EmbeddedLog, EventLog, Storage},
 };
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -223,8 +224,9 @@ async fn sigterm_answers_a_webhook_in_flight_and_ends_streams_with_unavailable()
     );
 }
 
-/// A webhook whose append is still held when the shutdown deadline passes: the log is closed
-/// under it, and it is answered 503 (or not at all), never 200, and nothing of it is stored.
+/// A webhook whose append is still held when the shutdown deadline passes is answered 503, with
+/// the usual JSON body, before its connection closes (never 200, never no answer at all), and
+/// nothing of it is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_still_in_flight_at_the_shutdown_deadline_is_not_acknowledged() {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
@@ -249,26 +251,32 @@ async fn a_webhook_still_in_flight_at_the_shutdown_deadline_is_not_acknowledged(
         let http = gateway.http.clone();
         let url = gateway.url(PATH);
         tokio::spawn(async move {
-            http.post(url)
+            let response = http
+                .post(url)
                 .header("content-type", "application/json")
                 .body(onboarding_body("held", "UNKNOWN"))
                 .send()
-                .await
-                .map(|response| response.status())
+                .await?;
+            Ok::<_, reqwest::Error>((response.status(), response.json::<Value>().await?))
         })
     };
     appends.until_waiting(1).await;
     // Shutdown waits for the webhook for the shutdown timeout, then closes the log anyway.
     gateway.stop().await.unwrap();
     appends.open();
-    let answer = held.await.unwrap();
-    assert!(
-        !matches!(answer, Ok(StatusCode::OK)),
-        "answered 200 after the log was closed: {answer:?}"
+    let (status, body) = held
+        .await
+        .unwrap()
+        .expect("the webhook in flight got no answer");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "success": false,
+            "error": "unavailable",
+            "detail": "the gateway is shutting down; retry later",
+        })
     );
-    if let Ok(status) = answer {
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    }
     drop(embedded);
 
     let reopened =

@@ -377,10 +377,12 @@ async fn format_1_cursors_are_moved_into_the_state_table() {
         txn.commit().unwrap();
     }
     let log = Arc::new(EmbeddedLog::open(dir.path(), options()).unwrap());
-    let cursors = crate::log::Cursors::new(log.clone(), 10);
+    let quota = crate::log::Quota::new(log.clone(), crate::log::QuotaLimits::default());
+    let cursors = crate::log::Cursors::new(log.clone(), quota);
     let billing = crate::log::ConsumerName::parse("billing").unwrap();
     assert_eq!(cursors.get(&billing).await.unwrap(), Some(42));
-    assert_eq!(cursors.ack(&billing, 43).await.unwrap(), 43);
+    let caller = crate::log::SubscriberIdentity::anonymous();
+    assert_eq!(cursors.ack(&billing, 43, &caller).await.unwrap(), 43);
 }
 
 #[tokio::test]

@@ -190,6 +190,9 @@ pub struct NatsLog {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: Stream,
+    /// The stream through a context with shorter request timeouts, for readers and the head
+    /// refresher (see [`READ_REQUEST_TIMEOUT`]).
+    read_stream: Stream<()>,
     subject: String,
     state: kv::Store,
     state_stream: Stream,
@@ -203,8 +206,14 @@ pub struct NatsLog {
 
 /// One JetStream API request may take this long before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the head known for metrics is refreshed from the stream.
-const HEAD_REFRESH: Duration = Duration::from_secs(5);
+/// The same for readers' requests (stream info, consumer creation). Right after a node is lost,
+/// a new ephemeral consumer can be placed on the lost node, and its creation then never gets an
+/// answer while the next attempt lands on a live one: failing such an attempt soon and trying
+/// again brings a reader back sooner than waiting long for it.
+const READ_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the known head is refreshed from the stream: it feeds the metrics, and readers
+/// compare their position with it to notice a consumer that went silent (see `reader`).
+const HEAD_REFRESH: Duration = Duration::from_secs(1);
 
 impl NatsLog {
     /// Connects to NATS, creates the stream and the state bucket if they are missing, updates
@@ -247,10 +256,16 @@ impl NatsLog {
             head,
             "event log opened on NATS JetStream"
         );
+        let read_stream = jetstream::ContextBuilder::new()
+            .timeout(READ_REQUEST_TIMEOUT)
+            .build(client.clone())
+            .get_stream_no_info(&options.stream)
+            .await
+            .map_err(|error| setup_error(error.into()))?;
         let known_head = Arc::new(AtomicU64::new(head));
         let stop = CancellationToken::new();
         tokio::spawn(refresh_head(
-            stream.clone(),
+            read_stream.clone(),
             known_head.clone(),
             stop.clone(),
         ));
@@ -259,6 +274,7 @@ impl NatsLog {
             jetstream,
             subject: options.subject(),
             stream,
+            read_stream,
             state,
             state_stream,
             state_prefix: format!("$KV.{bucket}."),
@@ -434,7 +450,7 @@ async fn connect(options: &NatsOptions) -> Result<async_nats::Client, NatsOpenEr
 }
 
 /// Keeps `known_head` close to the stream's head, which other replicas move too.
-async fn refresh_head(stream: Stream, known_head: Arc<AtomicU64>, stop: CancellationToken) {
+async fn refresh_head(stream: Stream<()>, known_head: Arc<AtomicU64>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(HEAD_REFRESH);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -541,7 +557,7 @@ impl EventLog for NatsLog {
 
     async fn read_from(&self, from: Sequence) -> Result<Box<dyn LogReader>, LogError> {
         Ok(Box::new(NatsReader::new(
-            self.stream.clone(),
+            self.read_stream.clone(),
             from,
             self.known_head.clone(),
         )))

@@ -5,6 +5,12 @@
 //! it too after any other failure, so a subscription outlives NATS outages and leader changes.
 //! Each message says how many more are stored after it (`pending`), which gives `caught up`; a
 //! jump in the stream sequence means retention removed what was skipped, which gives a gap.
+//!
+//! The reader does not rely on the ordered consumer alone to notice that it lost its way: after
+//! a stream leader change the consumer can stay silent for most of a minute, without an error,
+//! while the stream holds events past the reader's position. So a reader that has waited
+//! [`STALL_CHECK`] twice in a row with nothing delivered while the stream's known head is beyond
+//! it recreates its consumer from its own position.
 
 use std::{
     collections::VecDeque,
@@ -31,7 +37,7 @@ use crate::{
 };
 
 pub(super) struct NatsReader {
-    stream: Stream,
+    stream: Stream<()>,
     /// The next sequence to read.
     next: Sequence,
     messages: Option<pull::Ordered>,
@@ -42,7 +48,24 @@ pub(super) struct NatsReader {
     /// Failures in a row, for the backoff before recreating the consumer.
     failures: u32,
     known_head: Arc<AtomicU64>,
+    /// Waits of [`STALL_CHECK`] in a row that ended with nothing delivered while the known head
+    /// was beyond `next`.
+    silent_checks: u32,
+    /// A known head that the stream itself contradicted when the consumer was recreated (it
+    /// holds less): no reason to suspect a stall until the known head moves past it.
+    contradicted_head: Sequence,
 }
+
+/// How long the reader waits for a message before it compares its position with the stream's
+/// known head.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+/// Silent checks in a row, with the known head beyond the reader, after which its consumer is
+/// taken as lost and recreated.
+const STALL_CHECKS: u32 = 2;
+/// The longest that creating a consumer may take. Each JetStream request has its own timeout,
+/// but right after a node is lost the creation as a whole has been seen to hang for longer; the
+/// reader then gives up on it and tries again.
+const START_TIMEOUT: Duration = Duration::from_secs(3);
 
 enum Out {
     Event(Arc<LoggedEvent>),
@@ -51,7 +74,7 @@ enum Out {
 }
 
 impl NatsReader {
-    pub(super) fn new(stream: Stream, from: Sequence, known_head: Arc<AtomicU64>) -> Self {
+    pub(super) fn new(stream: Stream<()>, from: Sequence, known_head: Arc<AtomicU64>) -> Self {
         Self {
             stream,
             next: from.max(1),
@@ -60,6 +83,34 @@ impl NatsReader {
             drained: false,
             failures: 0,
             known_head,
+            silent_checks: 0,
+            contradicted_head: 0,
+        }
+    }
+
+    /// Whether the stream is known to hold an event this reader has not been given.
+    fn behind_known_head(&self) -> bool {
+        let head = self.known_head.load(Ordering::Relaxed);
+        head >= self.next && head > self.contradicted_head
+    }
+
+    /// Called when a wait of [`STALL_CHECK`] ended with nothing delivered: drops the consumer
+    /// once it has been silent [`STALL_CHECKS`] times in a row while the stream holds more.
+    fn on_silence(&mut self) {
+        if !self.behind_known_head() {
+            self.silent_checks = 0;
+            return;
+        }
+        self.silent_checks += 1;
+        if self.silent_checks >= STALL_CHECKS {
+            tracing::info!(
+                next = self.next,
+                known_head = self.known_head.load(Ordering::Relaxed),
+                "the JetStream consumer delivered nothing while the stream holds more; \
+                 recreating it from the reader's position"
+            );
+            self.silent_checks = 0;
+            self.messages = None;
         }
     }
 
@@ -72,6 +123,10 @@ impl NatsReader {
             .await
             .map_err(LogError::unavailable)?;
         let bounds = bounds_of(&info.state);
+        let known_head = self.known_head.load(Ordering::Relaxed);
+        if known_head > bounds.head {
+            self.contradicted_head = known_head;
+        }
         let consumer = self
             .stream
             .create_consumer(pull::OrderedConfig {
@@ -169,7 +224,14 @@ impl LogReader for NatsReader {
                 return Ok(item);
             }
             if self.messages.is_none() {
-                if let Err(error) = self.start().await {
+                let started = tokio::time::timeout(START_TIMEOUT, self.start())
+                    .await
+                    .unwrap_or_else(|_elapsed| {
+                        Err(LogError::unavailable(format!(
+                            "creating the JetStream consumer took longer than {START_TIMEOUT:?}"
+                        )))
+                    });
+                if let Err(error) = started {
                     self.back_off(&error).await;
                 }
                 continue;
@@ -178,7 +240,15 @@ impl LogReader for NatsReader {
                 continue;
             };
             // Wait for one message (cancel-safe), then take what else has arrived already.
-            let mut delivered = vec![messages.next().await];
+            let first = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+                Ok(message) => message,
+                Err(_elapsed) => {
+                    self.on_silence();
+                    continue;
+                }
+            };
+            self.silent_checks = 0;
+            let mut delivered = vec![first];
             while delivered.len() < READ_BATCH {
                 match messages.next().now_or_never() {
                     Some(message) => delivered.push(message),

@@ -103,6 +103,23 @@ impl Gateway {
         answer(self.http.get(self.url(path)).send().await.unwrap()).await
     }
 
+    /// Waits (at most [`PATIENCE`]) until `GET /readyz` answers `status`, and returns its JSON
+    /// answer: it tells what the gateway's readiness check, once a second, last found.
+    pub async fn until_readyz(&self, status: StatusCode) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (now, answer) = self.get_json("/readyz").await;
+            if now == status {
+                return answer;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz still answers {now} {answer}, not {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Posts a JSON body as Incode does; returns the status and the parsed JSON answer.
     pub async fn post_json(&self, path: &str, body: &str) -> (StatusCode, Value) {
         let response = self
