@@ -275,7 +275,7 @@ fn a_refused_value_of_the_file_is_named_by_its_key_and_line_never_shown() {
         ),
     ] {
         std::fs::write(&path, &text).unwrap();
-        let output = crate::common::binary()
+        let output = crate::support::common::binary()
             .arg("--config")
             .arg(&path)
             .output()
