@@ -87,7 +87,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = runtime.block_on(scenarios::run(&settings));
+    let report = runtime.block_on(async {
+        let mut report = scenarios::run(&settings).await;
+        if settings.runs("group") {
+            report.insert("group".into(), group::run(&settings).await);
+        }
+        if settings.runs("nats") {
+            report.insert("nats".into(), nats::run(&settings).await);
+        }
+        serde_json::Value::Object(report)
+    });
     if settings.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
     }
