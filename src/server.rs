@@ -187,32 +187,57 @@ async fn serve(
     result
 }
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM. If a handler cannot be installed, that
-/// signal keeps its default disposition (terminate) and the other one still works.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called, and completes on the
+/// first of them. Call it before the gateway listens: until a handler is installed these
+/// signals end the process on the spot, with no graceful shutdown. If a handler cannot be
+/// installed, that signal keeps its default disposition (terminate) and the other one still
+/// works.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::SignalKind;
+        [
+            listen(SignalKind::interrupt(), "SIGINT"),
+            listen(SignalKind::terminate(), "SIGTERM"),
+        ]
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let [mut interrupt, mut terminate] = signals;
+            tokio::select! {
+                () = next_signal(&mut interrupt) => {},
+                () = next_signal(&mut terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!("shutdown requested");
     }
-    tracing::info!("shutdown requested");
+}
+
+/// A handler for `kind`, if one could be installed.
+#[cfg(unix)]
+fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    name: &'static str,
+) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
+        .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+        .ok()
+}
+
+/// The next delivery of `signal`; never, without a handler.
+#[cfg(unix)]
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(signal) = signal
+        && signal.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
+
 }

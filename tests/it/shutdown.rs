@@ -279,3 +279,26 @@ async fn a_webhook_still_in_flight_at_the_shutdown_deadline_is_not_acknowledged(
         "only `before` is stored"
     );
 }
+
+/// SIGTERM the moment the gateway says it listens is a graceful shutdown too: the handlers are
+/// installed before the listeners accept anyone. (Without that, the signal's default action
+/// ended the process in a fraction of the starts, hence several starts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_as_soon_as_the_gateway_listens_is_a_graceful_shutdown() {
+    for _ in 0..10 {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut process = GatewayProcess::spawn(data_dir.path(), &[]).await;
+        let pid = process.child.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(PATIENCE, process.child.wait())
+            .await
+            .expect("the gateway did not exit after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "exit status {status:?}");
+    }
+}
