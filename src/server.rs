@@ -6,14 +6,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{Auth, AuthSetupError},
+    auth::{Auth, AuthSetupError, PreparedAuth},
     config::{Config, StorageKind},
     error::error_chain,
     groups::Groups,
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage, embedded::OpenError, nats::NatsOpenError,
+        Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage,
+        embedded::OpenError,
+        nats::NatsOpenError,
     },
     metrics::{Metrics, MetricsError},
     telemetry,
@@ -78,11 +80,10 @@ pub async fn run(
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    // Configuration mistakes are reported before anything touches the disk.
-    let auth = Arc::new(Auth::from_config(&config)?);
-    let security = internal_security(&config, &internal)?;
+    let checked = check(&config, &internal)?;
     let storage = open_storage(&config).await?;
-    serve(config, auth, security, storage, public, internal, shutdown).await
+    let auth = Arc::new(checked.auth.finish()?);
+    serve(config, auth, checked.security, storage, public, internal, shutdown).await
 }
 
 /// [`run`] over already opened storage.
@@ -93,9 +94,25 @@ pub async fn run_with_storage(
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let auth = Arc::new(Auth::from_config(&config)?);
-    let security = internal_security(&config, &internal)?;
-    serve(config, auth, security, storage, public, internal, shutdown).await
+    let checked = check(&config, &internal)?;
+    let auth = Arc::new(checked.auth.finish()?);
+    serve(config, auth, checked.security, storage, public, internal, shutdown).await
+}
+
+/// What start-up checked and built before writing anything.
+struct Checked {
+    auth: PreparedAuth,
+    security: Security,
+}
+
+/// Every check that can refuse the configuration, made before anything is written, so that a
+/// refused start leaves the data directory as it found it: the authentication settings (a
+/// signing key for the data directory is generated but not stored yet) and the internal
+/// listener against the address it is bound to.
+fn check(config: &Config, internal: &TcpListener) -> Result<Checked, ServerError> {
+    let auth = Auth::prepare(config)?;
+    let security = internal_security(config, internal)?;
+    Ok(Checked { auth, security })
 }
 
 /// The internal listener's access policy and TLS, checked against the address it is bound to.

@@ -27,7 +27,7 @@ pub use hash_command::{HashSecretError, hash_secret_command};
 pub use secret::Secret;
 pub use settings::{
     AuthSettings, AuthSetupError, ClientAuthLimitArgs, DEFAULT_TOKEN_TTL, KeyPolicy, MAX_TOKEN_TTL,
-    SIGNING_KEY_FILE,
+    SIGNING_KEY_FILE, UnsavedKey, webhook_headers,
 };
 pub use throttle::{Charge, FailureThrottle, ThrottleSettings, Throttled};
 pub use token::{
@@ -107,9 +107,20 @@ impl Auth {
         })
     }
 
-    /// Authentication as the configuration says.
+    /// Authentication as the configuration says; a signing key generated for the data
+    /// directory is stored there at once.
     pub fn from_config(config: &crate::Config) -> Result<Self, AuthSetupError> {
-        Self::new(AuthSettings::from_config(config)?)
+        Self::prepare(config)?.finish()
+    }
+
+    /// Authentication as the configuration says, with every check made and nothing written: a
+    /// signing key generated for the data directory is stored by [`PreparedAuth::finish`].
+    pub fn prepare(config: &crate::Config) -> Result<PreparedAuth, AuthSetupError> {
+        let (settings, unsaved_key) = AuthSettings::from_config_unsaved(config)?;
+        Ok(PreparedAuth {
+            auth: Self::new(settings)?,
+            unsaved_key,
+        })
     }
 
     /// Issues and verifies access tokens.
@@ -172,6 +183,25 @@ impl Auth {
         };
         webhook::check_headers(&self.webhook_headers, headers)?;
         Ok(Authenticated::new(client))
+    }
+}
+
+/// [`Auth`] checked and built by [`Auth::prepare`], before anything was written.
+#[derive(Debug)]
+#[must_use = "`finish` stores the generated signing key"]
+pub struct PreparedAuth {
+    auth: Auth,
+    unsaved_key: Option<UnsavedKey>,
+}
+
+impl PreparedAuth {
+    /// Stores the signing key generated for the data directory, if one was, and hands over the
+    /// authentication state. Call it once start-up may write.
+    pub fn finish(self) -> Result<Auth, AuthSetupError> {
+        if let Some(key) = self.unsaved_key {
+            key.store()?;
+        }
+        Ok(self.auth)
     }
 }
 

@@ -27,6 +27,7 @@ mod secrets;
 mod service;
 mod shutdown;
 mod simulate;
+mod startup;
 mod subscribe;
 mod tail;
 mod telemetry;
