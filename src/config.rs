@@ -218,7 +218,8 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_STORAGE", value_enum, default_value_t = StorageKind::Embedded)]
     pub storage: StorageKind,
 
-    /// Directory of the embedded event log; created on first start.
+    /// Directory of the embedded event log; created on first start, private to the gateway's
+    /// user (mode 0700). Refused when other users can write it.
     #[arg(long, env = "INCODE_GATEWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 

@@ -14,7 +14,10 @@ use crate::{
     http::{self, AppState, HttpSettings},
     log::{
         Cursors, EmbeddedLog, MemoryLog, NatsLog, Storage,
-        embedded::OpenError,
+        embedded::{
+            OpenError,
+            data_dir::{self, DataDirError},
+        },
         nats::NatsOpenError,
     },
     metrics::{Metrics, MetricsError},
@@ -34,6 +37,9 @@ pub enum ServerError {
     /// The internal listener's address could not be read.
     #[error("cannot read the internal listener's address")]
     InternalAddr(#[source] std::io::Error),
+    /// The data directory of the embedded event log is not usable.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The embedded event log could not be opened.
     #[error("could not open the event log")]
     OpenEmbedded(#[from] OpenError),
@@ -107,12 +113,24 @@ struct Checked {
 
 /// Every check that can refuse the configuration, made before anything is written, so that a
 /// refused start leaves the data directory as it found it: the authentication settings (a
-/// signing key for the data directory is generated but not stored yet) and the internal
-/// listener against the address it is bound to.
+/// signing key for the data directory is generated but not stored yet), the internal listener
+/// against the address it is bound to, and the storage's own settings.
 fn check(config: &Config, internal: &TcpListener) -> Result<Checked, ServerError> {
     let auth = Auth::prepare(config)?;
     let security = internal_security(config, internal)?;
+    check_storage(config)?;
     Ok(Checked { auth, security })
+}
+
+/// The storage settings that can be checked without opening the storage.
+fn check_storage(config: &Config) -> Result<(), ServerError> {
+    match config.storage {
+        StorageKind::Embedded => {
+            data_dir::check(&config.data_dir)?;
+        }
+        StorageKind::Nats | StorageKind::Memory => {}
+    }
+    Ok(())
 }
 
 /// The internal listener's access policy and TLS, checked against the address it is bound to.

@@ -1,9 +1,11 @@
-//! Start-up and the data directory: a refused start writes nothing.
+//! Start-up and the data directory: a refused start writes nothing; the data directory and every
+//! file in it are private to the gateway's user whatever the umask; a data directory that other
+//! users can write is refused.
 
 use std::{
     collections::BTreeSet,
     os::unix::fs::PermissionsExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::Stdio,
 };
 
@@ -17,6 +19,10 @@ const OAUTH_CLIENT: [&str; 4] = [
     "--oauth-client-secret",
     "client-secret-5e2a",
 ];
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
 
 fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -86,4 +92,78 @@ async fn a_refused_start_leaves_the_data_directory_untouched() {
         .collect();
     refused_start(&data_dir, &args).await;
     assert_eq!(names_in(&data_dir), BTreeSet::new());
+}
+
+#[tokio::test]
+async fn the_data_directory_and_its_files_are_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("var").join("data");
+    let start = || {
+        GatewayProcess::spawn_command(
+            binary_under_umask("022"),
+            "127.0.0.1:0",
+            &data_dir,
+            &OAUTH_CLIENT,
+            &[],
+        )
+    };
+    let mut process = start().await;
+    let events = data_dir.join("events.redb");
+    let key = data_dir.join("token-signing-key");
+    assert_eq!(mode_of(&data_dir), 0o700);
+    assert_eq!(mode_of(&events), 0o600);
+    assert_eq!(mode_of(&key), 0o600);
+    assert_eq!(
+        names_in(&data_dir),
+        BTreeSet::from(["events.redb".to_owned(), "token-signing-key".to_owned()])
+    );
+    stop(&mut process).await;
+
+    // An event log an earlier version created under the umask is narrowed to 0600.
+    set_mode(&events, 0o644);
+    let mut process = start().await;
+    assert_eq!(mode_of(&events), 0o600);
+    stop(&mut process).await;
+}
+
+async fn stop(process: &mut GatewayProcess) {
+    let pid = process.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(PATIENCE, process.child.wait())
+        .await
+        .expect("the gateway did not stop")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_data_directory_other_users_can_write_is_refused_and_left_alone() {
+    for mode in [0o777, 0o770, 0o1777] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir: PathBuf = dir.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        set_mode(&data_dir, mode);
+        let stderr = refused_start(&data_dir, &OAUTH_CLIENT).await;
+        for expected in [
+            format!("the data directory {}", data_dir.display()),
+            "can be written by other users".to_owned(),
+            format!("chmod 700 {}", data_dir.display()),
+        ] {
+            assert!(stderr.contains(&expected), "{mode:o}: {stderr}");
+        }
+        assert_eq!(names_in(&data_dir), BTreeSet::new(), "{mode:o}");
+        assert_eq!(mode_of(&data_dir), mode, "its mode was changed");
+    }
+
+    // Readable, not writable, by the group: the gateway starts (and warns).
+    let dir = tempfile::tempdir().unwrap();
+    set_mode(dir.path(), 0o750);
+    let mut process =
+        GatewayProcess::spawn_with(dir.path(), &["--allow-unauthenticated-webhooks"], &[]).await;
+    assert_eq!(mode_of(&dir.path().join("events.redb")), 0o600);
+    stop(&mut process).await;
 }
