@@ -396,6 +396,17 @@ pub struct NatsArgs {
         value_name = "FILE"
     )]
     pub tls_key: Option<PathBuf>,
+
+    /// Send NATS credentials in plain text to servers that are not on loopback, for a network
+    /// that encrypts the traffic itself (a service mesh, a VPN). Without it, `serve` refuses
+    /// such a setup; plain text without credentials starts with a warning, and plain text to
+    /// loopback servers is accepted.
+    #[arg(
+        long = "nats-allow-plaintext",
+        env = "INCODE_GATEWAY_NATS_ALLOW_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_plaintext: bool,
 }
 
 /// The internal listener: TLS (reloaded when the files change or on SIGHUP), mutual TLS, who may
@@ -755,6 +766,7 @@ impl Config {
             cert_file: nats.tls_cert.clone(),
             key_file: nats.tls_key.clone(),
         };
+        options.allow_plaintext = nats.allow_plaintext;
         options
     }
 }

@@ -89,7 +89,16 @@ pub async fn run(
     let checked = check(&config, &internal)?;
     let storage = open_storage(&config).await?;
     let auth = Arc::new(checked.auth.finish()?);
-    serve(config, auth, checked.security, storage, public, internal, shutdown).await
+    serve(
+        config,
+        auth,
+        checked.security,
+        storage,
+        public,
+        internal,
+        shutdown,
+    )
+    .await
 }
 
 /// [`run`] over already opened storage.
@@ -102,7 +111,16 @@ pub async fn run_with_storage(
 ) -> Result<(), ServerError> {
     let checked = check(&config, &internal)?;
     let auth = Arc::new(checked.auth.finish()?);
-    serve(config, auth, checked.security, storage, public, internal, shutdown).await
+    serve(
+        config,
+        auth,
+        checked.security,
+        storage,
+        public,
+        internal,
+        shutdown,
+    )
+    .await
 }
 
 /// What start-up checked and built before writing anything.
@@ -128,7 +146,13 @@ fn check_storage(config: &Config) -> Result<(), ServerError> {
         StorageKind::Embedded => {
             data_dir::check(&config.data_dir)?;
         }
-        StorageKind::Nats | StorageKind::Memory => {}
+        StorageKind::Nats => {
+            config
+                .nats_log_options()
+                .check()
+                .map_err(NatsOpenError::from)?;
+        }
+        StorageKind::Memory => {}
     }
     Ok(())
 }
@@ -274,5 +298,4 @@ async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
         return;
     }
     std::future::pending().await
-
 }
