@@ -85,23 +85,31 @@ impl Cli {
             Environment::Ignore => without_env(Self::command()),
         };
         let matches = command.clone().try_get_matches_from(&args)?;
+        let source = Arc::new(LoadSource { args, environment });
         let Some(path) = config_path(&matches) else {
-            return Ok(Self::from_arg_matches(&matches)?);
+            let mut cli = Self::from_arg_matches(&matches)?;
+            cli.for_each_config(|config| config.source = Some(source.clone()));
+            return Ok(cli);
         };
         let file = file::ConfigFile::load(&path)?;
         let command = with_file_defaults(command, &file);
-        let matches = command.try_get_matches_from(&args)?;
+        let matches = command.try_get_matches_from(&source.args)?;
         let mut cli = Self::from_arg_matches(&matches)?;
-        cli.serve.add_file_lists(&file);
-        if let Some(Command::Serve(config)) = &mut cli.command {
+        let sections = Arc::new(file.sections.clone());
+        cli.for_each_config(|config| {
             config.add_file_lists(&file);
-        }
-        let sections = Arc::new(file.sections);
-        cli.serve.file = Some(sections.clone());
-        if let Some(Command::Serve(config)) = &mut cli.command {
-            config.file = Some(sections);
-        }
+            config.file = Some(sections.clone());
+            config.source = Some(source.clone());
+        });
         Ok(cli)
+    }
+
+    /// Applies `change` to the configuration of `serve`, given with the subcommand or without.
+    fn for_each_config(&mut self, mut change: impl FnMut(&mut Config)) {
+        change(&mut self.serve);
+        if let Some(Command::Serve(config)) = &mut self.command {
+            change(config);
+        }
     }
 
     /// Parses `args` (the program name first) as the command line alone says them: no
@@ -113,6 +121,21 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         Self::load_from(args, Environment::Ignore)
+    }
+}
+
+/// What a configuration was loaded from, to load it again ([`Config::reread`]).
+struct LoadSource {
+    args: Vec<OsString>,
+    environment: Environment,
+}
+
+impl std::fmt::Debug for LoadSource {
+    // The command line may hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadSource")
+            .field("environment", &self.environment)
+            .finish_non_exhaustive()
     }
 }
 
@@ -283,6 +306,10 @@ pub struct Config {
     /// [`Cli::load_from`] read it.
     #[arg(skip)]
     pub file: Option<Arc<file::FileSections>>,
+
+    /// The command line and environment [`Cli::load_from`] read this from.
+    #[arg(skip)]
+    source: Option<Arc<LoadSource>>,
 
     /// How callers of the public listener authenticate.
     #[command(flatten)]
@@ -669,6 +696,22 @@ impl Config {
             return Err(file::ConfigFileError::FlagsNotApplied { path: path.clone() });
         }
         Ok(Arc::new(file.sections))
+    }
+
+    /// The configuration as it reads now: the same command line and environment with the config
+    /// file as it is now, for what can change while the gateway runs (see [`crate::reload`]).
+    /// A configuration built in code keeps its settings and reads its config file's sections
+    /// again.
+    pub fn reread(&self) -> Result<Self, LoadError> {
+        if let Some(source) = &self.source {
+            return Ok(
+                Cli::load_from(source.args.iter().cloned(), source.environment)?.into_config(),
+            );
+        }
+        let mut fresh = self.clone();
+        fresh.file = None;
+        fresh.file = Some(fresh.file_sections()?);
+        Ok(fresh)
     }
 
     /// Like [`Config::for_tests`], with `args` (flags, `--config FILE`) on the command line too.

@@ -1,7 +1,9 @@
-//! Wires the event log and both listeners together, and takes them down in order.
+//! Wires the event log and both listeners together, reloads what can change while they run,
+//! and takes them down in order.
 
 use std::{future::Future, sync::Arc};
 
+use futures::Stream;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +23,7 @@ use crate::{
         nats::NatsOpenError,
     },
     metrics::{Metrics, MetricsError},
+    reload::{self, Reloader},
     telemetry,
 };
 
@@ -79,26 +82,37 @@ pub async fn open_storage(config: &Config) -> Result<Storage, ServerError> {
 
 /// Runs the gateway on the given listeners until `shutdown` completes, then stops accepting,
 /// ends subscription streams, lets in-flight requests finish (for at most
-/// `config.shutdown_timeout`) and closes the log.
+/// `config.shutdown_timeout`) and closes the log. Nothing reloads its configuration: see
+/// [`run_with_reloads`].
 pub async fn run(
     config: Config,
     public: TcpListener,
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let checked = check(&config, &internal)?;
-    let storage = open_storage(&config).await?;
-    let auth = Arc::new(checked.auth.finish()?);
-    serve(
+    run_with_reloads(
         config,
-        auth,
-        checked.security,
-        storage,
         public,
         internal,
         shutdown,
+        futures::stream::pending(),
     )
     .await
+}
+
+/// [`run`], reloading what can change while the gateway runs ([`crate::reload`]) on every item
+/// of `reloads` ([`crate::reload::hangup_requests`] in the binary).
+pub async fn run_with_reloads(
+    config: Config,
+    public: TcpListener,
+    internal: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: impl Stream<Item = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let checked = check(&config, &internal)?;
+    let storage = open_storage(&config).await?;
+    let ready = checked.finish()?;
+    serve(config, ready, storage, public, internal, shutdown, reloads).await
 }
 
 /// [`run`] over already opened storage.
@@ -109,23 +123,31 @@ pub async fn run_with_storage(
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let checked = check(&config, &internal)?;
-    let auth = Arc::new(checked.auth.finish()?);
-    serve(
-        config,
-        auth,
-        checked.security,
-        storage,
-        public,
-        internal,
-        shutdown,
-    )
-    .await
+    let ready = check(&config, &internal)?.finish()?;
+    let reloads = futures::stream::pending();
+    serve(config, ready, storage, public, internal, shutdown, reloads).await
 }
 
 /// What start-up checked and built before writing anything.
 struct Checked {
     auth: PreparedAuth,
+    security: Security,
+}
+
+impl Checked {
+    /// Writes what start-up generated (a signing key for the data directory): once the checks
+    /// have passed and the storage is open.
+    fn finish(self) -> Result<Ready, ServerError> {
+        Ok(Ready {
+            auth: Arc::new(self.auth.finish()?),
+            security: self.security,
+        })
+    }
+}
+
+/// The listeners' security, ready to serve.
+struct Ready {
+    auth: Arc<Auth>,
     security: Security,
 }
 
@@ -165,13 +187,14 @@ fn internal_security(config: &Config, internal: &TcpListener) -> Result<Security
 
 async fn serve(
     config: Config,
-    auth: Arc<Auth>,
-    security: Security,
+    ready: Ready,
     storage: Storage,
     public: TcpListener,
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: impl Stream<Item = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let Ready { auth, security } = ready;
     let log = storage.log;
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -179,6 +202,8 @@ async fn serve(
         shutdown.await;
         trigger.cancel();
     });
+    let reloader = Arc::new(Reloader::new(config.clone(), auth.clone(), &security));
+    tokio::spawn(reload::watch(reloader, reloads, token.clone()));
 
     if let (Ok(public), Ok(internal)) = (public.local_addr(), internal.local_addr()) {
         tracing::info!(%public, %internal, "incode-gateway listening");

@@ -5,8 +5,9 @@
 //! reload swaps the whole configuration (certificate *and* client CA, which cert-manager and
 //! similar tools rotate too) while connections already open keep the session they negotiated:
 //! their streams go on. The files are checked every `--internal-tls-reload-interval` and
-//! reloaded when their content changed, and unconditionally on SIGHUP. A reload that fails (a
-//! half-written file, a key that does not match) keeps the previous configuration and says why.
+//! reloaded when their content changed, and unconditionally on SIGHUP ([`crate::reload`]). A
+//! reload that fails (a half-written file, a key that does not match) keeps the previous
+//! configuration and says why.
 //!
 //! Under mutual TLS a client certificate must chain to the client CA and carry the
 //! `clientAuth` extended key usage; anything else fails the handshake.
@@ -257,83 +258,38 @@ impl ReloadingTls {
     }
 }
 
-/// Reloads `tls` when its files change (checked every `interval`) and on SIGHUP (`hangup`,
-/// from [`hangup_signal`]), until `shutdown`.
-pub async fn watch(
-    tls: Arc<ReloadingTls>,
-    interval: Duration,
-    mut hangup: Hangup,
-    shutdown: CancellationToken,
-) {
+/// Reloads `tls` when its files change (checked every `interval`), until `shutdown`. (A
+/// reload request, SIGHUP, reloads them unconditionally: see [`reload_now`].)
+pub async fn watch(tls: Arc<ReloadingTls>, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let force = tokio::select! {
+        tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticks.tick() => false,
-            () = next_hangup(&mut hangup) => {
-                tracing::info!("SIGHUP: reloading the internal listener's TLS files");
-                true
-            }
-        };
-        let task = tls.clone();
-        let result = tokio::task::spawn_blocking(move || task.reload(force))
-            .await
-            .unwrap_or_else(|error| Err(TlsError::Task(error)));
-        match result {
-            Ok(Some(summary)) => {
-                log_loaded(&tls.files, &summary, "internal listener TLS reloaded");
-            }
-            Ok(None) => {}
-            Err(error) => tracing::error!(
-                error = %error_chain(&error),
-                "cannot reload the internal listener's TLS files; new connections keep the previous certificate"
-            ),
+            _ = ticks.tick() => {}
         }
+        reload_now(&tls, false).await;
     }
 }
 
-/// A SIGHUP listener, if one could be installed.
-#[cfg(unix)]
-pub type Hangup = Option<tokio::signal::unix::Signal>;
-/// No SIGHUP outside Unix.
-#[cfg(not(unix))]
-pub type Hangup = Option<()>;
-
-/// Starts listening for SIGHUP. Call it before the listener serves anyone: from then on a SIGHUP
-/// no longer terminates the process.
-#[cfg(unix)]
-pub fn hangup_signal() -> Hangup {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; TLS files are reloaded only when they change");
-            None
+/// Reloads `tls` now if its files changed (or whatever they hold, with `force`), and says what
+/// happened: the new certificate, or why the previous configuration stays.
+pub async fn reload_now(tls: &Arc<ReloadingTls>, force: bool) {
+    let task = tls.clone();
+    // Reading the files blocks.
+    let result = tokio::task::spawn_blocking(move || task.reload(force))
+        .await
+        .unwrap_or_else(|error| Err(TlsError::Task(error)));
+    match result {
+        Ok(Some(summary)) => {
+            log_loaded(&tls.files, &summary, "internal listener TLS reloaded");
         }
+        Ok(None) => {}
+        Err(error) => tracing::error!(
+            error = %error_chain(&error),
+            "cannot reload the internal listener's TLS files; new connections keep the previous certificate"
+        ),
     }
-}
-
-/// Starts listening for SIGHUP (nothing to listen for outside Unix).
-#[cfg(not(unix))]
-pub fn hangup_signal() -> Hangup {
-    None
-}
-
-#[cfg(unix)]
-async fn next_hangup(signal: &mut Hangup) {
-    match signal {
-        Some(signal) => {
-            if signal.recv().await.is_none() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn next_hangup(_: &mut Hangup) {
-    std::future::pending().await
 }
 
 fn log_loaded(files: &TlsFiles, summary: &Summary, message: &'static str) {

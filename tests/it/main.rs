@@ -22,6 +22,7 @@ mod nats_server;
 mod nats_setup;
 mod oauth;
 mod pki;
+mod reload;
 mod scale_out;
 mod secrets;
 mod service;
