@@ -110,9 +110,18 @@ pub async fn run_with_reloads(
     reloads: impl Stream<Item = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let checked = check(&config, &internal)?;
-    let storage = open_storage(&config).await?;
+    let stop = shutdown_token(shutdown);
+    // Opening NATS may take up to --nats-connect-timeout: a stop asked for meanwhile ends the
+    // start there, as nothing is served yet.
+    let storage = tokio::select! {
+        storage = open_storage(&config) => storage?,
+        () = stop.cancelled() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     let ready = checked.finish()?;
-    serve(config, ready, storage, public, internal, shutdown, reloads).await
+    serve(config, ready, storage, public, internal, stop, reloads).await
 }
 
 /// [`run`] over already opened storage.
@@ -125,7 +134,19 @@ pub async fn run_with_storage(
 ) -> Result<(), ServerError> {
     let ready = check(&config, &internal)?.finish()?;
     let reloads = futures::stream::pending();
-    serve(config, ready, storage, public, internal, shutdown, reloads).await
+    let stop = shutdown_token(shutdown);
+    serve(config, ready, storage, public, internal, stop, reloads).await
+}
+
+/// A token cancelled once `shutdown` completes.
+fn shutdown_token(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    token
 }
 
 /// What start-up checked and built before writing anything.
@@ -191,17 +212,11 @@ async fn serve(
     storage: Storage,
     public: TcpListener,
     internal: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    token: CancellationToken,
     reloads: impl Stream<Item = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let Ready { auth, security } = ready;
     let log = storage.log;
-    let token = CancellationToken::new();
-    let trigger = token.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        trigger.cancel();
-    });
     let reloader = Arc::new(Reloader::new(config.clone(), auth.clone(), &security));
     tokio::spawn(reload::watch(reloader, reloads, token.clone()));
 
