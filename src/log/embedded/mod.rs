@@ -15,16 +15,18 @@
 //! transactions, except for the most recent events, which an in-memory tail serves so that live
 //! subscribers never touch the disk.
 //!
+//! The data directory and the file are private to the gateway's user ([`data_dir`]).
+//!
 //! A ticker thread asks the writer to apply retention every maintenance interval and, after a
 //! storage failure, to probe the disk every second, so the log recovers by itself.
 
+pub mod data_dir;
 pub mod fault;
 mod reader;
 mod writer;
 
 use std::{
     collections::VecDeque,
-    fs::OpenOptions,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, RwLock,
@@ -36,7 +38,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use prost::Message;
-use redb::{Database, TableDefinition};
+use redb::{Database, TableDefinition, backends::FileBackend};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
@@ -203,9 +205,10 @@ impl EmbeddedLog {
     pub fn open(data_dir: &Path, options: Options) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
+            let file = data_dir::open_private_file(&path)?;
             redb::Builder::new()
                 .set_cache_size(CACHE_BYTES)
-                .create(&path)
+                .create_with_backend(FileBackend::new(file)?)
         });
         Self::open_with(data_dir, opener, options)
     }
@@ -219,12 +222,7 @@ impl EmbeddedLog {
     ) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
+            let file = data_dir::open_private_file(&path)?;
             redb::Builder::new()
                 .set_cache_size(CACHE_BYTES)
                 .create_with_backend(FaultyBackend::new(file, switch.clone())?)
@@ -232,9 +230,10 @@ impl EmbeddedLog {
         Self::open_with(data_dir, opener, options)
     }
 
-    /// Creates `data_dir` if needed and opens the database through `opener`.
+    /// Creates `data_dir` if needed (private to this user; refused when others can write it) and
+    /// opens the database through `opener`.
     fn open_with(data_dir: &Path, opener: Opener, options: Options) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| OpenError {
+        data_dir::create(data_dir).map_err(|source| OpenError {
             path: data_dir.to_owned(),
             source: source.into(),
         })?;
