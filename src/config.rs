@@ -87,25 +87,33 @@ impl Cli {
             Environment::Ignore => without_env(Self::command()),
         };
         let matches = command.clone().try_get_matches_from(&args)?;
+        let source = Arc::new(LoadSource { args, environment });
         let Some(path) = config_path(&matches) else {
-            return Ok(Self::from_arg_matches(&matches)?);
+            let mut cli = Self::from_arg_matches(&matches)?;
+            cli.for_each_config(|config| config.source = Some(source.clone()));
+            return Ok(cli);
         };
         let file = file::ConfigFile::load_checked(&path, &|flag, values| {
             check_file_values(&command, &matches, flag, values)
         })?;
         let command = with_file_defaults(command, &file);
-        let matches = command.try_get_matches_from(&args)?;
+        let matches = command.try_get_matches_from(&source.args)?;
         let mut cli = Self::from_arg_matches(&matches)?;
-        cli.serve.add_file_lists(&file);
-        if let Some(Command::Serve(config)) = &mut cli.command {
+        let sections = Arc::new(file.sections.clone());
+        cli.for_each_config(|config| {
             config.add_file_lists(&file);
-        }
-        let sections = Arc::new(file.sections);
-        cli.serve.file = Some(sections.clone());
-        if let Some(Command::Serve(config)) = &mut cli.command {
-            config.file = Some(sections);
-        }
+            config.file = Some(sections.clone());
+            config.source = Some(source.clone());
+        });
         Ok(cli)
+    }
+
+    /// Applies `change` to the configuration of `serve`, given with the subcommand or without.
+    fn for_each_config(&mut self, mut change: impl FnMut(&mut Config)) {
+        change(&mut self.serve);
+        if let Some(Command::Serve(config)) = &mut self.command {
+            change(config);
+        }
     }
 
     /// Parses `args` (the program name first) as the command line alone says them: no
@@ -117,6 +125,21 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         Self::load_from(args, Environment::Ignore)
+    }
+}
+
+/// What a configuration was loaded from, to load it again ([`Config::reread`]).
+struct LoadSource {
+    args: Vec<OsString>,
+    environment: Environment,
+}
+
+impl std::fmt::Debug for LoadSource {
+    // The command line may hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadSource")
+            .field("environment", &self.environment)
+            .finish_non_exhaustive()
     }
 }
 
@@ -315,7 +338,8 @@ pub struct Config {
     #[arg(long, env = "INCODE_GATEWAY_STORAGE", value_enum, default_value_t = StorageKind::Embedded)]
     pub storage: StorageKind,
 
-    /// Directory of the embedded event log; created on first start.
+    /// Directory of the embedded event log; created on first start, private to the gateway's
+    /// user (mode 0700). Refused when other users can write it.
     #[arg(long, env = "INCODE_GATEWAY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
@@ -386,6 +410,10 @@ pub struct Config {
     /// [`Cli::load_from`] read it.
     #[arg(skip)]
     pub file: Option<Arc<file::FileSections>>,
+
+    /// The command line and environment [`Cli::load_from`] read this from.
+    #[arg(skip)]
+    source: Option<Arc<LoadSource>>,
 
     /// How callers of the public listener authenticate.
     #[command(flatten)]
@@ -499,6 +527,17 @@ pub struct NatsArgs {
         value_name = "FILE"
     )]
     pub tls_key: Option<PathBuf>,
+
+    /// Send NATS credentials in plain text to servers that are not on loopback, for a network
+    /// that encrypts the traffic itself (a service mesh, a VPN). Without it, `serve` refuses
+    /// such a setup; plain text without credentials starts with a warning, and plain text to
+    /// loopback servers is accepted.
+    #[arg(
+        long = "nats-allow-plaintext",
+        env = "INCODE_GATEWAY_NATS_ALLOW_PLAINTEXT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_plaintext: bool,
 }
 
 /// The internal listener: TLS (reloaded when the files change or on SIGHUP), mutual TLS, who may
@@ -764,6 +803,22 @@ impl Config {
         Ok(Arc::new(file.sections))
     }
 
+    /// The configuration as it reads now: the same command line and environment with the config
+    /// file as it is now, for what can change while the gateway runs (see [`crate::reload`]).
+    /// A configuration built in code keeps its settings and reads its config file's sections
+    /// again.
+    pub fn reread(&self) -> Result<Self, LoadError> {
+        if let Some(source) = &self.source {
+            return Ok(
+                Cli::load_from(source.args.iter().cloned(), source.environment)?.into_config(),
+            );
+        }
+        let mut fresh = self.clone();
+        fresh.file = None;
+        fresh.file = Some(fresh.file_sections()?);
+        Ok(fresh)
+    }
+
     /// Like [`Config::for_tests`], with `args` (flags, `--config FILE`) on the command line too.
     #[cfg(any(test, feature = "test-util"))]
     pub fn for_tests_with(args: &[&str]) -> Result<Self, LoadError> {
@@ -868,6 +923,7 @@ impl Config {
             cert_file: nats.tls_cert.clone(),
             key_file: nats.tls_key.clone(),
         };
+        options.allow_plaintext = nats.allow_plaintext;
         options
     }
 }

@@ -15,6 +15,8 @@
 //! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health, reflection and
 //!   `GET /metrics`, over TLS or mutual TLS, with subscriber identities and what each may use.
 //! - [`server`]: [`run`], which wires the log and both listeners together until shutdown.
+//! - [`reload`]: what a reload request (SIGHUP) changes while the gateway runs: subscribers,
+//!   webhook headers and TLS files.
 //! - [`error`]: the error vocabulary shared by HTTP and gRPC answers.
 //! - [`telemetry`]: logs, OpenTelemetry traces and W3C trace-context propagation.
 //! - [`metrics`]: the gateway's instruments, exported over OTLP and as Prometheus text.
@@ -33,6 +35,7 @@ pub mod incode;
 pub mod log;
 pub mod metrics;
 pub mod proto;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 

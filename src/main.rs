@@ -38,6 +38,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => return Ok(cli::simulate::main(args).await),
     };
     let telemetry = incode_gateway::telemetry::init(config.log_format)?;
+    // Before anything can take long (binding, connecting to NATS): from here on a SIGHUP (a
+    // service manager's reload) reloads, and never ends the gateway.
+    let reloads = incode_gateway::reload::hangup_requests();
 
     let public = TcpListener::bind(config.public_addr)
         .await
@@ -51,11 +54,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             )
         })?;
 
-    let result = incode_gateway::run(
+    let result = incode_gateway::server::run_with_reloads(
         config,
         public,
         internal,
         incode_gateway::server::shutdown_signal(),
+        reloads,
     )
     .await;
     telemetry.shutdown();

@@ -1,22 +1,30 @@
-//! Wires the event log and both listeners together, and takes them down in order.
+//! Wires the event log and both listeners together, reloads what can change while they run,
+//! and takes them down in order.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use futures::Stream;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{Auth, AuthSetupError},
+    auth::{Auth, AuthSetupError, PreparedAuth},
     config::{Config, StorageKind},
     error::error_chain,
     groups::Groups,
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Quota, Readiness, Storage, embedded::OpenError,
-        nats::NatsOpenError, readiness,
+        Cursors, EmbeddedLog, MemoryLog, NatsLog, Quota, Readiness, Storage,
+        embedded::{
+            OpenError,
+            data_dir::{self, DataDirError},
+        },
+        nats::NatsOpenError,
+        readiness,
     },
     metrics::{Metrics, MetricsError},
+    reload::{self, Reloader},
     telemetry,
 };
 
@@ -33,6 +41,9 @@ pub enum ServerError {
     /// The internal listener's address could not be read.
     #[error("cannot read the internal listener's address")]
     InternalAddr(#[source] std::io::Error),
+    /// The data directory of the embedded event log is not usable.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The embedded event log could not be opened.
     #[error("could not open the event log")]
     OpenEmbedded(#[from] OpenError),
@@ -76,18 +87,46 @@ pub async fn open_storage(config: &Config) -> Result<Storage, ServerError> {
 
 /// Runs the gateway on the given listeners until `shutdown` completes, then stops accepting,
 /// ends subscription streams, lets in-flight requests finish (for at most
-/// `config.shutdown_timeout`) and closes the log.
+/// `config.shutdown_timeout`) and closes the log. Nothing reloads its configuration: see
+/// [`run_with_reloads`].
 pub async fn run(
     config: Config,
     public: TcpListener,
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    // Configuration mistakes are reported before anything touches the disk.
-    let auth = Arc::new(Auth::from_config(&config)?);
-    let security = internal_security(&config, &internal)?;
-    let storage = open_storage(&config).await?;
-    serve(config, auth, security, storage, public, internal, shutdown).await
+    run_with_reloads(
+        config,
+        public,
+        internal,
+        shutdown,
+        futures::stream::pending(),
+    )
+    .await
+}
+
+/// [`run`], reloading what can change while the gateway runs ([`crate::reload`]) on every item
+/// of `reloads` ([`crate::reload::hangup_requests`] in the binary).
+pub async fn run_with_reloads(
+    config: Config,
+    public: TcpListener,
+    internal: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: impl Stream<Item = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let checked = check(&config, &internal)?;
+    let stop = shutdown_token(shutdown);
+    // Opening NATS may take up to --nats-connect-timeout: a stop asked for meanwhile ends the
+    // start there, as nothing is served yet.
+    let storage = tokio::select! {
+        storage = open_storage(&config) => storage?,
+        () = stop.cancelled() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    let ready = checked.finish()?;
+    serve(config, ready, storage, public, internal, stop, reloads).await
 }
 
 /// [`run`] over already opened storage, for tests that hold the storage themselves.
@@ -99,9 +138,72 @@ pub async fn run_with_storage(
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let auth = Arc::new(Auth::from_config(&config)?);
-    let security = internal_security(&config, &internal)?;
-    serve(config, auth, security, storage, public, internal, shutdown).await
+    let ready = check(&config, &internal)?.finish()?;
+    let reloads = futures::stream::pending();
+    let stop = shutdown_token(shutdown);
+    serve(config, ready, storage, public, internal, stop, reloads).await
+}
+
+/// A token cancelled once `shutdown` completes.
+fn shutdown_token(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    token
+}
+
+/// What start-up checked and built before writing anything.
+struct Checked {
+    auth: PreparedAuth,
+    security: Security,
+}
+
+impl Checked {
+    /// Writes what start-up generated (a signing key for the data directory): once the checks
+    /// have passed and the storage is open.
+    fn finish(self) -> Result<Ready, ServerError> {
+        Ok(Ready {
+            auth: Arc::new(self.auth.finish()?),
+            security: self.security,
+        })
+    }
+}
+
+/// The listeners' security, ready to serve.
+struct Ready {
+    auth: Arc<Auth>,
+    security: Security,
+}
+
+/// Every check that can refuse the configuration, made before anything is written, so that a
+/// refused start leaves the data directory as it found it: the authentication settings (a
+/// signing key for the data directory is generated but not stored yet), the internal listener
+/// against the address it is bound to, and the storage's own settings.
+fn check(config: &Config, internal: &TcpListener) -> Result<Checked, ServerError> {
+    let auth = Auth::prepare(config)?;
+    let security = internal_security(config, internal)?;
+    check_storage(config)?;
+    Ok(Checked { auth, security })
+}
+
+/// The storage settings that can be checked without opening the storage.
+fn check_storage(config: &Config) -> Result<(), ServerError> {
+    match config.storage {
+        StorageKind::Embedded => {
+            data_dir::check(&config.data_dir)?;
+        }
+        StorageKind::Nats => {
+            config
+                .nats_log_options()
+                .check()
+                .map_err(NatsOpenError::from)?;
+        }
+        StorageKind::Memory => {}
+    }
+    Ok(())
 }
 
 /// The internal listener's access policy and TLS, checked against the address it is bound to.
@@ -112,20 +214,17 @@ fn internal_security(config: &Config, internal: &TcpListener) -> Result<Security
 
 async fn serve(
     config: Config,
-    auth: Arc<Auth>,
-    security: Security,
+    ready: Ready,
     storage: Storage,
     public: TcpListener,
     internal: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    token: CancellationToken,
+    reloads: impl Stream<Item = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let Ready { auth, security } = ready;
     let log = storage.log;
-    let token = CancellationToken::new();
-    let trigger = token.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        trigger.cancel();
-    });
+    let reloader = Arc::new(Reloader::new(config.clone(), auth.clone(), &security));
+    tokio::spawn(reload::watch(reloader, reloads, token.clone()));
 
     if let (Ok(public), Ok(internal)) = (public.local_addr(), internal.local_addr()) {
         tracing::info!(%public, %internal, "incode-gateway listening");
@@ -205,32 +304,56 @@ async fn serve(
     result
 }
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM. If a handler cannot be installed, that
-/// signal keeps its default disposition (terminate) and the other one still works.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called, and completes on the
+/// first of them. Call it before the gateway listens: until a handler is installed these
+/// signals end the process on the spot, with no graceful shutdown. If a handler cannot be
+/// installed, that signal keeps its default disposition (terminate) and the other one still
+/// works.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::SignalKind;
+        [
+            listen(SignalKind::interrupt(), "SIGINT"),
+            listen(SignalKind::terminate(), "SIGTERM"),
+        ]
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let [mut interrupt, mut terminate] = signals;
+            tokio::select! {
+                () = next_signal(&mut interrupt) => {},
+                () = next_signal(&mut terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!("shutdown requested");
     }
-    tracing::info!("shutdown requested");
+}
+
+/// A handler for `kind`, if one could be installed.
+#[cfg(unix)]
+fn listen(
+    kind: tokio::signal::unix::SignalKind,
+    name: &'static str,
+) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
+        .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+        .ok()
+}
+
+/// The next delivery of `signal`; never, without a handler.
+#[cfg(unix)]
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(signal) = signal
+        && signal.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
 }

@@ -2,10 +2,11 @@
 //! they get, the guard every webhook call passes, and the throttle on failed client
 //! authentication.
 //!
-//! [`Auth`] is built once at start-up from the configuration ([`AuthSettings::from_config`]); the
-//! HTTP layer asks it to authenticate a client at the token endpoint
-//! ([`Auth::authenticate_client`]) and to check a webhook call ([`Auth::check_webhook`]), which
-//! yields the [`Authenticated`] proof that the webhook handlers require.
+//! [`Auth`] is built once at start-up from the configuration ([`AuthSettings::from_config`]); only
+//! its webhook headers change afterwards, on a reload. The HTTP layer asks it to authenticate a
+//! client at the token endpoint ([`Auth::authenticate_client`]) and to check a webhook call
+//! ([`Auth::check_webhook`]), which yields the [`Authenticated`] proof that the webhook handlers
+//! require.
 
 pub mod bearer;
 mod clients;
@@ -15,7 +16,11 @@ mod throttle;
 mod token;
 mod webhook;
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
 
 use axum::http::HeaderMap;
 
@@ -26,7 +31,7 @@ pub use clients::{
 pub use secret::Secret;
 pub use settings::{
     AuthSettings, AuthSetupError, ClientAuthLimitArgs, DEFAULT_TOKEN_TTL, KeyPolicy, MAX_TOKEN_TTL,
-    SIGNING_KEY_FILE,
+    SIGNING_KEY_FILE, UnsavedKey, webhook_headers,
 };
 pub use throttle::{Charge, FailureThrottle, ThrottleSettings, Throttled};
 pub use token::{
@@ -57,7 +62,10 @@ pub enum ClientAuthError {
 pub struct Auth {
     clients: ClientRegistry,
     tokens: Tokens,
-    webhook_headers: Vec<WebhookHeader>,
+    /// Replaced as a whole when the configuration is reloaded: a call is checked against one
+    /// set of headers, never half of two.
+    webhook_headers: RwLock<Arc<[WebhookHeader]>>,
+    allow_unauthenticated_webhooks: bool,
     throttle: FailureThrottle,
     /// Permits for argon2 checks running at once; an attempt finding none is refused at once.
     secret_checks: Arc<tokio::sync::Semaphore>,
@@ -68,25 +76,11 @@ impl Auth {
     /// that is explicitly allowed, and then warns.
     pub fn new(settings: AuthSettings) -> Result<Self, AuthSetupError> {
         let clients = ClientRegistry::new(settings.clients)?;
-        if clients.is_empty() && settings.webhook_headers.is_empty() {
-            if !settings.allow_unauthenticated_webhooks {
-                return Err(AuthSetupError::NoWebhookAuth);
-            }
-            tracing::warn!(
-                "WEBHOOKS ARE NOT AUTHENTICATED: anyone who can reach the public listener can inject \
-                 events. Configure an OAuth client or a webhook header before exposing it"
-            );
-        }
-        if !clients.is_empty()
-            && let Some(header) = settings
-                .webhook_headers
-                .iter()
-                .find(|header| header.name() == axum::http::header::AUTHORIZATION)
-        {
-            return Err(AuthSetupError::HeaderConflictsWithBearer {
-                name: header.name().clone(),
-            });
-        }
+        check_webhook_headers(
+            &clients,
+            &settings.webhook_headers,
+            settings.allow_unauthenticated_webhooks,
+        )?;
         tracing::info!(
             oauth_clients = clients.len(),
             webhook_headers = settings.webhook_headers.len(),
@@ -98,7 +92,8 @@ impl Auth {
         Ok(Self {
             clients,
             tokens: Tokens::new(settings.tokens),
-            webhook_headers: settings.webhook_headers,
+            webhook_headers: RwLock::new(settings.webhook_headers.into()),
+            allow_unauthenticated_webhooks: settings.allow_unauthenticated_webhooks,
             throttle: FailureThrottle::new(settings.throttle),
             secret_checks: Arc::new(tokio::sync::Semaphore::new(
                 settings.max_concurrent_secret_checks,
@@ -106,9 +101,20 @@ impl Auth {
         })
     }
 
-    /// Authentication as the configuration says.
+    /// Authentication as the configuration says; a signing key generated for the data
+    /// directory is stored there at once.
     pub fn from_config(config: &crate::Config) -> Result<Self, AuthSetupError> {
-        Self::new(AuthSettings::from_config(config)?)
+        Self::prepare(config)?.finish()
+    }
+
+    /// Authentication as the configuration says, with every check made and nothing written: a
+    /// signing key generated for the data directory is stored by [`PreparedAuth::finish`].
+    pub fn prepare(config: &crate::Config) -> Result<PreparedAuth, AuthSetupError> {
+        let (settings, unsaved_key) = AuthSettings::from_config_unsaved(config)?;
+        Ok(PreparedAuth {
+            auth: Self::new(settings)?,
+            unsaved_key,
+        })
     }
 
     /// Issues and verifies access tokens.
@@ -169,8 +175,78 @@ impl Auth {
                 .ok_or(TokenError::UnknownClient)?;
             Some(client.clone())
         };
-        webhook::check_headers(&self.webhook_headers, headers)?;
+        webhook::check_headers(&self.current_webhook_headers(), headers)?;
         Ok(Authenticated::new(client))
+    }
+
+    /// Whether `headers` could replace the webhook headers: refused, as at start-up, when they
+    /// would leave the webhooks open without that being allowed, or take the bearer token's
+    /// place. Changes nothing.
+    pub fn check_webhook_headers(&self, headers: &[WebhookHeader]) -> Result<(), AuthSetupError> {
+        check_webhook_headers(&self.clients, headers, self.allow_unauthenticated_webhooks)
+    }
+
+    /// Requires `headers` (checked with [`Auth::check_webhook_headers`]) of every webhook call
+    /// from now on.
+    pub fn replace_webhook_headers(&self, headers: Vec<WebhookHeader>) {
+        *self
+            .webhook_headers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = headers.into();
+    }
+
+    fn current_webhook_headers(&self) -> Arc<[WebhookHeader]> {
+        self.webhook_headers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// Refuses webhook headers that leave the webhooks open without that being allowed (and warns
+/// when it is), or that would take the bearer token's place.
+fn check_webhook_headers(
+    clients: &ClientRegistry,
+    headers: &[WebhookHeader],
+    allow_unauthenticated: bool,
+) -> Result<(), AuthSetupError> {
+    if clients.is_empty() && headers.is_empty() {
+        if !allow_unauthenticated {
+            return Err(AuthSetupError::NoWebhookAuth);
+        }
+        tracing::warn!(
+            "WEBHOOKS ARE NOT AUTHENTICATED: anyone who can reach the public listener can inject \
+             events. Configure an OAuth client or a webhook header before exposing it"
+        );
+    }
+    if !clients.is_empty()
+        && let Some(header) = headers
+            .iter()
+            .find(|header| header.name() == axum::http::header::AUTHORIZATION)
+    {
+        return Err(AuthSetupError::HeaderConflictsWithBearer {
+            name: header.name().clone(),
+        });
+    }
+    Ok(())
+}
+
+/// [`Auth`] checked and built by [`Auth::prepare`], before anything was written.
+#[derive(Debug)]
+#[must_use = "`finish` stores the generated signing key"]
+pub struct PreparedAuth {
+    auth: Auth,
+    unsaved_key: Option<UnsavedKey>,
+}
+
+impl PreparedAuth {
+    /// Stores the signing key generated for the data directory, if one was, and hands over the
+    /// authentication state. Call it once start-up may write.
+    pub fn finish(self) -> Result<Auth, AuthSetupError> {
+        if let Some(key) = self.unsaved_key {
+            key.store()?;
+        }
+        Ok(self.auth)
     }
 }
 

@@ -7,6 +7,7 @@ use std::{
 };
 
 use clap::Args;
+use zeroize::Zeroizing;
 
 use super::{
     ClientConfig, ClientConfigError, KeyError, Secret, ThrottleSettings, TokenKey, TokenSettings,
@@ -219,13 +220,64 @@ pub enum AuthSetupError {
     NoWebhookAuth,
 }
 
+/// A signing key generated for the data directory and not written there yet. Start-up stores it
+/// only once every check has passed, so that a refused start leaves the data directory as it
+/// found it.
+#[must_use = "a generated key that is not stored changes at every restart"]
+pub struct UnsavedKey {
+    path: PathBuf,
+    material: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UnsavedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnsavedKey")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UnsavedKey {
+    /// Where it is to be kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes it (mode 0600), so that the next start uses it too.
+    pub fn store(self) -> Result<(), AuthSetupError> {
+        write_key_file(&self.path, &self.material).map_err(|source| {
+            AuthSetupError::WriteKeyFile {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        tracing::info!(
+            path = %self.path.display(),
+            "generated a token signing key and stored it in the data directory; to run \
+             replicas, give each the same key with --token-signing-key-file"
+        );
+        Ok(())
+    }
+}
+
 impl AuthSettings {
     /// Resolves the settings of `config`: its flags (which already hold what the environment and
-    /// the config file say) and the OAuth clients of its config file.
+    /// the config file say) and the OAuth clients of its config file. A signing key generated
+    /// for the data directory is stored at once.
     pub fn from_config(config: &Config) -> Result<Self, AuthSetupError> {
+        let (settings, unsaved) = Self::from_config_unsaved(config)?;
+        unsaved.map(UnsavedKey::store).transpose()?;
+        Ok(settings)
+    }
+
+    /// Like [`AuthSettings::from_config`], writing nothing: a signing key generated for the
+    /// data directory comes back to be stored once start-up may write.
+    pub fn from_config_unsaved(
+        config: &Config,
+    ) -> Result<(Self, Option<UnsavedKey>), AuthSetupError> {
         let sections = config.file_sections()?;
         let policy = KeyPolicy::for_storage(config.storage, &config.data_dir);
-        Self::resolve(
+        Self::resolve_unsaved(
             &config.auth,
             &config.client_auth_limits,
             &sections.oauth_clients,
@@ -233,13 +285,26 @@ impl AuthSettings {
         )
     }
 
-    /// Resolves the settings; a missing signing key is handled as `policy` says.
+    /// Resolves the settings; a missing signing key is handled as `policy` says (a generated
+    /// one is stored at once).
     pub fn resolve(
         args: &AuthArgs,
         limits: &ClientAuthLimitArgs,
         file_clients: &[ClientEntry],
         policy: &KeyPolicy,
     ) -> Result<Self, AuthSetupError> {
+        let (settings, unsaved) = Self::resolve_unsaved(args, limits, file_clients, policy)?;
+        unsaved.map(UnsavedKey::store).transpose()?;
+        Ok(settings)
+    }
+
+    /// Like [`AuthSettings::resolve`], writing nothing.
+    pub fn resolve_unsaved(
+        args: &AuthArgs,
+        limits: &ClientAuthLimitArgs,
+        file_clients: &[ClientEntry],
+        policy: &KeyPolicy,
+    ) -> Result<(Self, Option<UnsavedKey>), AuthSetupError> {
         // The client given by flags replaces a file client with the same id.
         let mut clients: Vec<ClientConfig> = file_clients
             .iter()
@@ -289,24 +354,19 @@ impl AuthSettings {
             )?);
         }
 
-        let mut webhook_headers = Vec::new();
-        for spec in &args.webhook_headers {
-            let header = WebhookHeader::parse(spec)?;
-            webhook_headers.retain(|existing: &WebhookHeader| existing.name() != header.name());
-            webhook_headers.push(header);
-        }
+        let webhook_headers = webhook_headers(&args.webhook_headers)?;
 
-        // Last, once everything else is known to be usable: this may write the data directory.
-        let signing_key = match configured {
-            Some(key) => key,
+        let (signing_key, unsaved) = match configured {
+            Some(key) => (key, None),
             // Without clients no token is ever issued: any key will do.
-            None if clients.is_empty() => {
-                TokenKey::generate().map_err(AuthSetupError::GenerateKey)?
-            }
+            None if clients.is_empty() => (
+                TokenKey::generate().map_err(AuthSetupError::GenerateKey)?,
+                None,
+            ),
             None => unconfigured_signing_key(policy)?,
         };
 
-        Ok(Self {
+        let settings = Self {
             clients,
             tokens: TokenSettings {
                 ttl,
@@ -318,12 +378,28 @@ impl AuthSettings {
             throttle: limits.throttle(),
             max_concurrent_secret_checks: usize::try_from(limits.max_concurrent_secret_checks)
                 .unwrap_or(1),
-        })
+        };
+        Ok((settings, unsaved))
     }
 }
 
-/// The signing key when none is configured, as `policy` says.
-fn unconfigured_signing_key(policy: &KeyPolicy) -> Result<TokenKey, AuthSetupError> {
+/// The webhook headers `specs` (`NAME=VALUE`) require; a later header replaces an earlier one of
+/// the same name.
+pub fn webhook_headers(specs: &[Secret]) -> Result<Vec<WebhookHeader>, WebhookHeaderError> {
+    let mut headers: Vec<WebhookHeader> = Vec::new();
+    for spec in specs {
+        let header = WebhookHeader::parse(spec)?;
+        headers.retain(|existing| existing.name() != header.name());
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+/// The signing key when none is configured, as `policy` says, with the generated key still to
+/// be stored when there is one.
+fn unconfigured_signing_key(
+    policy: &KeyPolicy,
+) -> Result<(TokenKey, Option<UnsavedKey>), AuthSetupError> {
     match policy {
         KeyPolicy::RequireConfigured => Err(AuthSetupError::SigningKeyRequired),
         KeyPolicy::Ephemeral => {
@@ -332,14 +408,15 @@ fn unconfigured_signing_key(policy: &KeyPolicy) -> Result<TokenKey, AuthSetupErr
                  survive a restart and will not work across replicas. Set \
                  --token-signing-key-file (or INCODE_GATEWAY_TOKEN_SIGNING_KEY) to keep them"
             );
-            TokenKey::generate().map_err(AuthSetupError::GenerateKey)
+            let key = TokenKey::generate().map_err(AuthSetupError::GenerateKey)?;
+            Ok((key, None))
         }
-        KeyPolicy::PersistInDataDir(path) => load_or_create_key(path),
+        KeyPolicy::PersistInDataDir(path) => load_or_generate_key(path),
     }
 }
 
-/// The key in `path`, generated and written there (mode 0600) on first start.
-fn load_or_create_key(path: &Path) -> Result<TokenKey, AuthSetupError> {
+/// The key in `path`, or on first start a new one, to be stored there.
+fn load_or_generate_key(path: &Path) -> Result<(TokenKey, Option<UnsavedKey>), AuthSetupError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             warn_if_readable_by_others(path);
@@ -347,21 +424,15 @@ fn load_or_create_key(path: &Path) -> Result<TokenKey, AuthSetupError> {
                 format!("the generated key file {}", path.display())
             })?;
             tracing::info!(path = %path.display(), key_id = key.id(), "token signing key loaded from the data directory");
-            Ok(key)
+            Ok((key, None))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let key = TokenKey::generate().map_err(AuthSetupError::GenerateKey)?;
-            write_key_file(path, &key).map_err(|source| AuthSetupError::WriteKeyFile {
+            let unsaved = UnsavedKey {
                 path: path.to_owned(),
-                source,
-            })?;
-            tracing::info!(
-                path = %path.display(),
-                key_id = key.id(),
-                "generated a token signing key and stored it in the data directory; to run \
-                 replicas, give each the same key with --token-signing-key-file"
-            );
-            Ok(key)
+                material: Zeroizing::new(key.expose_bytes().to_vec()),
+            };
+            Ok((key, Some(unsaved)))
         }
         Err(source) => Err(AuthSetupError::ReadKeyFile {
             path: path.to_owned(),
@@ -372,7 +443,7 @@ fn load_or_create_key(path: &Path) -> Result<TokenKey, AuthSetupError> {
 
 /// Writes the key as base64 to a temporary file readable by the owner only, flushes it to disk
 /// and renames it into place, so that a crash never leaves half a key behind.
-fn write_key_file(path: &Path, key: &TokenKey) -> std::io::Result<()> {
+fn write_key_file(path: &Path, material: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
 
     use base64::Engine;
@@ -393,7 +464,7 @@ fn write_key_file(path: &Path, key: &TokenKey) -> std::io::Result<()> {
         let mut file = options.open(&temporary)?;
         let text = zeroize::Zeroizing::new(format!(
             "{}\n",
-            base64::engine::general_purpose::STANDARD.encode(key.expose_bytes())
+            base64::engine::general_purpose::STANDARD.encode(material)
         ));
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
@@ -606,6 +677,24 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, [SIGNING_KEY_FILE]);
+
+        // Resolving alone writes nothing: start-up stores the key once every check has passed.
+        let fresh = dir.path().join("fresh").join(SIGNING_KEY_FILE);
+        let (settings, unsaved) = AuthSettings::resolve_unsaved(
+            &with_client(),
+            &ClientAuthLimitArgs::default(),
+            &[],
+            &KeyPolicy::PersistInDataDir(fresh.clone()),
+        )
+        .unwrap();
+        assert!(!fresh.parent().unwrap().exists());
+        let unsaved = unsaved.expect("a generated key to store");
+        assert_eq!(unsaved.path(), fresh);
+        assert!(!format!("{unsaved:?}").contains("material"), "{unsaved:?}");
+        unsaved.store().unwrap();
+        let stored =
+            TokenKey::parse(&Secret::new(std::fs::read_to_string(&fresh).unwrap())).unwrap();
+        assert_eq!(stored.id(), settings.tokens.signing_key.id());
 
         // A damaged file is an error, not a silent new key.
         std::fs::write(&path, "not base64!").unwrap();

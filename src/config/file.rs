@@ -6,12 +6,13 @@
 //! the gateway open. `incode-gateway.example.toml` lists every key.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::keys::{STRUCTURED_KEYS, flag_of, path_of};
 use crate::auth::Secret;
@@ -41,6 +42,40 @@ pub struct FileSections {
     pub oauth_clients: Vec<ClientEntry>,
     /// `[[subscribers]]`: the identities that may use the internal listener.
     pub subscribers: Vec<SubscriberEntry>,
+    /// What the file's flag settings were, to tell which ones a later version of the file
+    /// changes.
+    pub settings: SettingDigests,
+}
+
+/// A digest of each setting of a file, by key: enough to see that a setting changed without
+/// keeping its value, which may be a secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SettingDigests(BTreeMap<&'static str, [u8; 32]>);
+
+impl fmt::Debug for SettingDigests {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl SettingDigests {
+    fn insert<'a>(&mut self, key: &'static str, parts: impl IntoIterator<Item = &'a [u8]>) {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        self.0.insert(key, hasher.finalize().into());
+    }
+
+    /// The keys whose setting differs in `newer` (set, changed or removed), but for the keys in
+    /// `except`.
+    pub fn changed(&self, newer: &Self, except: &[&str]) -> Vec<&'static str> {
+        let keys: BTreeSet<&'static str> = self.0.keys().chain(newer.0.keys()).copied().collect();
+        keys.into_iter()
+            .filter(|key| !except.contains(key) && self.0.get(key) != newer.0.get(key))
+            .collect()
+    }
 }
 
 /// One `[[oauth.clients]]` entry.
@@ -185,6 +220,12 @@ impl ConfigFile {
             sections: FileSections::default(),
         };
         file.read_table(text, "", &table)?;
+        for (flag, values) in &file.settings {
+            if let Some(key) = path_of(flag) {
+                let parts = values.iter().map(String::as_bytes);
+                file.sections.settings.insert(key, parts);
+            }
+        }
         Ok(file)
     }
 
@@ -214,6 +255,11 @@ impl ConfigFile {
     }
 
     fn read_structured(&mut self, path: &str, value: &toml::Value) -> Result<(), String> {
+        if let Some(key) = STRUCTURED_KEYS.iter().find(|key| **key == path) {
+            // The parsed value prints the same whenever the entries are the same.
+            let printed = format!("{value:?}");
+            self.sections.settings.insert(key, [printed.as_bytes()]);
+        }
         let redacted =
             |error: toml::de::Error| format!("`{path}`: {}", redact_quoted(error.message()));
         match path {
@@ -362,6 +408,63 @@ mod tests {
         assert!(
             !debug.contains("new-secret") && !debug.contains("shared"),
             "{debug}"
+        );
+    }
+
+    #[test]
+    fn changed_settings_are_named_by_key_without_keeping_values() {
+        let before = ConfigFile::parse(
+            "[storage]\nretention = \"7d\"\n[nats]\npassword = \"hunter2\"\n\
+             [webhooks]\nheaders = { \"X-A\" = \"one\" }\n",
+        )
+        .unwrap()
+        .sections
+        .settings;
+        let after = ConfigFile::parse(
+            "[storage]\nretention = \"7d\"\nmax_events = 5\n[nats]\npassword = \"hunter3\"\n\
+             [webhooks]\nheaders = { \"X-A\" = \"two\" }\n",
+        )
+        .unwrap()
+        .sections
+        .settings;
+        assert_eq!(
+            before.changed(&after, &["webhooks.headers"]),
+            ["nats.password", "storage.max_events"]
+        );
+        assert_eq!(
+            before.changed(&after, &[]),
+            ["nats.password", "storage.max_events", "webhooks.headers"]
+        );
+        assert!(before.changed(&before, &[]).is_empty());
+        let removed = ConfigFile::parse("").unwrap().sections.settings;
+        assert_eq!(
+            before.changed(&removed, &["webhooks.headers"]),
+            ["nats.password", "storage.retention"]
+        );
+        let debug = format!("{before:?}");
+        assert!(
+            debug.contains("nats.password") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+
+        // Structured entries count as one setting each.
+        let clients = |secret: &str| {
+            ConfigFile::parse(&format!(
+                "[[oauth.clients]]\nid = \"incode\"\nsecrets = [\"{secret}\"]\n\
+                 [[subscribers]]\nname = \"billing\"\n"
+            ))
+            .unwrap()
+            .sections
+            .settings
+        };
+        assert_eq!(
+            clients("one").changed(&clients("two"), &["subscribers"]),
+            ["oauth.clients"]
+        );
+        assert!(clients("one").changed(&clients("one"), &[]).is_empty());
+        assert_eq!(
+            clients("one").changed(&removed, &["oauth.clients"]),
+            ["subscribers"]
         );
     }
 

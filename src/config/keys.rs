@@ -83,6 +83,7 @@ pub const FILE_KEYS: &[FileKey] = &[
     key("nats-tls-ca", "nats.tls_ca"),
     key("nats-tls-cert", "nats.tls_cert"),
     key("nats-tls-key", "nats.tls_key"),
+    key("nats-allow-plaintext", "nats.allow_plaintext"),
     // The internal listener.
     key("internal-addr", "internal.addr"),
     key("heartbeat-interval", "internal.heartbeat_interval"),

@@ -1,14 +1,18 @@
 //! Who may use the internal listener, and for what.
 //!
-//! [`Access`] is the policy, built once at start-up: the configured [`Subscribers`], whether
-//! mutual TLS is on, and whether callers without credentials may read. [`guard`] runs in front
+//! [`Access`] is the policy: the configured [`Subscribers`], whether mutual TLS is on, and
+//! whether callers without credentials may read. It is built at start-up and replaced as a whole
+//! when the subscribers are reloaded ([`CurrentAccess`]). [`guard`] runs in front
 //! of every route: it lets `grpc.health.v1` through untouched (probes carry no credentials),
 //! authenticates everything else into a [`Caller`] that it leaves in the request's extensions,
 //! and refuses reflection and `/metrics` to callers that may not read. The `EventStream` rpcs
 //! then ask the [`Caller`] whether it may read the plain stream or use a given consumer, since
 //! only they know what the request asks for.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
 
 use axum::{
     extract::{Request, State},
@@ -124,6 +128,36 @@ impl Access {
                 may_read: self.anonymous_reads,
             })),
         }
+    }
+}
+
+/// The access policy in force. A reload replaces it as a whole: each call is authenticated
+/// against one policy, never half of two. Calls already authenticated keep the identity they
+/// were given (an open stream goes on); every new call, an `Ack` on an open connection too, meets
+/// the new policy.
+#[derive(Debug)]
+pub struct CurrentAccess(RwLock<Arc<Access>>);
+
+impl CurrentAccess {
+    /// `access`, in force.
+    pub fn new(access: Access) -> Self {
+        Self(RwLock::new(Arc::new(access)))
+    }
+
+    /// The policy in force now.
+    pub fn load(&self) -> Arc<Access> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts `access` in force for every call from now on.
+    pub fn replace(&self, access: Access) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(access);
     }
 }
 
@@ -306,7 +340,7 @@ impl ServiceError for Refusal {
 /// What [`guard`] needs.
 #[derive(Clone)]
 pub(super) struct GuardState {
-    pub access: Arc<Access>,
+    pub access: Arc<CurrentAccess>,
     pub metrics: Metrics,
 }
 
@@ -326,6 +360,7 @@ pub(super) async fn guard(
     let peer = remote_addr(request.extensions());
     let caller = state
         .access
+        .load()
         .authenticate(
             certificates.as_deref().map(Vec::as_slice),
             request.headers(),

@@ -6,6 +6,9 @@
 //! - [`identity`]: the configured subscribers, their tokens and consumer patterns, and the
 //!   names of client certificates.
 //! - [`tls`]: TLS and mutual TLS, reloaded when the files change or on SIGHUP.
+//!
+//! The subscribers ([`SubscriberReloader`]) and the TLS files can change while the listener
+//! runs; everything else is fixed at start-up.
 //! - `incoming`: the accept loops (TCP, then TLS handshakes).
 
 pub mod access;
@@ -38,12 +41,15 @@ use encoded::server::event_stream_service_server::EventStreamServiceServer;
 pub use filter::{Filter, FilterError};
 
 use self::{
-    access::{Access, GuardState},
+    access::{Access, CurrentAccess, GuardState},
     identity::{SubscriberConfigError, Subscribers},
     tls::{ReloadingTls, TlsError, TlsFiles},
 };
 use crate::{
-    config::{Config, file::ConfigFileError},
+    config::{
+        Config,
+        file::{ConfigFileError, SubscriberEntry},
+    },
     log::{Readiness, ReadyState},
     metrics::Metrics,
     proto::v1,
@@ -99,9 +105,117 @@ impl GrpcSettings {
 /// Who may use the internal listener, and its TLS: checked and loaded at start-up.
 #[derive(Debug)]
 pub struct Security {
-    access: Arc<Access>,
+    access: Arc<CurrentAccess>,
+    rules: AccessRules,
     tls: Option<Arc<ReloadingTls>>,
     reload_interval: Duration,
+}
+
+/// What decides, besides the subscribers, whether an access policy is acceptable: settings that
+/// only change with a restart.
+#[derive(Debug, Clone, Copy)]
+struct AccessRules {
+    /// The address the listener is bound to.
+    bound: SocketAddr,
+    /// Mutual TLS (`--internal-client-ca`).
+    mutual: bool,
+    /// Whether the listener speaks TLS.
+    tls: bool,
+    /// `--allow-anonymous-reads`.
+    anonymous_reads: bool,
+    /// `--allow-unauthenticated-subscribers`.
+    allow_unauthenticated: bool,
+}
+
+impl AccessRules {
+    /// The policy over `subscribers`, refused when nothing could authenticate one of them, or
+    /// when it would leave a non-loopback listener open without that being allowed.
+    fn policy(&self, subscribers: Subscribers) -> Result<Access, SetupError> {
+        if let Some(subscriber) = subscribers
+            .iter()
+            .find(|subscriber| !subscriber.has_tokens() && !self.mutual)
+        {
+            return Err(SetupError::SubscriberCannotAuthenticate {
+                name: subscriber.name().to_owned(),
+            });
+        }
+        if self.anonymous_reads && self.mutual {
+            return Err(SetupError::AnonymousReadsWithMutualTls);
+        }
+        let access = Access::new(subscribers, self.mutual, self.anonymous_reads);
+        if !is_loopback(self.bound.ip())
+            && !access.authenticates_subscribers()
+            && !self.allow_unauthenticated
+        {
+            return Err(SetupError::UnauthenticatedSubscribers { addr: self.bound });
+        }
+        Ok(access)
+    }
+
+    /// Says what is weak about `access` (allowed, but worth knowing), and what it is.
+    fn log(&self, access: &Access) {
+        let loopback = is_loopback(self.bound.ip());
+        if !access.is_enforced() && !loopback {
+            tracing::warn!(
+                internal = %self.bound,
+                "SUBSCRIBERS ARE NOT AUTHENTICATED: anyone who can reach the internal listener can \
+                 read every event and move any durable consumer. Configure mutual TLS or \
+                 [[subscribers]] tokens before exposing it"
+            );
+        }
+        if access.allows_anonymous_reads() {
+            if access.is_enforced() {
+                tracing::warn!(
+                    "--allow-anonymous-reads: callers without credentials can read every event"
+                );
+            } else {
+                tracing::warn!(
+                    "--allow-anonymous-reads has no effect: no [[subscribers]] are configured, so \
+                     nothing is restricted"
+                );
+            }
+        }
+        if access.subscribers().any_tokens() && !self.tls && !loopback {
+            tracing::warn!(
+                "subscriber tokens travel in clear text on {}: configure --internal-tls-cert \
+                 and --internal-tls-key unless the network encrypts the traffic",
+                self.bound
+            );
+        }
+        tracing::info!(
+            subscribers = access.subscribers().len(),
+            tls = self.tls,
+            mutual_tls = self.mutual,
+            anonymous_reads = access.allows_anonymous_reads(),
+            enforced = access.is_enforced(),
+            "internal listener access configured"
+        );
+    }
+}
+
+/// Replaces the internal listener's subscribers while it runs, under the rules it started with.
+#[derive(Debug, Clone)]
+pub struct SubscriberReloader {
+    current: Arc<CurrentAccess>,
+    rules: AccessRules,
+}
+
+impl SubscriberReloader {
+    /// The policy these entries make, checked as at start-up; nothing changes yet.
+    pub fn prepare(&self, entries: &[SubscriberEntry]) -> Result<Access, SetupError> {
+        self.rules.policy(Subscribers::from_entries(entries)?)
+    }
+
+    /// Puts `access` (from [`SubscriberReloader::prepare`]) in force for every new call.
+    pub fn install(&self, access: Access) {
+        self.rules.log(&access);
+        self.current.replace(access);
+    }
+
+    /// The policy in force now.
+    pub fn current(&self) -> Arc<Access> {
+        self.current.load()
+    }
 }
 
 /// Why the internal listener's security settings are not usable. Messages never show a token
@@ -186,67 +300,35 @@ impl Security {
             }
             (None, None) => None,
         };
-        let mutual = args.internal_client_ca.is_some();
-        if let Some(subscriber) = subscribers
-            .iter()
-            .find(|subscriber| !subscriber.has_tokens() && !mutual)
-        {
-            return Err(SetupError::SubscriberCannotAuthenticate {
-                name: subscriber.name().to_owned(),
-            });
-        }
-        if args.allow_anonymous_reads && mutual {
-            return Err(SetupError::AnonymousReadsWithMutualTls);
-        }
-        let access = Access::new(subscribers, mutual, args.allow_anonymous_reads);
-        let loopback = is_loopback(bound.ip());
-        if !loopback
-            && !access.authenticates_subscribers()
-            && !args.allow_unauthenticated_subscribers
-        {
-            return Err(SetupError::UnauthenticatedSubscribers { addr: bound });
-        }
+        let rules = AccessRules {
+            bound,
+            mutual: args.internal_client_ca.is_some(),
+            tls: files.is_some(),
+            anonymous_reads: args.allow_anonymous_reads,
+            allow_unauthenticated: args.allow_unauthenticated_subscribers,
+        };
+        let access = rules.policy(subscribers)?;
         let tls = files.map(ReloadingTls::load).transpose()?.map(Arc::new);
-
-        if !access.is_enforced() && !loopback {
-            tracing::warn!(
-                internal = %bound,
-                "SUBSCRIBERS ARE NOT AUTHENTICATED: anyone who can reach the internal listener can \
-                 read every event and move any durable consumer. Configure mutual TLS or \
-                 [[subscribers]] tokens before exposing it"
-            );
-        }
-        if access.allows_anonymous_reads() {
-            if access.is_enforced() {
-                tracing::warn!(
-                    "--allow-anonymous-reads: callers without credentials can read every event"
-                );
-            } else {
-                tracing::warn!(
-                    "--allow-anonymous-reads has no effect: no [[subscribers]] are configured, so \
-                     nothing is restricted"
-                );
-            }
-        }
-        if access.subscribers().any_tokens() && tls.is_none() && !loopback {
-            tracing::warn!(
-                "subscriber tokens travel in clear text on {bound}: configure --internal-tls-cert \
-                 and --internal-tls-key unless the network encrypts the traffic"
-            );
-        }
-        tracing::info!(
-            subscribers = access.subscribers().len(),
-            tls = tls.is_some(),
-            mutual_tls = mutual,
-            anonymous_reads = access.allows_anonymous_reads(),
-            enforced = access.is_enforced(),
-            "internal listener access configured"
-        );
+        rules.log(&access);
         Ok(Self {
-            access: Arc::new(access),
+            access: Arc::new(CurrentAccess::new(access)),
+            rules,
             tls,
             reload_interval: args.internal_tls_reload_interval,
         })
+    }
+
+    /// What replaces the subscribers while the listener runs.
+    pub fn subscriber_reloader(&self) -> SubscriberReloader {
+        SubscriberReloader {
+            current: self.access.clone(),
+            rules: self.rules,
+        }
+    }
+
+    /// The listener's TLS, when it has some.
+    pub fn tls(&self) -> Option<Arc<ReloadingTls>> {
+        self.tls.clone()
     }
 }
 
@@ -314,8 +396,6 @@ pub fn serve(
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .add_routes(Routes::from(routes));
     let tcp = incoming::tcp(listener, limits.tcp_keepalive);
-    // Installed now, before anyone is served, so that a SIGHUP from then on reloads.
-    let hangup = security.tls.as_ref().map(|_| tls::hangup_signal());
     Ok(async move {
         // Serving from the start, as the log was open; the readiness task follows it from here.
         health_reporter
@@ -332,7 +412,6 @@ pub fn serve(
                 tokio::spawn(tls::watch(
                     tls.clone(),
                     security.reload_interval,
-                    hangup.flatten(),
                     shutdown.clone(),
                 ));
                 let incoming = incoming::tls(tcp, tls, shutdown);

@@ -5,8 +5,12 @@
 //! reload swaps the whole configuration (certificate *and* client CA, which cert-manager and
 //! similar tools rotate too) while connections already open keep the session they negotiated:
 //! their streams go on. The files are checked every `--internal-tls-reload-interval` and
-//! reloaded when their content changed, and unconditionally on SIGHUP. A reload that fails (a
-//! half-written file, a key that does not match) keeps the previous configuration and says why.
+//! reloaded when their content changed, and unconditionally on SIGHUP ([`crate::reload`]). A
+//! reload that fails (a half-written file, a key that does not match) keeps the previous
+//! configuration and says why.
+//!
+//! Under mutual TLS a client certificate must chain to the client CA and carry the
+//! `clientAuth` extended key usage; anything else fails the handshake.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,14 +22,21 @@ use sha2::{Digest, Sha256};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
-        RootCertStore, ServerConfig,
+        DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+        client::danger::HandshakeSignatureValid,
         crypto::{CryptoProvider, ring},
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-        server::WebPkiClientVerifier,
+        pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+        server::{
+            WebPkiClientVerifier,
+            danger::{ClientCertVerified, ClientCertVerifier},
+        },
     },
 };
 use tokio_util::sync::CancellationToken;
-use x509_cert::der::Decode;
+use x509_cert::{
+    der::{Decode, oid::db::rfc5280::ID_KP_CLIENT_AUTH},
+    ext::pkix::ExtendedKeyUsage,
+};
 use zeroize::Zeroizing;
 
 use super::identity::certificate_names;
@@ -261,83 +272,38 @@ fn unreadable_fingerprint(error: &TlsError) -> [u8; 32] {
     Sha256::digest(format!("unreadable: {}", error_chain(error))).into()
 }
 
-/// Reloads `tls` when its files change (checked every `interval`) and on SIGHUP (`hangup`,
-/// from [`hangup_signal`]), until `shutdown`.
-pub async fn watch(
-    tls: Arc<ReloadingTls>,
-    interval: Duration,
-    mut hangup: Hangup,
-    shutdown: CancellationToken,
-) {
+/// Reloads `tls` when its files change (checked every `interval`), until `shutdown`. (A
+/// reload request, SIGHUP, reloads them unconditionally: see [`reload_now`].)
+pub async fn watch(tls: Arc<ReloadingTls>, interval: Duration, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let force = tokio::select! {
+        tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticks.tick() => false,
-            () = next_hangup(&mut hangup) => {
-                tracing::info!("SIGHUP: reloading the internal listener's TLS files");
-                true
-            }
-        };
-        let task = tls.clone();
-        let result = tokio::task::spawn_blocking(move || task.reload(force))
-            .await
-            .unwrap_or_else(|error| Err(TlsError::Task(error)));
-        match result {
-            Ok(Some(summary)) => {
-                log_loaded(&tls.files, &summary, "internal listener TLS reloaded");
-            }
-            Ok(None) => {}
-            Err(error) => tracing::error!(
-                error = %error_chain(&error),
-                "cannot reload the internal listener's TLS files; new connections keep the previous certificate"
-            ),
+            _ = ticks.tick() => {}
         }
+        reload_now(&tls, false).await;
     }
 }
 
-/// A SIGHUP listener, if one could be installed.
-#[cfg(unix)]
-pub type Hangup = Option<tokio::signal::unix::Signal>;
-/// No SIGHUP outside Unix.
-#[cfg(not(unix))]
-pub type Hangup = Option<()>;
-
-/// Starts listening for SIGHUP. Call it before the listener serves anyone: from then on a SIGHUP
-/// no longer terminates the process.
-#[cfg(unix)]
-pub fn hangup_signal() -> Hangup {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; TLS files are reloaded only when they change");
-            None
+/// Reloads `tls` now if its files changed (or whatever they hold, with `force`), and says what
+/// happened: the new certificate, or why the previous configuration stays.
+pub async fn reload_now(tls: &Arc<ReloadingTls>, force: bool) {
+    let task = tls.clone();
+    // Reading the files blocks.
+    let result = tokio::task::spawn_blocking(move || task.reload(force))
+        .await
+        .unwrap_or_else(|error| Err(TlsError::Task(error)));
+    match result {
+        Ok(Some(summary)) => {
+            log_loaded(&tls.files, &summary, "internal listener TLS reloaded");
         }
+        Ok(None) => {}
+        Err(error) => tracing::error!(
+            error = %error_chain(&error),
+            "cannot reload the internal listener's TLS files; new connections keep the previous certificate"
+        ),
     }
-}
-
-/// Starts listening for SIGHUP (nothing to listen for outside Unix).
-#[cfg(not(unix))]
-pub fn hangup_signal() -> Hangup {
-    None
-}
-
-#[cfg(unix)]
-async fn next_hangup(signal: &mut Hangup) {
-    match signal {
-        Some(signal) => {
-            if signal.recv().await.is_none() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn next_hangup(_: &mut Hangup) {
-    std::future::pending().await
 }
 
 fn log_loaded(files: &TlsFiles, summary: &Summary, message: &'static str) {
@@ -412,7 +378,8 @@ fn build(
             }
             // A client without a certificate completes the handshake so that health probes
             // work; every other call then needs the certificate (see `access`). A client that
-            // presents a certificate the CA did not sign fails the handshake.
+            // presents a certificate the CA did not sign, or one not issued for client
+            // authentication, fails the handshake.
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .allow_unauthenticated()
@@ -421,6 +388,7 @@ fn build(
                         path: path.clone(),
                         source,
                     })?;
+            let verifier = Arc::new(RequireClientAuthUsage { inner: verifier });
             (builder.with_client_cert_verifier(verifier), count)
         }
         _ => (builder.with_no_client_auth(), 0),
@@ -440,6 +408,93 @@ fn build(
     // HTTP/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((config, summary))
+}
+
+/// Client certificate verification that also insists on the `clientAuth` extended key usage.
+///
+/// webpki checks the purpose only when the certificate states one: a certificate without the
+/// extended key usage extension passes as fit for anything (RFC 5280 allows that reading). A
+/// CA that also signs server or code-signing certificates without EKUs would then hand out
+/// subscriber identities by accident, so the extension must be present and name `clientAuth`.
+#[derive(Debug)]
+struct RequireClientAuthUsage {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for RequireClientAuthUsage {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, tokio_rustls::rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_client_auth_usage(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
+
+/// `Ok` when the certificate's extended key usage extension is present and lists `clientAuth`.
+/// The refusal is the handshake alert `unsupported_certificate`, which the client reports.
+fn check_client_auth_usage(
+    certificate: &CertificateDer<'_>,
+) -> Result<(), tokio_rustls::rustls::Error> {
+    use tokio_rustls::rustls::{CertificateError, Error, ExtendedKeyPurpose};
+    let certificate = x509_cert::Certificate::from_der(certificate.as_ref())
+        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let usage = certificate
+        .tbs_certificate
+        .get::<ExtendedKeyUsage>()
+        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    match usage {
+        Some((_, ExtendedKeyUsage(purposes))) if purposes.contains(&ID_KP_CLIENT_AUTH) => Ok(()),
+        _ => Err(Error::InvalidCertificate(
+            CertificateError::InvalidPurposeContext {
+                required: ExtendedKeyPurpose::ClientAuth,
+                presented: Vec::new(),
+            },
+        )),
+    }
 }
 
 fn not_after(certificate: &CertificateDer<'_>) -> Option<SystemTime> {

@@ -18,8 +18,8 @@ pub mod cursors;
 pub mod embedded;
 pub mod memory;
 pub mod nats;
-pub mod readiness;
 pub mod quota;
+pub mod readiness;
 
 use std::{
     fmt,
@@ -42,8 +42,8 @@ pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
-pub use readiness::{Readiness, ReadyState};
 pub use quota::{NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity};
+pub use readiness::{Readiness, ReadyState};
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
 pub type Sequence = u64;

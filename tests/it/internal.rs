@@ -616,6 +616,44 @@ async fn a_certificate_that_names_no_configured_subscriber_is_refused() {
     assert_eq!(health(&channel, None).await, ServingStatus::Serving);
 }
 
+/// A connection with `client`, used for one call: `Err` when the handshake or the call fails.
+async fn subscribe_with_certificate(setup: &MutualTls, client: &Leaf) -> Result<(), Status> {
+    let channel = tls_channel(setup.gateway.grpc_addr, &setup.ca, Some(client))
+        .await
+        .map_err(|error| Status::unavailable(error.to_string()))?;
+    subscribe(&channel, None, "").await.map(|_| ())
+}
+
+#[tokio::test]
+async fn client_certificates_must_be_issued_for_client_authentication() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, CodeSigning, ServerAuth};
+    for subscribers in [CERTIFICATE_SUBSCRIBERS, ""] {
+        let setup = mutual_tls_gateway(subscribers).await;
+        // Signed by the client CA and naming a configured subscriber, but without the extended
+        // key usage extension (webpki alone takes that as "any purpose"), or with one that
+        // lacks `clientAuth`: refused in the handshake.
+        for (usages, what) in [
+            (&[][..], "no extended key usage"),
+            (&[ServerAuth][..], "serverAuth only"),
+            (&[ServerAuth, CodeSigning][..], "serverAuth and codeSigning"),
+        ] {
+            let certificate = setup.clients.client_with_usages("billing", usages);
+            let refused = subscribe_with_certificate(&setup, &certificate).await;
+            assert!(
+                refused.is_err(),
+                "a certificate with {what} was accepted ({subscribers:?})"
+            );
+        }
+        // `clientAuth` among others is enough.
+        let certificate = setup
+            .clients
+            .client_with_usages("billing", &[ServerAuth, ClientAuth]);
+        subscribe_with_certificate(&setup, &certificate)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn mutual_tls_without_subscribers_lets_every_certified_client_in() {
     let setup = mutual_tls_gateway("").await;

@@ -210,3 +210,98 @@ async fn with_nats_and_oauth_serve_refuses_to_start_without_a_signing_key() {
     // Nothing was written to the data directory.
     assert_eq!(std::fs::read_dir(data_dir.path()).unwrap().count(), 0);
 }
+
+/// `serve --storage nats` with a token (from the environment, as advised) and `args`, towards a
+/// server that is never reachable (TEST-NET-1): what start-up says before and when connecting.
+async fn serve_towards_an_unreachable_server(args: &[&str]) -> (bool, String, String) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let output = crate::support::common::binary_async()
+        .args([
+            "--public-addr",
+            "127.0.0.1:0",
+            "--internal-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--allow-unauthenticated-webhooks", "--log-format", "json"])
+        .args(["--storage", "nats", "--nats-url", "nats://192.0.2.1:4222"])
+        .args(["--nats-connect-timeout", "1s"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("INCODE_GATEWAY_NATS_TOKEN", "nats-token-hunter2")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .expect("the gateway neither started nor refused")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("hunter2"), "the token was shown: {text}");
+    }
+    (output.status.success(), stdout, stderr)
+}
+
+#[tokio::test]
+async fn a_token_in_plain_text_across_the_network_is_refused_unless_allowed() {
+    // Refused before any attempt to connect, naming the server and the way out.
+    let (started, _, stderr) = serve_towards_an_unreachable_server(&[]).await;
+    assert!(!started);
+    for expected in [
+        "NATS credentials would travel in clear text to nats://192.0.2.1:4222",
+        "--nats-allow-plaintext",
+    ] {
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    assert!(!stderr.contains("cannot connect"), "{stderr}");
+
+    // Allowed: it tries to connect, with a warning.
+    let (started, stdout, stderr) =
+        serve_towards_an_unreachable_server(&["--nats-allow-plaintext"]).await;
+    assert!(!started);
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+    assert!(
+        stdout.contains("THE CONNECTION TO NATS IS NOT ENCRYPTED"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_in_plain_text_to_loopback_is_accepted() {
+    let nats = NatsServer::start_with(NodeSettings {
+        extra: "authorization { token: \"loopback-token-3a7d\" }".to_owned(),
+        ..NodeSettings::default()
+    })
+    .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = nats.url();
+    let process = crate::support::common::GatewayProcess::spawn_with(
+        data_dir.path(),
+        &[
+            "--allow-unauthenticated-webhooks",
+            "--storage",
+            "nats",
+            "--nats-url",
+            &url,
+        ],
+        &[("INCODE_GATEWAY_NATS_TOKEN", "loopback-token-3a7d")],
+    )
+    .await;
+    let response = crate::support::common::http_client()
+        .post(format!(
+            "{}/webhooks/incode/onboarding-status",
+            process.base_url
+        ))
+        .header("content-type", "application/json")
+        .body(crate::support::common::onboarding_body(
+            "loopback",
+            "ONBOARDING_FINISHED",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+}

@@ -287,3 +287,74 @@ async fn a_webhook_still_in_flight_at_the_shutdown_deadline_is_not_acknowledged(
         "only `before` is stored"
     );
 }
+
+/// SIGTERM the moment the gateway says it listens is a graceful shutdown too: the handlers are
+/// installed before the listeners accept anyone. (Without that, the signal's default action
+/// ended the process in a fraction of the starts, hence several starts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_as_soon_as_the_gateway_listens_is_a_graceful_shutdown() {
+    for _ in 0..10 {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut process = GatewayProcess::spawn(data_dir.path(), &[]).await;
+        let pid = process.child.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(PATIENCE, process.child.wait())
+            .await
+            .expect("the gateway did not exit after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "exit status {status:?}");
+    }
+}
+
+/// SIGTERM while the gateway still waits for NATS at start (up to --nats-connect-timeout) stops
+/// it there, at once and with success.
+#[tokio::test]
+async fn sigterm_while_the_storage_opens_stops_the_start() {
+    use tokio::io::AsyncBufReadExt;
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut child = binary_async()
+        .args(["serve", "--public-addr", "127.0.0.1:0"])
+        .args(["--internal-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--allow-unauthenticated-webhooks", "--storage", "nats"])
+        // TEST-NET-1: never answers.
+        .args(["--nats-url", "nats://192.0.2.1:4222"])
+        .args(["--nats-connect-timeout", "60s"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Logged by the start-up checks, once the signal handlers are in place.
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("internal listener access configured") {
+                return;
+            }
+        }
+        panic!("the gateway exited before its start-up checks");
+    })
+    .await
+    .expect("no start-up checks in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("the gateway went on waiting for NATS after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -15,9 +15,12 @@
 //! transactions, except for the most recent events, which an in-memory tail serves so that live
 //! subscribers never touch the disk.
 //!
+//! The data directory and the file are private to the gateway's user ([`data_dir`]).
+//!
 //! A ticker thread asks the writer to apply retention every maintenance interval and, after a
 //! storage failure, to probe the disk every second, so the log recovers by itself.
 
+pub mod data_dir;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fault;
 mod reader;
@@ -36,7 +39,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use prost::Message;
-use redb::{Database, TableDefinition};
+use redb::{Database, TableDefinition, backends::FileBackend};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
@@ -204,9 +207,10 @@ impl EmbeddedLog {
     pub fn open(data_dir: &Path, options: Options) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
+            let file = data_dir::open_private_file(&path)?;
             redb::Builder::new()
                 .set_cache_size(CACHE_BYTES)
-                .create(&path)
+                .create_with_backend(FileBackend::new(file)?)
         });
         Self::open_with(data_dir, opener, options)
     }
@@ -221,12 +225,7 @@ impl EmbeddedLog {
     ) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
+            let file = data_dir::open_private_file(&path)?;
             redb::Builder::new()
                 .set_cache_size(CACHE_BYTES)
                 .create_with_backend(FaultyBackend::new(file, switch.clone())?)
@@ -234,9 +233,10 @@ impl EmbeddedLog {
         Self::open_with(data_dir, opener, options)
     }
 
-    /// Creates `data_dir` if needed and opens the database through `opener`.
+    /// Creates `data_dir` if needed (private to this user; refused when others can write it) and
+    /// opens the database through `opener`.
     fn open_with(data_dir: &Path, opener: Opener, options: Options) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| OpenError {
+        data_dir::create(data_dir).map_err(|source| OpenError {
             path: data_dir.to_owned(),
             source: source.into(),
         })?;

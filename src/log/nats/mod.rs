@@ -76,6 +76,9 @@ pub struct NatsOptions {
     pub auth: NatsAuth,
     /// TLS to NATS.
     pub tls: NatsTls,
+    /// Accept credentials sent in plain text to servers that are not on loopback (the network
+    /// encrypts the traffic some other way).
+    pub allow_plaintext: bool,
 }
 
 impl NatsOptions {
@@ -92,7 +95,13 @@ impl NatsOptions {
             connect_timeout: Duration::from_secs(30),
             auth: NatsAuth::default(),
             tls: NatsTls::default(),
+            allow_plaintext: false,
         }
+    }
+
+    /// Checks the options without connecting, and says how the connection will be protected.
+    pub fn check(&self) -> Result<Transport, NatsOptionsError> {
+        validate(self)
     }
 
     /// The subject the gateway publishes events to.
@@ -130,12 +139,90 @@ pub struct NatsTls {
     pub key_file: Option<PathBuf>,
 }
 
+/// How the connection to NATS is protected, as the options say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS to every server, and to the servers the cluster announces.
+    Tls,
+    /// Plain text, but every server is on loopback: nothing leaves the host. Servers the
+    /// cluster announces are not used, so that it stays so.
+    LoopbackPlaintext,
+    /// Plain text across the network to these servers (credentials in the URLs blanked).
+    Plaintext {
+        /// The servers beyond loopback reached in plain text.
+        servers: String,
+    },
+}
+
+/// Why the NATS options are not usable, said before connecting. Messages never show a
+/// password, a token or credentials inside a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NatsOptionsError {
+    /// No server.
+    #[error("no NATS server is configured (--nats-url)")]
+    NoServers,
+    /// A server URL that is not a NATS URL.
+    #[error("--nats-url `{url}` is not a NATS server URL (nats://, tls://, ws:// or wss://)")]
+    InvalidUrl {
+        /// The URL, credentials blanked.
+        url: String,
+    },
+    /// A stream name JetStream would refuse.
+    #[error("--nats-stream `{stream}` must be 1 to 64 ASCII letters, digits, '-' or '_'")]
+    InvalidStream {
+        /// The name.
+        stream: String,
+    },
+    /// A replica count JetStream would refuse.
+    #[error("--nats-replicas must be between 1 and 5 (JetStream's limit), not {replicas}")]
+    InvalidReplicas {
+        /// The count.
+        replicas: usize,
+    },
+    /// A deduplication window that outlives the messages.
+    #[error(
+        "--dedup-window ({}) must not be longer than --retention ({}): JetStream keeps message \
+         ids only while it keeps the messages",
+        humantime::format_duration(*dedup_window),
+        humantime::format_duration(*retention)
+    )]
+    DedupWindowBeyondRetention {
+        /// The deduplication window.
+        dedup_window: Duration,
+        /// The retention.
+        retention: Duration,
+    },
+    /// More than one way to authenticate.
+    #[error(
+        "give one NATS authentication: --nats-credentials, --nats-user with --nats-password, or \
+         --nats-token"
+    )]
+    SeveralAuthentications,
+    /// A user without a password, or the reverse.
+    #[error("--nats-user and --nats-password go together")]
+    HalfUser,
+    /// A client certificate without its key, or the reverse.
+    #[error("--nats-tls-cert and --nats-tls-key go together")]
+    HalfClientCertificate,
+    /// Credentials that would cross the network in clear text.
+    #[error(
+        "NATS credentials would travel in clear text to {servers}, and the events (personal \
+         data) with them. Use TLS (tls:// URLs, or --nats-tls-ca), or pass \
+         --nats-allow-plaintext if the network between the gateway and NATS encrypts the \
+         traffic itself"
+    )]
+    PlaintextCredentials {
+        /// The servers beyond loopback reached in plain text, credentials in the URLs blanked.
+        servers: String,
+    },
+}
+
 /// Why the NATS log could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsOpenError {
     /// The options are not usable.
-    #[error("{0}")]
-    Options(String),
+    #[error(transparent)]
+    Options(#[from] NatsOptionsError),
     /// The credentials file could not be read.
     #[error("cannot read the NATS credentials file {}", path.display())]
     Credentials {
@@ -219,8 +306,8 @@ impl NatsLog {
     /// Connects to NATS, creates the stream and the state bucket if they are missing, updates
     /// their settings where that is safe, and refuses a stream whose settings conflict.
     pub async fn connect(options: NatsOptions) -> Result<Self, NatsOpenError> {
-        validate(&options)?;
-        let client = connect(&options).await?;
+        let transport = validate(&options)?;
+        let client = connect(&options, &transport).await?;
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
             .ack_timeout(options.publish_timeout)
@@ -315,10 +402,9 @@ impl NatsLog {
     }
 }
 
-fn validate(options: &NatsOptions) -> Result<(), NatsOpenError> {
-    let invalid = |message: String| Err(NatsOpenError::Options(message));
+fn validate(options: &NatsOptions) -> Result<Transport, NatsOptionsError> {
     if options.servers.is_empty() {
-        return invalid("no NATS server is configured (--nats-url)".to_owned());
+        return Err(NatsOptionsError::NoServers);
     }
     let name_ok = !options.stream.is_empty()
         && options.stream.len() <= 64
@@ -327,23 +413,20 @@ fn validate(options: &NatsOptions) -> Result<(), NatsOpenError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
     if !name_ok {
-        return invalid(format!(
-            "--nats-stream `{}` must be 1 to 64 ASCII letters, digits, '-' or '_'",
-            options.stream
-        ));
+        return Err(NatsOptionsError::InvalidStream {
+            stream: options.stream.clone(),
+        });
     }
     if !(1..=5).contains(&options.replicas) {
-        return invalid(format!(
-            "--nats-replicas must be between 1 and 5 (JetStream's limit), not {}",
-            options.replicas
-        ));
+        return Err(NatsOptionsError::InvalidReplicas {
+            replicas: options.replicas,
+        });
     }
     if options.dedup_window > options.retention {
-        return invalid(format!(
-            "--dedup-window ({}) must not be longer than --retention ({}): JetStream keeps message ids only while it keeps the messages",
-            humantime::format_duration(options.dedup_window),
-            humantime::format_duration(options.retention)
-        ));
+        return Err(NatsOptionsError::DedupWindowBeyondRetention {
+            dedup_window: options.dedup_window,
+            retention: options.retention,
+        });
     }
     let auth = &options.auth;
     let methods = [
@@ -352,18 +435,70 @@ fn validate(options: &NatsOptions) -> Result<(), NatsOpenError> {
         auth.token.is_some(),
     ];
     if methods.iter().filter(|&&set| set).count() > 1 {
-        return invalid(
-            "give one NATS authentication: --nats-credentials, --nats-user with --nats-password, or --nats-token"
-                .to_owned(),
-        );
+        return Err(NatsOptionsError::SeveralAuthentications);
     }
     if auth.user.is_some() != auth.password.is_some() {
-        return invalid("--nats-user and --nats-password go together".to_owned());
+        return Err(NatsOptionsError::HalfUser);
     }
     if options.tls.cert_file.is_some() != options.tls.key_file.is_some() {
-        return invalid("--nats-tls-cert and --nats-tls-key go together".to_owned());
+        return Err(NatsOptionsError::HalfClientCertificate);
     }
-    Ok(())
+    transport(options)
+}
+
+/// How the connection will be protected. TLS is forced for every server once a CA or a client
+/// certificate is configured; otherwise `tls://` and `wss://` servers speak TLS and the others
+/// plain text (unless the server insists on TLS, which cannot be known before connecting).
+/// Plain text to loopback is accepted: the traffic never leaves the host, and whoever can watch
+/// the loopback interface can read the gateway's configuration too.
+fn transport(options: &NatsOptions) -> Result<Transport, NatsOptionsError> {
+    let tls_forced = options.tls.ca_file.is_some() || options.tls.cert_file.is_some();
+    let mut credentials = options.auth.credentials_file.is_some()
+        || options.auth.user.is_some()
+        || options.auth.token.is_some();
+    let mut plaintext = false;
+    let mut exposed = Vec::new();
+    for url in &options.servers {
+        let server: async_nats::ServerAddr =
+            url.parse().map_err(|_| NatsOptionsError::InvalidUrl {
+                url: redacted_servers(std::slice::from_ref(url)),
+            })?;
+        credentials |= server.has_user_pass();
+        let tls = match server.scheme() {
+            "tls" | "wss" => true,
+            "ws" => false,
+            _ => tls_forced,
+        };
+        if !tls {
+            plaintext = true;
+            if !is_loopback_host(server.host()) {
+                exposed.push(url.clone());
+            }
+        }
+    }
+    if !plaintext {
+        return Ok(Transport::Tls);
+    }
+    if exposed.is_empty() {
+        return Ok(Transport::LoopbackPlaintext);
+    }
+    let servers = redacted_servers(&exposed);
+    if credentials && !options.allow_plaintext {
+        return Err(NatsOptionsError::PlaintextCredentials { servers });
+    }
+    Ok(Transport::Plaintext { servers })
+}
+
+/// Whether `host` (an address or a name, as in a URL) is this machine's loopback interface.
+/// Only the name `localhost` counts among names: others are not resolved here.
+fn is_loopback_host(host: &str) -> bool {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// The server URLs for messages, with any credentials in them (`nats://user:pass@host`)
@@ -382,7 +517,10 @@ fn redacted_servers(servers: &[String]) -> String {
         .join(",")
 }
 
-async fn connect(options: &NatsOptions) -> Result<async_nats::Client, NatsOpenError> {
+async fn connect(
+    options: &NatsOptions,
+    transport: &Transport,
+) -> Result<async_nats::Client, NatsOpenError> {
     let servers = redacted_servers(&options.servers);
     let mut connect = ConnectOptions::new()
         .name("incode-gateway")
@@ -422,6 +560,28 @@ async fn connect(options: &NatsOptions) -> Result<async_nats::Client, NatsOpenEr
         connect = connect
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
+    }
+    match transport {
+        // Servers the cluster announces are plain `host:port`: TLS to them too.
+        Transport::Tls => connect = connect.require_tls(true),
+        Transport::LoopbackPlaintext => {
+            // An announced server may be on another machine, where plain text would leave the
+            // host after all.
+            connect = connect.ignore_discovered_servers();
+            tracing::info!(
+                servers = %servers,
+                "the connection to NATS is not encrypted; its servers are on loopback, so it \
+                 stays on this host (servers the cluster announces are not used: list every \
+                 server in --nats-url)"
+            );
+        }
+        Transport::Plaintext { servers } => tracing::warn!(
+            servers = %servers,
+            allow_plaintext = options.allow_plaintext,
+            "THE CONNECTION TO NATS IS NOT ENCRYPTED: events (personal data) cross the network \
+             in clear text. Use TLS (tls:// URLs or --nats-tls-ca) unless the network encrypts \
+             the traffic itself"
+        ),
     }
     let connect_error = |source: BoxError| NatsOpenError::Connect {
         servers: servers.clone(),
@@ -669,6 +829,232 @@ fn nanos_since_epoch(time: SystemTime) -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(servers: &[&str]) -> NatsOptions {
+        NatsOptions::new(servers.iter().map(|s| (*s).to_owned()).collect(), "EVENTS")
+    }
+
+    fn with(change: impl FnOnce(&mut NatsOptions)) -> Result<Transport, NatsOptionsError> {
+        let mut options = options(&["nats://127.0.0.1:4222"]);
+        change(&mut options);
+        options.check()
+    }
+
+    #[test]
+    fn options_that_cannot_work_are_refused_before_connecting() {
+        use NatsOptionsError::*;
+        fn path() -> Option<PathBuf> {
+            Some(PathBuf::from("/etc/nats/file"))
+        }
+        /// A change to valid options, the refusal it must meet, and words of its message.
+        type Case = (
+            Box<dyn FnOnce(&mut NatsOptions)>,
+            NatsOptionsError,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (Box::new(|o| o.servers.clear()), NoServers, "--nats-url"),
+            (
+                Box::new(|o| o.servers = vec!["http://u:hunter2@nats:4222".into()]),
+                InvalidUrl {
+                    url: "http://***@nats:4222".into(),
+                },
+                "not a NATS server URL",
+            ),
+            (
+                Box::new(|o| o.stream = "has.dot".into()),
+                InvalidStream {
+                    stream: "has.dot".into(),
+                },
+                "--nats-stream",
+            ),
+            (
+                Box::new(|o| o.stream = "S".repeat(65)),
+                InvalidStream {
+                    stream: "S".repeat(65),
+                },
+                "1 to 64",
+            ),
+            (
+                Box::new(|o| o.stream = String::new()),
+                InvalidStream {
+                    stream: String::new(),
+                },
+                "--nats-stream",
+            ),
+            (
+                Box::new(|o| o.replicas = 0),
+                InvalidReplicas { replicas: 0 },
+                "between 1 and 5",
+            ),
+            (
+                Box::new(|o| o.replicas = 6),
+                InvalidReplicas { replicas: 6 },
+                "not 6",
+            ),
+            (
+                Box::new(|o| {
+                    o.dedup_window = Duration::from_secs(7200);
+                    o.retention = Duration::from_secs(3600);
+                }),
+                DedupWindowBeyondRetention {
+                    dedup_window: Duration::from_secs(7200),
+                    retention: Duration::from_secs(3600),
+                },
+                "--dedup-window (2h) must not be longer than --retention (1h)",
+            ),
+            (
+                Box::new(|o| {
+                    o.auth.token = Some(Secret::new("token-hunter2"));
+                    o.auth.credentials_file = path();
+                }),
+                SeveralAuthentications,
+                "give one NATS authentication",
+            ),
+            (
+                Box::new(|o| {
+                    o.auth.token = Some(Secret::new("token-hunter2"));
+                    o.auth.user = Some("gateway".into());
+                    o.auth.password = Some(Secret::new("hunter2"));
+                }),
+                SeveralAuthentications,
+                "--nats-token",
+            ),
+            (
+                Box::new(|o| o.auth.password = Some(Secret::new("hunter2"))),
+                HalfUser,
+                "--nats-user and --nats-password",
+            ),
+            (
+                Box::new(|o| o.auth.user = Some("gateway".into())),
+                HalfUser,
+                "go together",
+            ),
+            (
+                Box::new(|o| o.tls.cert_file = path()),
+                HalfClientCertificate,
+                "--nats-tls-cert and --nats-tls-key",
+            ),
+            (
+                Box::new(|o| o.tls.key_file = path()),
+                HalfClientCertificate,
+                "go together",
+            ),
+        ];
+        for (change, expected, message) in cases {
+            let error = with(change).unwrap_err();
+            assert_eq!(error, expected);
+            let text = NatsOpenError::from(error).to_string();
+            assert!(text.contains(message), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        // The defaults, and a usable set of everything.
+        assert_eq!(with(|_| {}), Ok(Transport::LoopbackPlaintext));
+        let all = with(|o| {
+            o.servers = vec!["tls://nats-1:4222".into(), "tls://nats-2:4222".into()];
+            o.stream = "INCODE_EVENTS-2".into();
+            o.replicas = 5;
+            o.auth.user = Some("gateway".into());
+            o.auth.password = Some(Secret::new("hunter2"));
+            o.tls.ca_file = path();
+            o.tls.cert_file = path();
+            o.tls.key_file = path();
+        });
+        assert_eq!(all, Ok(Transport::Tls));
+    }
+
+    #[test]
+    fn credentials_never_cross_the_network_in_clear_text_unless_allowed() {
+        let token = |o: &mut NatsOptions| o.auth.token = Some(Secret::new("token-hunter2"));
+        let user = |o: &mut NatsOptions| {
+            o.auth.user = Some("gateway".into());
+            o.auth.password = Some(Secret::new("hunter2"));
+        };
+        let creds = |o: &mut NatsOptions| o.auth.credentials_file = Some("/x.creds".into());
+        let credentials: [&dyn Fn(&mut NatsOptions); 3] = [&token, &user, &creds];
+        for add in credentials {
+            // Loopback: the traffic stays on the host.
+            for server in [
+                "nats://127.0.0.1:4222",
+                "127.0.0.2:4222",
+                "nats://[::1]:4222",
+                "nats://localhost:4222",
+                "ws://LOCALHOST:8080",
+            ] {
+                let mut options = options(&[server]);
+                add(&mut options);
+                assert_eq!(
+                    options.check(),
+                    Ok(Transport::LoopbackPlaintext),
+                    "{server}"
+                );
+            }
+            // TLS, by scheme or forced by a CA or a client certificate.
+            for (servers, ca) in [
+                (
+                    &["tls://nats.internal:4222", "wss://nats.internal:443"][..],
+                    false,
+                ),
+                (&["nats://nats.internal:4222", "nats-2.internal"][..], true),
+            ] {
+                let mut options = options(servers);
+                add(&mut options);
+                if ca {
+                    options.tls.ca_file = Some("/ca.pem".into());
+                }
+                assert_eq!(options.check(), Ok(Transport::Tls), "{servers:?}");
+            }
+            // One server in plain text on the network is one too many.
+            let mut options = options(&[
+                "tls://nats-1.internal:4222",
+                "nats://nats-2.internal:4222",
+                "nats://127.0.0.1:4222",
+            ]);
+            add(&mut options);
+            let error = options.check().unwrap_err();
+            assert_eq!(
+                error,
+                NatsOptionsError::PlaintextCredentials {
+                    servers: "nats://nats-2.internal:4222".into()
+                }
+            );
+            let text = error.to_string();
+            assert!(text.contains("--nats-allow-plaintext"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+            options.allow_plaintext = true;
+            assert!(matches!(options.check(), Ok(Transport::Plaintext { .. })));
+        }
+        // Credentials in a URL count as credentials, and are blanked.
+        let mut options = options(&["nats://gateway:hunter2@10.0.0.7:4222"]);
+        assert_eq!(
+            options.check(),
+            Err(NatsOptionsError::PlaintextCredentials {
+                servers: "nats://***@10.0.0.7:4222".into()
+            })
+        );
+        options.servers = vec!["nats://token-hunter2@10.0.0.7:4222".into()];
+        assert!(options.check().is_err());
+        // Plain text without credentials is allowed (with a warning at connection), as is a
+        // name that only resolves to loopback: names other than `localhost` are not resolved.
+        for server in [
+            "nats://10.0.0.7:4222",
+            "nats://nats.internal:4222",
+            "ws://[::ffff:10.0.0.1]:80",
+        ] {
+            assert!(
+                matches!(options_check(server), Ok(Transport::Plaintext { .. })),
+                "{server}"
+            );
+        }
+        assert_eq!(
+            options_check("nats://[::ffff:127.0.0.1]:4222"),
+            Ok(Transport::LoopbackPlaintext)
+        );
+    }
+
+    fn options_check(server: &str) -> Result<Transport, NatsOptionsError> {
+        options(&[server]).check()
+    }
 
     #[test]
     fn credentials_in_server_urls_are_not_shown() {

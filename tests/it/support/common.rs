@@ -316,6 +316,23 @@ pub fn binary_async() -> tokio::process::Command {
     command
 }
 
+/// [`binary_async`], started by `sh` under `umask`: what the gateway creates must not depend on
+/// the umask of whoever runs the tests.
+pub fn binary_under_umask(umask: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", r#"umask "$0" && exec "$@""#, umask])
+        .arg(env!("CARGO_BIN_EXE_incode-gateway"))
+        .kill_on_drop(true);
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("INCODE_GATEWAY_") || text.starts_with("OTEL_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
 /// The gateway binary running as a child process, for what only a real process can show
 /// (crashes, signals, environment configuration).
 pub struct GatewayProcess {
@@ -350,8 +367,20 @@ impl GatewayProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn_command(binary_async(), internal_addr, data_dir, args, env).await
+    }
+
+    /// Like [`GatewayProcess::spawn_on`], running the gateway with `command` ([`binary_async`]
+    /// or [`binary_under_umask`]).
+    pub async fn spawn_command(
+        mut command: tokio::process::Command,
+        internal_addr: &str,
+        data_dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut child = binary_async()
+        let mut child = command
             .args(["serve", "--public-addr", "127.0.0.1:0"])
             .args(["--internal-addr", internal_addr, "--log-format", "json"])
             .arg("--data-dir")

@@ -37,9 +37,11 @@ impl TestCa {
         }
     }
 
-    fn sign(&self, mut params: CertificateParams, usage: ExtendedKeyUsagePurpose) -> Leaf {
+    /// A certificate for `params` with these extended key usages; none leaves the extension
+    /// out.
+    fn sign(&self, mut params: CertificateParams, usages: &[ExtendedKeyUsagePurpose]) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let certificate = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
@@ -53,20 +55,26 @@ impl TestCa {
     pub fn server(&self) -> Leaf {
         let params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        self.sign(params, ExtendedKeyUsagePurpose::ServerAuth)
+        self.sign(params, &[ExtendedKeyUsagePurpose::ServerAuth])
     }
 
     /// A subscriber's client certificate whose SAN DNS name is `name`.
     pub fn client(&self, name: &str) -> Leaf {
+        self.client_with_usages(name, &[ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    /// A certificate whose SAN DNS name is `name`, with these extended key usages (none: no
+    /// extended key usage extension at all).
+    pub fn client_with_usages(&self, name: &str, usages: &[ExtendedKeyUsagePurpose]) -> Leaf {
         let params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        self.sign(params, ExtendedKeyUsagePurpose::ClientAuth)
+        self.sign(params, usages)
     }
 
     /// A client certificate with no SAN, only the common name `name`.
     pub fn client_with_common_name(&self, name: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
-        self.sign(params, ExtendedKeyUsagePurpose::ClientAuth)
+        self.sign(params, &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 }
 
