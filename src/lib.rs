@@ -11,7 +11,8 @@
 //! - [`http`]: the public listener (axum): the OAuth token endpoint, webhooks and health.
 //! - [`log`]: the event log trait (append with deduplication, read from a position, wait for
 //!   new events) and its backends.
-//! - [`groups`]: consumer groups: partitions, their assignment to members, cursors and fencing.
+//! - [`subscriptions`]: what subscribers name and leave behind: durable consumers' cursors,
+//!   consumer groups, the quota on both, and the filter.
 //! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health, reflection and
 //!   `GET /metrics`, over TLS or mutual TLS, with subscriber identities and what each may use.
 //! - [`server`]: [`run`], which wires the log and both listeners together until shutdown.
@@ -25,7 +26,6 @@
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod groups;
 pub mod grpc;
 pub mod http;
 pub mod incode;
@@ -33,6 +33,7 @@ pub mod log;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod tools;
 

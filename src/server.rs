@@ -9,14 +9,14 @@ use crate::{
     auth::{Auth, AuthSetupError},
     config::{Config, StorageKind},
     error::error_chain,
-    groups::Groups,
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Quota, Readiness, Storage, embedded::OpenError,
+        EmbeddedLog, MemoryLog, NatsLog, Readiness, Storage, embedded::OpenError,
         nats::NatsOpenError, readiness,
     },
     metrics::{Metrics, MetricsError},
+    subscriptions::{Cursors, Quota, groups::Groups},
     telemetry,
 };
 

@@ -22,8 +22,8 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use super::identity::{Subscriber, Subscribers, certificate_names};
 use crate::{
     error::{ErrorKind, ServiceError, grpc_status, is_plain_name},
-    log::SubscriberIdentity,
     metrics::Metrics,
+    subscriptions::SubscriberIdentity,
 };
 
 /// The path prefix of gRPC health checks, which are never authenticated.

@@ -4,11 +4,11 @@
 
 use crate::{
     error::{ErrorKind, ServiceError},
-    groups::GroupError,
-    log::{CursorError, InvalidConsumerName, LogError, Sequence},
+    log::{InvalidConsumerName, LogError, Sequence},
+    subscriptions::{CursorError, FilterError, groups::GroupError},
 };
 
-use super::{access::Refusal, filter::FilterError};
+use super::access::Refusal;
 
 /// Why a `Subscribe` or `Ack` call was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::{error::grpc_status, log::QuotaError};
+    use crate::{error::grpc_status, subscriptions::QuotaError};
 
     #[test]
     fn carried_errors_answer_for_themselves() {

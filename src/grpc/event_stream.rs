@@ -16,16 +16,18 @@ use super::{
     GrpcSettings, access,
     encoded::{EncodedResponse, server::event_stream_service_server::EventStreamService},
     error::RpcError,
-    filter::Filter,
     group_subscription::GroupSubscription,
     subscription::{Start, Subscription},
 };
 use crate::{
     error::grpc_status,
-    groups::{GroupError, GroupName, Groups, JoinOptions},
-    log::{ConsumerName, Cursors, Readiness, SharedLog},
+    log::{ConsumerName, Readiness, SharedLog},
     metrics::Metrics,
     proto::v1::{self, start_position::Position},
+    subscriptions::{
+        Cursors, Filter,
+        groups::{GroupError, GroupName, Groups, JoinOptions},
+    },
     telemetry,
 };
 

@@ -13,10 +13,10 @@ use tracing::Instrument;
 use super::{encoded::EncodedResponse, error::ShuttingDown, subscription::trace_delivery};
 use crate::{
     error::grpc_status,
-    groups::{Claim, Member},
     log::{LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
     metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
+    subscriptions::groups::{Claim, Member},
 };
 
 /// A member's stream parameters.

@@ -12,7 +12,6 @@ pub mod access;
 mod encoded;
 mod error;
 mod event_stream;
-mod filter;
 mod group_subscription;
 pub mod identity;
 mod incoming;
@@ -35,7 +34,6 @@ pub use encoded::EncodedResponse;
 pub use event_stream::{EventStream, Sources};
 
 use encoded::server::event_stream_service_server::EventStreamServiceServer;
-pub use filter::{Filter, FilterError};
 
 use self::{
     access::{Access, GuardState},

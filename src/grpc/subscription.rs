@@ -16,12 +16,13 @@ use tonic::Status;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{encoded::EncodedResponse, error::ShuttingDown, filter::Filter};
+use super::{encoded::EncodedResponse, error::ShuttingDown};
 use crate::{
     error::grpc_status,
     log::{ConsumerName, LogError, LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
     metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
+    subscriptions::Filter,
     telemetry,
 };
 

@@ -1,7 +1,7 @@
 //! The event log: an append-only sequence of events with deduplication of repeated
 //! notifications, and readers that follow it from any position; beside it, a small durable
-//! key-value store with compare-and-set for the state subscribers leave behind (durable consumer
-//! cursors, and the [`quota`] on how many consumers and groups there may be).
+//! key-value store with compare-and-set for the state subscribers leave behind (see
+//! [`crate::subscriptions`]: durable consumers' cursors, consumer groups' records, the quota).
 //!
 //! The rest of the gateway sees only the traits: [`EventLog`] (append, bounds, time lookup,
 //! [`LogReader`]s), and [`StateStore`] (versioned keys), both opened together as a [`Storage`].
@@ -14,12 +14,10 @@
 //! on local disk) and [`nats`] (a replicated JetStream stream, for several gateway replicas).
 //! [`readiness`] checks whether the log can take appends, once for all who ask.
 
-pub mod cursors;
 pub mod embedded;
 pub mod memory;
 pub mod nats;
 pub mod readiness;
-pub mod quota;
 
 use std::{
     fmt,
@@ -38,12 +36,10 @@ use crate::{
     proto::v1,
 };
 
-pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
 pub use readiness::{Readiness, ReadyState};
-pub use quota::{NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity};
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
 pub type Sequence = u64;

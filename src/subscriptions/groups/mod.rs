@@ -7,8 +7,8 @@
 //! renew themselves in the group's record, see the same sorted list of live members, and each
 //! member takes the partitions `p` with `p % members == its index` once their previous owner let
 //! go or expired, and lets go of the others. Every change is a compare-and-set in the
-//! [`StateStore`], so the group works the same over the embedded log and over JetStream, with
-//! members on different gateway replicas.
+//! [`StateStore`](crate::log::StateStore), so the group works the same over the embedded log
+//! and over JetStream, with members on different gateway replicas.
 //!
 //! Delivery is at least once: a partition that changes owner resumes after its cursor, so what
 //! the previous owner did not acknowledge is delivered again, in order. A member that lost a
@@ -33,12 +33,10 @@ use sha2::{Digest, Sha256};
 pub use records::partition_of;
 pub use session::{Claim, Member, Session};
 
+use super::quota::{NameKind, Quota, QuotaError, SubscriberIdentity};
 use crate::{
     error::{ErrorKind, ServiceError},
-    log::{
-        LogError, NameKind, PutOutcome, Quota, QuotaError, ReadItem, Sequence, SharedLog,
-        SharedState, SubscriberIdentity,
-    },
+    log::{LogError, PutOutcome, ReadItem, Sequence, SharedLog, SharedState},
     metrics::Metrics,
 };
 use records::{GroupRecord, PartitionRecord};

@@ -16,9 +16,10 @@ use super::{
 };
 use crate::{
     error::error_chain,
-    log::{LogError, PutOutcome, Sequence, SharedState, SubscriberIdentity},
+    log::{LogError, PutOutcome, Sequence, SharedState},
     metrics::{GroupMemberGuard, Metrics},
     proto::v1,
+    subscriptions::SubscriberIdentity,
 };
 
 pub(super) struct SessionInit {

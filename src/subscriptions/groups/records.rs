@@ -30,8 +30,8 @@ pub fn partition_key(group: &str, partition: u32) -> String {
     format!("partition.{group}.{partition}")
 }
 
-/// The key prefix of every group record, which the [`crate::log::Quota`] counts.
-pub const GROUP_PREFIX: &str = crate::log::NameKind::Group.prefix();
+/// The key prefix of every group record, which the [`Quota`](crate::subscriptions::Quota) counts.
+pub const GROUP_PREFIX: &str = crate::subscriptions::NameKind::Group.prefix();
 
 /// A group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

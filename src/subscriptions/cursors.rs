@@ -1,4 +1,4 @@
-//! Durable consumer cursors, kept in the [`StateStore`] so that every gateway on the same storage
+//! Durable consumer cursors, kept in the [`StateStore`](crate::log::StateStore) so that every gateway on the same storage
 //! (every replica, over NATS) resumes every consumer from the same place.
 //!
 //! A cursor only moves forward: an ack is a compare-and-set loop that stores
@@ -7,11 +7,11 @@
 
 use bytes::Bytes;
 
-use super::{
-    ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned,
-    quota::{NameKind, Quota, QuotaError, SubscriberIdentity},
+use super::quota::{NameKind, Quota, QuotaError, SubscriberIdentity};
+use crate::{
+    error::{ErrorKind, ServiceError},
+    log::{ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned},
 };
-use crate::error::{ErrorKind, ServiceError};
 
 /// Key prefix of consumer cursors in the state store.
 const PREFIX: &str = NameKind::Consumer.prefix();

@@ -18,8 +18,10 @@ use std::{fmt, sync::Arc};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{LogError, SharedState};
-use crate::error::{ErrorKind, ServiceError};
+use crate::{
+    error::{ErrorKind, ServiceError},
+    log::{LogError, SharedState},
+};
 
 /// Key prefix of the creation markers.
 const MARKER_PREFIX: &str = "quota.";
