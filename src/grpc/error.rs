@@ -4,8 +4,8 @@
 
 use crate::{
     error::{ErrorKind, ServiceError},
-    log::{InvalidConsumerName, LogError, Sequence},
-    subscriptions::{CursorError, FilterError, groups::GroupError},
+    log::{LogError, Sequence},
+    subscriptions::{CursorError, FilterError, InvalidName, groups::GroupError},
 };
 
 use super::access::Refusal;
@@ -66,9 +66,9 @@ pub enum RpcError {
     /// The filter is not valid.
     #[error(transparent)]
     Filter(#[from] FilterError),
-    /// The consumer name is not valid.
+    /// A consumer or group name is not valid.
     #[error(transparent)]
-    Consumer(#[from] InvalidConsumerName),
+    Name(#[from] InvalidName),
     /// A consumer group refused or failed.
     #[error(transparent)]
     Group(#[from] GroupError),
@@ -86,7 +86,7 @@ impl RpcError {
         match self {
             Self::Refused(error) => Some(error),
             Self::Filter(error) => Some(error),
-            Self::Consumer(error) => Some(error),
+            Self::Name(error) => Some(error),
             Self::Group(error) => Some(error),
             Self::Cursor(error) => Some(error),
             Self::Log(error) => Some(error),

@@ -21,12 +21,12 @@ use super::{
 };
 use crate::{
     error::grpc_status,
-    log::{ConsumerName, Readiness, SharedLog},
+    log::{Readiness, SharedLog},
     metrics::Metrics,
     proto::v1::{self, start_position::Position},
     subscriptions::{
-        Cursors, Filter,
-        groups::{GroupError, GroupName, Groups, JoinOptions},
+        ConsumerName, Cursors, Filter, GroupName,
+        groups::{GroupError, Groups, JoinOptions},
     },
     telemetry,
 };
@@ -342,14 +342,10 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
 
 /// The consumer a request names; `None` when the field is empty.
 fn parse_consumer(name: &str) -> Result<Option<ConsumerName>, RpcError> {
-    Ok((!name.is_empty())
-        .then(|| ConsumerName::parse(name))
-        .transpose()?)
+    Ok(ConsumerName::parse_field(name)?)
 }
 
 /// The group a request names; `None` when the field is empty.
 fn parse_group(name: &str) -> Result<Option<GroupName>, RpcError> {
-    Ok((!name.is_empty())
-        .then(|| GroupName::parse(name))
-        .transpose()?)
+    Ok(GroupName::parse_field(name)?)
 }

@@ -19,10 +19,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::{encoded::EncodedResponse, error::ShuttingDown};
 use crate::{
     error::grpc_status,
-    log::{ConsumerName, LogError, LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
+    log::{LogError, LogReader, LoggedEvent, ReadItem, Sequence, SharedLog},
     metrics::{Metrics, StreamGuard},
     proto::v1::{self, subscribe_response::Response},
-    subscriptions::Filter,
+    subscriptions::{ConsumerName, Filter},
     telemetry,
 };
 

@@ -326,64 +326,6 @@ impl Storage {
     }
 }
 
-/// The name of a durable consumer: see [`is_consumer_name`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ConsumerName(String);
-
-impl ConsumerName {
-    /// Longest accepted name.
-    pub const MAX_LEN: usize = 128;
-
-    /// Parses a consumer name.
-    pub fn parse(name: &str) -> Result<Self, InvalidConsumerName> {
-        if is_consumer_name(name) {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(InvalidConsumerName)
-        }
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConsumerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What a durable consumer or consumer group name may be, as the refusals say it.
-pub const CONSUMER_NAME_RULE: &str = "1 to 128 ASCII letters, digits, '-', '_' or '.', \
-     with no '.' at the start or the end and no two in a row";
-
-/// Whether `name` may name a durable consumer or a consumer group (one namespace, one rule): a
-/// plain name of at most [`ConsumerName::MAX_LEN`] bytes whose dots only separate non-empty
-/// parts. The name becomes part of state-store keys (`consumer.<name>`,
-/// `partition.<name>.<n>`), which NATS carries as subjects: an empty part between dots is not a
-/// valid subject, and such a name would be accepted here only to fail there as `UNAVAILABLE`.
-pub fn is_consumer_name(name: &str) -> bool {
-    crate::error::is_plain_name(name, ConsumerName::MAX_LEN)
-        && name.split('.').all(|part| !part.is_empty())
-}
-
-/// A consumer name outside [`CONSUMER_NAME_RULE`].
-#[derive(Debug, thiserror::Error)]
-#[error("consumer must be {}", CONSUMER_NAME_RULE)]
-pub struct InvalidConsumerName;
-
-impl ServiceError for InvalidConsumerName {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::BadRequest
-    }
-
-    fn code(&self) -> &'static str {
-        "invalid_consumer"
-    }
-}
-
 /// Any error, boxed, as a source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -446,35 +388,6 @@ pub fn is_state_key(key: &str) -> bool {
 mod tests {
     use super::*;
     use crate::proto::v1::subscribe_response::Response;
-
-    #[test]
-    fn consumer_names_are_plain_with_dots_only_between_parts() {
-        for good in [
-            "billing",
-            "billing.eu-1",
-            "a.b.c",
-            "A_b-9",
-            &"x".repeat(128),
-        ] {
-            assert!(is_consumer_name(good), "{good:?}");
-        }
-        for bad in [
-            "",
-            ".billing",
-            "billing.",
-            "billing..eu",
-            ".",
-            "..",
-            "bill ing",
-            "bill/ing",
-            "billing*",
-            "ü",
-            &"x".repeat(129),
-        ] {
-            assert!(!is_consumer_name(bad), "{bad:?}");
-            assert!(ConsumerName::parse(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn dedup_keys_print_as_hex() {

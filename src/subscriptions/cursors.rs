@@ -7,10 +7,13 @@
 
 use bytes::Bytes;
 
-use super::quota::{NameKind, Quota, QuotaError, SubscriberIdentity};
+use super::{
+    names::{ConsumerName, NameKind},
+    quota::{Quota, QuotaError, SubscriberIdentity},
+};
 use crate::{
     error::{ErrorKind, ServiceError},
-    log::{ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned},
+    log::{LogError, PutOutcome, Sequence, SharedState, Versioned},
 };
 
 /// Key prefix of consumer cursors in the state store.

@@ -1,6 +1,7 @@
 //! Subscriptions: what a subscriber names and what the gateway keeps for it, over the
 //! [`crate::log`] traits.
 //!
+//! - [`names`]: the names of durable consumers and consumer groups (one namespace, one rule).
 //! - [`cursors`]: durable consumers' cursors, in the state store.
 //! - [`quota`]: how many durable consumers and consumer groups there may be, and who made each.
 //! - [`filter`]: which events a plain or durable stream delivers.
@@ -9,8 +10,10 @@
 pub mod cursors;
 pub mod filter;
 pub mod groups;
+pub mod names;
 pub mod quota;
 
 pub use cursors::{CursorError, Cursors};
 pub use filter::{Filter, FilterError};
-pub use quota::{NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity};
+pub use names::{ConsumerName, GroupName, InvalidName, Name, NameKind};
+pub use quota::{Quota, QuotaError, QuotaLimits, SubscriberIdentity};

@@ -12,13 +12,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use incode_gateway::{
     log::{
-        AppendOutcome, Bounds, ConsumerName, DedupKey, EmbeddedLog, MemoryLog, NatsLog, NewEvent,
-        PutOutcome, ReadItem, Sequence, SharedState, Storage, embedded::Options as EmbeddedOptions,
+        AppendOutcome, Bounds, DedupKey, EmbeddedLog, MemoryLog, NatsLog, NewEvent, PutOutcome,
+        ReadItem, Sequence, SharedState, Storage, embedded::Options as EmbeddedOptions,
         memory::MemoryOptions, nats::NatsOptions,
     },
     proto::v1,
     subscriptions::{
-        CursorError, Cursors, NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity,
+        ConsumerName, CursorError, Cursors, NameKind, Quota, QuotaError, QuotaLimits,
+        SubscriberIdentity,
     },
 };
 use tempfile::TempDir;

@@ -33,40 +33,16 @@ use sha2::{Digest, Sha256};
 pub use records::partition_of;
 pub use session::{Claim, Member, Session};
 
-use super::quota::{NameKind, Quota, QuotaError, SubscriberIdentity};
+use super::{
+    names::{GroupName, NameKind},
+    quota::{Quota, QuotaError, SubscriberIdentity},
+};
 use crate::{
     error::{ErrorKind, ServiceError},
     log::{LogError, PutOutcome, ReadItem, Sequence, SharedLog, SharedState},
     metrics::Metrics,
 };
 use records::{GroupRecord, PartitionRecord};
-
-/// The name of a consumer group. Groups and durable consumers share one namespace and one name
-/// rule: [`crate::log::is_consumer_name`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct GroupName(String);
-
-impl GroupName {
-    /// Parses a group name.
-    pub fn parse(name: &str) -> Result<Self, GroupError> {
-        if crate::log::is_consumer_name(name) {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(GroupError::InvalidName)
-        }
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for GroupName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A group member's id: what its stream's `GroupAssignment` names and its acks quote. It has no
 /// `Display`, and its `Debug` shows only its fingerprint, so that it cannot slip into a log line.
@@ -137,9 +113,6 @@ impl Default for GroupSettings {
 /// Why a group operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
-    /// The group name is outside the allowed alphabet or length.
-    #[error("group must be {}", crate::log::CONSUMER_NAME_RULE)]
-    InvalidName,
     /// A partition count outside 1..=1024.
     #[error(
         "group_partitions must be between 1 and {}",
@@ -205,9 +178,7 @@ pub enum GroupError {
 impl ServiceError for GroupError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidName | Self::InvalidPartitions | Self::InvalidMaxInFlight => {
-                ErrorKind::BadRequest
-            }
+            Self::InvalidPartitions | Self::InvalidMaxInFlight => ErrorKind::BadRequest,
             Self::PartitionsMismatch { .. }
             | Self::NotOwner { .. }
             | Self::EventNotStored { .. }
@@ -220,7 +191,6 @@ impl ServiceError for GroupError {
 
     fn code(&self) -> &'static str {
         match self {
-            Self::InvalidName => "invalid_group",
             Self::InvalidPartitions => "invalid_partitions",
             Self::InvalidMaxInFlight => "invalid_max_in_flight",
             Self::PartitionsMismatch { .. } => "partitions_mismatch",
