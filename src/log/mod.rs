@@ -27,7 +27,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -136,32 +136,33 @@ impl Bounds {
 
 /// A stored event as readers hand it out, shared by every subscriber that receives it.
 ///
-/// Besides the event, it keeps the event's encoding as a `SubscribeResponse` (the message every
-/// subscriber receives), made at most once however many subscribers it goes to; a backend that
-/// reads the encoded event from storage supplies it without decoding and encoding again.
+/// Besides the event, it keeps the event's protobuf encoding (the form the log stores events
+/// in), made at most once however many subscribers it goes to; a backend that reads the encoded
+/// event from storage supplies it without decoding and encoding again. How the encoding is sent
+/// is not the log's business: each delivery writes these shared bytes into its own message as it
+/// sends it (the gRPC stream puts a field key and a length in front), so nothing is copied or
+/// encoded per subscriber, and the log knows nothing of the wire format.
 #[derive(Debug)]
 pub struct LoggedEvent {
     event: v1::Event,
-    response: OnceLock<Bytes>,
+    encoded: OnceLock<Bytes>,
 }
-
-/// The key of `SubscribeResponse.event` (field 1, length-delimited).
-const RESPONSE_EVENT_KEY: u8 = 0x0a;
 
 impl LoggedEvent {
     /// An event whose encoding is made when first asked for.
     pub fn new(event: v1::Event) -> Self {
         Self {
             event,
-            response: OnceLock::new(),
+            encoded: OnceLock::new(),
         }
     }
 
     /// An event read from storage together with its encoding (`encoded` is `event` encoded).
     pub fn with_encoding(event: v1::Event, encoded: &[u8]) -> Self {
-        let response = OnceLock::new();
-        let _ = response.set(frame(encoded.len(), |buf| buf.put_slice(encoded)));
-        Self { event, response }
+        Self {
+            event,
+            encoded: OnceLock::from(Bytes::copy_from_slice(encoded)),
+        }
     }
 
     /// The event.
@@ -169,20 +170,11 @@ impl LoggedEvent {
         &self.event
     }
 
-    /// The `SubscribeResponse` carrying this event, encoded.
-    pub fn response_bytes(&self) -> &Bytes {
-        self.response
-            .get_or_init(|| frame(self.event.encoded_len(), |buf| self.event.encode_raw(buf)))
+    /// The event's protobuf encoding, shared.
+    pub fn encoded(&self) -> &Bytes {
+        self.encoded
+            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
     }
-}
-
-/// `SubscribeResponse { event }` around an encoded event of `len` bytes written by `write`.
-fn frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut buf = BytesMut::with_capacity(1 + prost::length_delimiter_len(len) + len);
-    buf.put_u8(RESPONSE_EVENT_KEY);
-    prost::encoding::encode_varint(len as u64, &mut buf);
-    write(&mut buf);
-    buf.freeze()
 }
 
 impl Deref for LoggedEvent {
@@ -387,7 +379,6 @@ pub fn is_state_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::v1::subscribe_response::Response;
 
     #[test]
     fn dedup_keys_print_as_hex() {
@@ -396,29 +387,5 @@ mod tests {
         assert_eq!(key.to_string(), key.to_hex());
         let key = DedupKey::from_bytes(std::array::from_fn(|i| i as u8));
         assert!(key.to_hex().starts_with("000102030405"));
-    }
-
-    #[test]
-    fn the_shared_encoding_is_the_subscribe_response_of_the_event() {
-        let event = v1::Event {
-            sequence: 300,
-            id: "x".repeat(200),
-            ..v1::Event::default()
-        };
-        let expected = v1::SubscribeResponse {
-            response: Some(Response::Event(event.clone())),
-        }
-        .encode_to_vec();
-        assert_eq!(
-            LoggedEvent::new(event.clone()).response_bytes().as_ref(),
-            expected
-        );
-        let stored = event.encode_to_vec();
-        assert_eq!(
-            LoggedEvent::with_encoding(event, &stored)
-                .response_bytes()
-                .as_ref(),
-            expected
-        );
     }
 }

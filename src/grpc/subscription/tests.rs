@@ -97,7 +97,7 @@ enum Seen {
 
 async fn next(stream: &mut (impl Stream<Item = Result<EncodedResponse, Status>> + Unpin)) -> Seen {
     let message = stream.next().await.expect("the stream ended").unwrap();
-    let response = v1::SubscribeResponse::decode(message.as_bytes().clone()).unwrap();
+    let response = v1::SubscribeResponse::decode(message.encode_to_vec().as_slice()).unwrap();
     match response.response.unwrap() {
         Response::Event(event) => {
             let Some(Payload::WatchlistUpdated(payload)) = event.payload else {

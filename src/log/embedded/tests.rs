@@ -78,7 +78,7 @@ async fn reads_from_disk_and_from_the_tail_agree() {
             .unwrap();
         assert_eq!(on_disk.event(), event.event());
         // The encoding taken from disk as it is equals the one made from the event in memory.
-        assert_eq!(on_disk.response_bytes(), event.response_bytes());
+        assert_eq!(on_disk.encoded(), event.encoded());
         assert!(event.received_at.is_some());
     }
     let ids: Vec<_> = from_disk.iter().map(|e| e.id.as_str()).collect();
