@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod memory;
 pub mod nats;
 pub mod readiness;
+mod tail;
 
 use std::{
     fmt,
