@@ -16,7 +16,11 @@ use prost::{
 use tonic::codec::{BufferSettings, Codec as TonicCodec};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
-use crate::{log::LoggedEvent, proto::v1};
+use crate::{
+    log::LoggedEvent,
+    proto::v1::{self, subscribe_response::Response},
+    subscriptions::StreamMessage,
+};
 
 /// A `SubscribeResponse` in wire form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +43,24 @@ impl EncodedResponse {
     }
 
     /// Any other message (heartbeats, gaps, assignments), encoded now.
-    pub fn message(response: v1::subscribe_response::Response) -> Self {
+    pub fn message(response: Response) -> Self {
         let message = v1::SubscribeResponse {
             response: Some(response),
         };
         Self::Message(Bytes::from(message.encode_to_vec()))
+    }
+}
+
+impl From<StreamMessage> for EncodedResponse {
+    fn from(message: StreamMessage) -> Self {
+        let response = match message {
+            StreamMessage::Event(event) => return Self::event(&event),
+            StreamMessage::Heartbeat(heartbeat) => Response::Heartbeat(heartbeat),
+            StreamMessage::Gap(gap) => Response::Gap(gap),
+            StreamMessage::CaughtUp(caught_up) => Response::CaughtUp(caught_up),
+            StreamMessage::GroupAssignment(assignment) => Response::GroupAssignment(assignment),
+        };
+        Self::message(response)
     }
 }
 
@@ -132,7 +149,6 @@ pub mod server {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::v1::subscribe_response::Response;
 
     #[test]
     fn the_shared_encoding_is_the_subscribe_response_of_the_event() {

@@ -12,10 +12,8 @@ pub mod access;
 mod encoded;
 mod error;
 mod event_stream;
-mod group_subscription;
 pub mod identity;
 mod incoming;
-mod subscription;
 pub mod tls;
 
 use std::{

@@ -204,15 +204,38 @@ impl ServiceError for GroupError {
     }
 }
 
-/// What a member asks for when it joins.
+/// What a member asks for when it joins, within bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct JoinOptions {
     /// Partitions of the group if it is created now; 0 for the default or the existing count.
-    pub partitions: u32,
+    partitions: u32,
     /// The cursor every partition of a new group starts from (`next - 1` of its start).
-    pub start_cursor: Sequence,
+    start_cursor: Sequence,
     /// Most unacknowledged events this member holds; 0 for the default.
-    pub max_in_flight: u32,
+    max_in_flight: u32,
+}
+
+impl JoinOptions {
+    /// The options of a member that asks for `partitions` (of a new group; 0 for the default or
+    /// the existing count), starting a new group after `start_cursor`, holding at most
+    /// `max_in_flight` unacknowledged events (0 for the default).
+    pub fn new(
+        partitions: u32,
+        start_cursor: Sequence,
+        max_in_flight: u32,
+    ) -> Result<Self, GroupError> {
+        if partitions > GroupSettings::MAX_PARTITIONS {
+            return Err(GroupError::InvalidPartitions);
+        }
+        if max_in_flight > GroupSettings::MAX_IN_FLIGHT {
+            return Err(GroupError::InvalidMaxInFlight);
+        }
+        Ok(Self {
+            partitions,
+            start_cursor,
+            max_in_flight,
+        })
+    }
 }
 
 /// The consumer groups of one gateway: the members connected to it, and acks.
@@ -268,12 +291,6 @@ impl Groups {
         subscriber: &SubscriberIdentity,
     ) -> Result<Member, GroupError> {
         let settings = &self.inner.settings;
-        if options.partitions > GroupSettings::MAX_PARTITIONS {
-            return Err(GroupError::InvalidPartitions);
-        }
-        if options.max_in_flight > GroupSettings::MAX_IN_FLIGHT {
-            return Err(GroupError::InvalidMaxInFlight);
-        }
         let record = self.create_or_check(group, &options, subscriber).await?;
         let max_in_flight = match options.max_in_flight {
             0 => settings.default_max_in_flight,

@@ -31,7 +31,7 @@ pub fn partition_key(group: &str, partition: u32) -> String {
 }
 
 /// The key prefix of every group record, which the [`Quota`](crate::subscriptions::Quota) counts.
-pub const GROUP_PREFIX: &str = crate::subscriptions::NameKind::Group.prefix();
+pub const GROUP_PREFIX: &str = crate::subscriptions::names::NameKind::Group.prefix();
 
 /// A group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

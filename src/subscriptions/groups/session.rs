@@ -19,7 +19,7 @@ use crate::{
     log::{LogError, PutOutcome, Sequence, SharedState},
     metrics::{GroupMemberGuard, Metrics},
     proto::v1,
-    subscriptions::SubscriberIdentity,
+    subscriptions::quota::SubscriberIdentity,
 };
 
 pub(super) struct SessionInit {
