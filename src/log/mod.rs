@@ -1,7 +1,7 @@
 //! The event log: an append-only sequence of events with deduplication of repeated
 //! notifications, and readers that follow it from any position; beside it, a small durable
-//! key-value store with compare-and-set for the state subscribers leave behind (see
-//! [`crate::subscriptions`]: durable consumers' cursors, consumer groups' records, the quota).
+//! key-value store with compare-and-set for the state subscribers leave behind (durable
+//! consumers' cursors, consumer groups' records, the quota on both).
 //!
 //! The rest of the gateway sees only the traits: [`EventLog`] (append, bounds, time lookup,
 //! [`LogReader`]s), and [`StateStore`] (versioned keys), both opened together as a [`Storage`].
@@ -12,7 +12,8 @@
 //!
 //! Backends: [`memory`] (for tests and trying things out), [`embedded`] (the default: a redb file
 //! on local disk) and [`nats`] (a replicated JetStream stream, for several gateway replicas).
-//! [`readiness`] checks whether the log can take appends, once for all who ask.
+//! The memory and embedded backends share one reader (`tail`); [`readiness`] checks whether the
+//! log can take appends, once for all who ask.
 
 pub mod embedded;
 pub mod memory;
