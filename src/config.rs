@@ -876,16 +876,16 @@ impl Config {
     }
 
     /// How consumer groups behave.
-    pub fn group_settings(&self) -> crate::groups::GroupSettings {
-        crate::groups::GroupSettings {
+    pub fn group_settings(&self) -> crate::subscriptions::groups::GroupSettings {
+        crate::subscriptions::groups::GroupSettings {
             session_timeout: self.group_session_timeout,
-            ..crate::groups::GroupSettings::default()
+            ..crate::subscriptions::groups::GroupSettings::default()
         }
     }
 
     /// The limits on durable consumers and consumer groups.
-    pub fn consumer_limits(&self) -> crate::log::QuotaLimits {
-        crate::log::QuotaLimits {
+    pub fn consumer_limits(&self) -> crate::subscriptions::QuotaLimits {
+        crate::subscriptions::QuotaLimits {
             max_total: usize::try_from(self.max_consumers).unwrap_or(usize::MAX),
             max_per_subscriber: usize::try_from(self.max_consumers_per_subscriber)
                 .unwrap_or(usize::MAX),

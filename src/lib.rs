@@ -10,8 +10,10 @@
 //! - [`incode`]: Incode's wire formats and their conversion to the [`proto`] contract.
 //! - [`http`]: the public listener (axum): the OAuth token endpoint, webhooks and health.
 //! - [`log`]: the event log trait (append with deduplication, read from a position, wait for
-//!   new events) and its backends.
-//! - [`groups`]: consumer groups: partitions, their assignment to members, cursors and fencing.
+//!   new events), the state store beside it, and its backends.
+//! - [`subscriptions`]: `Subscribe` and `Ack` requests over the log: consumer and group names,
+//!   durable consumers' cursors, consumer groups, the quota on both, the filter, and the one
+//!   stream driver every subscription runs on.
 //! - [`grpc`]: the internal listener (tonic): `EventStreamService`, health, reflection and
 //!   `GET /metrics`, over TLS or mutual TLS, with subscriber identities and what each may use.
 //! - [`server`]: [`run`], which wires the log and both listeners together until shutdown.
@@ -28,7 +30,6 @@
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod groups;
 pub mod grpc;
 pub mod http;
 pub mod incode;
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod proto;
 pub mod reload;
 pub mod server;
+pub mod subscriptions;
 pub mod telemetry;
 
 pub use config::Config;

@@ -11,11 +11,10 @@ use crate::{
     auth::{Auth, AuthSetupError, PreparedAuth},
     config::{Config, StorageKind},
     error::error_chain,
-    groups::Groups,
     grpc::{self, GrpcSettings, Security, SetupError},
     http::{self, AppState, HttpSettings},
     log::{
-        Cursors, EmbeddedLog, MemoryLog, NatsLog, Quota, Readiness, Storage,
+        EmbeddedLog, MemoryLog, NatsLog, Readiness, Storage,
         embedded::{
             OpenError,
             data_dir::{self, DataDirError},
@@ -25,6 +24,7 @@ use crate::{
     },
     metrics::{Metrics, MetricsError},
     reload::{self, Reloader},
+    subscriptions::{Cursors, Quota, groups::Groups},
     telemetry,
 };
 

@@ -27,8 +27,8 @@ use super::identity::{Subscriber, Subscribers, certificate_names};
 use crate::{
     auth::bearer::{Authorization, authorization},
     error::{ErrorKind, ServiceError, grpc_status, is_plain_name},
-    log::SubscriberIdentity,
     metrics::Metrics,
+    subscriptions::SubscriberIdentity,
 };
 
 /// The path prefix of gRPC health checks, which are never authenticated.

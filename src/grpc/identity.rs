@@ -23,7 +23,7 @@ use x509_cert::{
 use crate::{auth::Secret, config::file::SubscriberEntry, error::is_plain_name};
 
 /// Longest subscriber name: the longest consumer name too.
-pub const MAX_NAME_LEN: usize = crate::log::ConsumerName::MAX_LEN;
+pub const MAX_NAME_LEN: usize = crate::subscriptions::names::MAX_NAME_LEN;
 
 /// Shortest plain token accepted: anything shorter could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;

@@ -15,11 +15,8 @@ pub mod access;
 mod encoded;
 mod error;
 mod event_stream;
-mod filter;
-mod group_subscription;
 pub mod identity;
 mod incoming;
-mod subscription;
 pub mod tls;
 
 use std::{
@@ -38,7 +35,6 @@ pub use encoded::EncodedResponse;
 pub use event_stream::{EventStream, Sources};
 
 use encoded::server::event_stream_service_server::EventStreamServiceServer;
-pub use filter::{Filter, FilterError};
 
 use self::{
     access::{Access, CurrentAccess, GuardState},

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use super::{
     AppendOutcome, Bounds, DedupKey, EventLog, LogError, LogReader, LoggedEvent, NewEvent,
-    PutOutcome, READ_BATCH, ReadItem, Revision, Sequence, StateStore, Versioned,
+    PutOutcome, Revision, Sequence, StateStore, Versioned,
+    tail::{StoredEvents, TailReader},
 };
 
 /// Settings of the memory log.
@@ -184,12 +185,11 @@ impl EventLog for MemoryLog {
     }
 
     async fn read_from(&self, from: Sequence) -> Result<Box<dyn LogReader>, LogError> {
-        Ok(Box::new(MemoryReader {
-            inner: self.inner.clone(),
-            head: self.inner.head.subscribe(),
-            next: from.max(1),
-            drained: false,
-        }))
+        Ok(Box::new(TailReader::new(
+            self.inner.clone(),
+            self.inner.head.subscribe(),
+            from,
+        )))
     }
 
     fn known_head(&self) -> Sequence {
@@ -247,59 +247,29 @@ impl StateStore for MemoryLog {
     }
 }
 
-struct MemoryReader {
-    inner: Arc<Inner>,
-    head: watch::Receiver<Sequence>,
-    next: Sequence,
-    /// Whether `CaughtUp` was yielded since the last events.
-    drained: bool,
-}
-
 #[async_trait]
-impl LogReader for MemoryReader {
-    async fn next(&mut self) -> Result<ReadItem, LogError> {
-        loop {
-            {
-                let state = self.inner.lock();
-                if self.next < state.first {
-                    let gap = ReadItem::Gap {
-                        first: self.next,
-                        last: state.first - 1,
-                    };
-                    self.next = state.first;
-                    return Ok(gap);
-                }
-                if self.next <= state.head {
-                    let skip = usize::try_from(self.next - state.first).unwrap_or(usize::MAX);
-                    let events: Vec<_> = state
-                        .events
-                        .iter()
-                        .skip(skip)
-                        .take(READ_BATCH)
-                        .cloned()
-                        .collect();
-                    if let Some(last) = events.last() {
-                        self.next = last.sequence + 1;
-                        self.drained = false;
-                        return Ok(ReadItem::Events(events));
-                    }
-                }
-                if !self.drained {
-                    self.drained = true;
-                    return Ok(ReadItem::CaughtUp(self.next - 1));
-                }
-            }
-            let next = self.next;
-            if self.head.wait_for(|&head| head >= next).await.is_err() {
-                return Err(LogError::Closed);
-            }
-        }
+impl StoredEvents for Inner {
+    fn first(&self) -> Sequence {
+        self.lock().first
+    }
+
+    async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<LoggedEvent>>, LogError> {
+        let state = self.lock();
+        let skip = usize::try_from(from.saturating_sub(state.first)).unwrap_or(usize::MAX);
+        Ok(state
+            .events
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::ReadItem;
 
     fn new_event(body: &str) -> NewEvent {
         NewEvent {

@@ -1,7 +1,7 @@
 //! The event log: an append-only sequence of events with deduplication of repeated
 //! notifications, and readers that follow it from any position; beside it, a small durable
-//! key-value store with compare-and-set for the state subscribers leave behind (durable consumer
-//! cursors, and the [`quota`] on how many consumers and groups there may be).
+//! key-value store with compare-and-set for the state subscribers leave behind (durable
+//! consumers' cursors, consumer groups' records, the quota on both).
 //!
 //! The rest of the gateway sees only the traits: [`EventLog`] (append, bounds, time lookup,
 //! [`LogReader`]s), and [`StateStore`] (versioned keys), both opened together as a [`Storage`].
@@ -12,14 +12,14 @@
 //!
 //! Backends: [`memory`] (for tests and trying things out), [`embedded`] (the default: a redb file
 //! on local disk) and [`nats`] (a replicated JetStream stream, for several gateway replicas).
-//! [`readiness`] checks whether the log can take appends, once for all who ask.
+//! The memory and embedded backends share one reader (`tail`); [`readiness`] checks whether the
+//! log can take appends, once for all who ask.
 
-pub mod cursors;
 pub mod embedded;
 pub mod memory;
 pub mod nats;
-pub mod quota;
 pub mod readiness;
+mod tail;
 
 use std::{
     fmt,
@@ -29,7 +29,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -38,11 +38,9 @@ use crate::{
     proto::v1,
 };
 
-pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
-pub use quota::{NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity};
 pub use readiness::{Readiness, ReadyState};
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".
@@ -140,32 +138,33 @@ impl Bounds {
 
 /// A stored event as readers hand it out, shared by every subscriber that receives it.
 ///
-/// Besides the event, it keeps the event's encoding as a `SubscribeResponse` (the message every
-/// subscriber receives), made at most once however many subscribers it goes to; a backend that
-/// reads the encoded event from storage supplies it without decoding and encoding again.
+/// Besides the event, it keeps the event's protobuf encoding (the form the log stores events
+/// in), made at most once however many subscribers it goes to; a backend that reads the encoded
+/// event from storage supplies it without decoding and encoding again. How the encoding is sent
+/// is not the log's business: each delivery writes these shared bytes into its own message as it
+/// sends it (the gRPC stream puts a field key and a length in front), so nothing is copied or
+/// encoded per subscriber, and the log knows nothing of the wire format.
 #[derive(Debug)]
 pub struct LoggedEvent {
     event: v1::Event,
-    response: OnceLock<Bytes>,
+    encoded: OnceLock<Bytes>,
 }
-
-/// The key of `SubscribeResponse.event` (field 1, length-delimited).
-const RESPONSE_EVENT_KEY: u8 = 0x0a;
 
 impl LoggedEvent {
     /// An event whose encoding is made when first asked for.
     pub fn new(event: v1::Event) -> Self {
         Self {
             event,
-            response: OnceLock::new(),
+            encoded: OnceLock::new(),
         }
     }
 
     /// An event read from storage together with its encoding (`encoded` is `event` encoded).
     pub fn with_encoding(event: v1::Event, encoded: &[u8]) -> Self {
-        let response = OnceLock::new();
-        let _ = response.set(frame(encoded.len(), |buf| buf.put_slice(encoded)));
-        Self { event, response }
+        Self {
+            event,
+            encoded: OnceLock::from(Bytes::copy_from_slice(encoded)),
+        }
     }
 
     /// The event.
@@ -173,20 +172,11 @@ impl LoggedEvent {
         &self.event
     }
 
-    /// The `SubscribeResponse` carrying this event, encoded.
-    pub fn response_bytes(&self) -> &Bytes {
-        self.response
-            .get_or_init(|| frame(self.event.encoded_len(), |buf| self.event.encode_raw(buf)))
+    /// The event's protobuf encoding, shared.
+    pub fn encoded(&self) -> &Bytes {
+        self.encoded
+            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
     }
-}
-
-/// `SubscribeResponse { event }` around an encoded event of `len` bytes written by `write`.
-fn frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut buf = BytesMut::with_capacity(1 + prost::length_delimiter_len(len) + len);
-    buf.put_u8(RESPONSE_EVENT_KEY);
-    prost::encoding::encode_varint(len as u64, &mut buf);
-    write(&mut buf);
-    buf.freeze()
 }
 
 impl Deref for LoggedEvent {
@@ -330,64 +320,6 @@ impl Storage {
     }
 }
 
-/// The name of a durable consumer: see [`is_consumer_name`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ConsumerName(String);
-
-impl ConsumerName {
-    /// Longest accepted name.
-    pub const MAX_LEN: usize = 128;
-
-    /// Parses a consumer name.
-    pub fn parse(name: &str) -> Result<Self, InvalidConsumerName> {
-        if is_consumer_name(name) {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(InvalidConsumerName)
-        }
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConsumerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What a durable consumer or consumer group name may be, as the refusals say it.
-pub const CONSUMER_NAME_RULE: &str = "1 to 128 ASCII letters, digits, '-', '_' or '.', \
-     with no '.' at the start or the end and no two in a row";
-
-/// Whether `name` may name a durable consumer or a consumer group (one namespace, one rule): a
-/// plain name of at most [`ConsumerName::MAX_LEN`] bytes whose dots only separate non-empty
-/// parts. The name becomes part of state-store keys (`consumer.<name>`,
-/// `partition.<name>.<n>`), which NATS carries as subjects: an empty part between dots is not a
-/// valid subject, and such a name would be accepted here only to fail there as `UNAVAILABLE`.
-pub fn is_consumer_name(name: &str) -> bool {
-    crate::error::is_plain_name(name, ConsumerName::MAX_LEN)
-        && name.split('.').all(|part| !part.is_empty())
-}
-
-/// A consumer name outside [`CONSUMER_NAME_RULE`].
-#[derive(Debug, thiserror::Error)]
-#[error("consumer must be {}", CONSUMER_NAME_RULE)]
-pub struct InvalidConsumerName;
-
-impl ServiceError for InvalidConsumerName {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::BadRequest
-    }
-
-    fn code(&self) -> &'static str {
-        "invalid_consumer"
-    }
-}
-
 /// Any error, boxed, as a source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -449,36 +381,6 @@ pub fn is_state_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::v1::subscribe_response::Response;
-
-    #[test]
-    fn consumer_names_are_plain_with_dots_only_between_parts() {
-        for good in [
-            "billing",
-            "billing.eu-1",
-            "a.b.c",
-            "A_b-9",
-            &"x".repeat(128),
-        ] {
-            assert!(is_consumer_name(good), "{good:?}");
-        }
-        for bad in [
-            "",
-            ".billing",
-            "billing.",
-            "billing..eu",
-            ".",
-            "..",
-            "bill ing",
-            "bill/ing",
-            "billing*",
-            "ü",
-            &"x".repeat(129),
-        ] {
-            assert!(!is_consumer_name(bad), "{bad:?}");
-            assert!(ConsumerName::parse(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn dedup_keys_print_as_hex() {
@@ -487,29 +389,5 @@ mod tests {
         assert_eq!(key.to_string(), key.to_hex());
         let key = DedupKey::from_bytes(std::array::from_fn(|i| i as u8));
         assert!(key.to_hex().starts_with("000102030405"));
-    }
-
-    #[test]
-    fn the_shared_encoding_is_the_subscribe_response_of_the_event() {
-        let event = v1::Event {
-            sequence: 300,
-            id: "x".repeat(200),
-            ..v1::Event::default()
-        };
-        let expected = v1::SubscribeResponse {
-            response: Some(Response::Event(event.clone())),
-        }
-        .encode_to_vec();
-        assert_eq!(
-            LoggedEvent::new(event.clone()).response_bytes().as_ref(),
-            expected
-        );
-        let stored = event.encode_to_vec();
-        assert_eq!(
-            LoggedEvent::with_encoding(event, &stored)
-                .response_bytes()
-                .as_ref(),
-            expected
-        );
     }
 }

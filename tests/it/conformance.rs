@@ -12,12 +12,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use incode_gateway::{
     log::{
-        AppendOutcome, Bounds, ConsumerName, CursorError, Cursors, DedupKey, EmbeddedLog,
-        MemoryLog, NameKind, NatsLog, NewEvent, PutOutcome, Quota, QuotaError, QuotaLimits,
-        ReadItem, Sequence, SharedState, Storage, SubscriberIdentity,
-        embedded::Options as EmbeddedOptions, memory::MemoryOptions, nats::NatsOptions,
+        AppendOutcome, Bounds, DedupKey, EmbeddedLog, MemoryLog, NatsLog, NewEvent, PutOutcome,
+        ReadItem, Sequence, SharedState, Storage, embedded::Options as EmbeddedOptions,
+        memory::MemoryOptions, nats::NatsOptions,
     },
     proto::v1,
+    subscriptions::{
+        ConsumerName, CursorError, Cursors, NameKind, Quota, QuotaError, QuotaLimits,
+        SubscriberIdentity,
+    },
 };
 use tempfile::TempDir;
 

@@ -396,7 +396,11 @@ async fn a_stale_members_ack_is_refused(env: Env) {
     let moved = b.partitions();
     let stale = held
         .iter()
-        .find(|e| moved.contains(&incode_gateway::groups::partition_of(e, PARTITIONS)))
+        .find(|e| {
+            moved.contains(&incode_gateway::subscriptions::groups::partition_of(
+                e, PARTITIONS,
+            ))
+        })
         .expect("no event of a partition that moved");
     let mut client = a.ack_client.clone();
     let status = client

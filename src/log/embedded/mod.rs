@@ -23,7 +23,6 @@
 pub mod data_dir;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fault;
-mod reader;
 mod writer;
 
 use std::{
@@ -45,11 +44,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     AppendOutcome, Bounds, BoxError, EventLog, LogError, LogReader, LoggedEvent, NewEvent,
     PutOutcome, Revision, Sequence, StateStore, Versioned,
+    tail::{StoredEvents, TailReader},
 };
 use crate::proto::v1;
 #[cfg(any(test, feature = "test-util"))]
 use fault::{FaultSwitch, FaultyBackend};
-use reader::EmbeddedReader;
 use writer::{Request, Writer};
 
 /// `sequence -> [received_at as u64 big-endian nanoseconds since the epoch][encoded Event]`.
@@ -163,11 +162,7 @@ impl Shared {
     }
 
     /// Up to `limit` events from `from` on, from the in-memory tail when it holds `from`.
-    async fn read(
-        self: &Arc<Self>,
-        from: Sequence,
-        limit: usize,
-    ) -> Result<Vec<Arc<LoggedEvent>>, LogError> {
+    async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<LoggedEvent>>, LogError> {
         if from > *self.head.borrow() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -192,6 +187,17 @@ impl Shared {
         tokio::task::spawn_blocking(move || read(&db))
             .await
             .map_err(LogError::unavailable)?
+    }
+}
+
+#[async_trait]
+impl StoredEvents for Shared {
+    fn first(&self) -> Sequence {
+        self.first.load(Ordering::SeqCst)
+    }
+
+    async fn read(&self, from: Sequence, limit: usize) -> Result<Vec<Arc<LoggedEvent>>, LogError> {
+        Shared::read(self, from, limit).await
     }
 }
 
@@ -361,7 +367,8 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn read_from(&self, from: Sequence) -> Result<Box<dyn LogReader>, LogError> {
-        Ok(Box::new(EmbeddedReader::new(self.shared.clone(), from)))
+        let head = self.shared.head.subscribe();
+        Ok(Box::new(TailReader::new(self.shared.clone(), head, from)))
     }
 
     fn known_head(&self) -> Sequence {

@@ -78,7 +78,7 @@ async fn reads_from_disk_and_from_the_tail_agree() {
             .unwrap();
         assert_eq!(on_disk.event(), event.event());
         // The encoding taken from disk as it is equals the one made from the event in memory.
-        assert_eq!(on_disk.response_bytes(), event.response_bytes());
+        assert_eq!(on_disk.encoded(), event.encoded());
         assert!(event.received_at.is_some());
     }
     let ids: Vec<_> = from_disk.iter().map(|e| e.id.as_str()).collect();
@@ -376,13 +376,19 @@ async fn format_1_cursors_are_moved_into_the_state_table() {
         }
         txn.commit().unwrap();
     }
-    let log = Arc::new(EmbeddedLog::open(dir.path(), options()).unwrap());
-    let quota = crate::log::Quota::new(log.clone(), crate::log::QuotaLimits::default());
-    let cursors = crate::log::Cursors::new(log.clone(), quota);
-    let billing = crate::log::ConsumerName::parse("billing").unwrap();
-    assert_eq!(cursors.get(&billing).await.unwrap(), Some(42));
-    let caller = crate::log::SubscriberIdentity::anonymous();
-    assert_eq!(cursors.ack(&billing, 43, &caller).await.unwrap(), 43);
+    let log = EmbeddedLog::open(dir.path(), options()).unwrap();
+    // Where and how durable consumers' cursors keep them: `consumer.<name>`, a big-endian u64,
+    // moved forward with compare-and-set.
+    let key = "consumer.billing";
+    let stored = log.get(key).await.unwrap().unwrap();
+    assert_eq!(stored.value.as_ref(), 42u64.to_be_bytes());
+    let acked = bytes::Bytes::copy_from_slice(&43u64.to_be_bytes());
+    let outcome = log.put(key, acked, Some(stored.revision)).await.unwrap();
+    assert!(matches!(outcome, PutOutcome::Stored(_)), "{outcome:?}");
+    assert_eq!(
+        log.get(key).await.unwrap().unwrap().value.as_ref(),
+        43u64.to_be_bytes()
+    );
 }
 
 #[tokio::test]

@@ -549,7 +549,7 @@ fn discard_after(db: &Database, head: Sequence, committed_nanos: u64) -> Result<
 }
 
 /// Format 1 kept consumer cursors in their own table; format 2 keeps them as `consumer.<name>`
-/// in the state table, in [`crate::log::Cursors`]' encoding.
+/// in the state table, in the encoding durable consumers' cursors use (a big-endian `u64`).
 fn migrate_consumers(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     let mut legacy = txn.open_table(LEGACY_CONSUMERS)?;
     let mut state = txn.open_table(STATE)?;

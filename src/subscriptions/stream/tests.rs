@@ -1,18 +1,15 @@
-//! The subscription loop over a memory log, with the clock paused so that heartbeats come when
+//! The stream driver over a memory log, with the clock paused so that heartbeats come when
 //! the loop says, not when a machine gets round to it.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::time::Duration;
 
-use futures::{Stream, StreamExt};
-use prost::Message;
-use tonic::{Code, Status};
+use futures::StreamExt;
+use tonic::Code;
 
 use super::*;
 use crate::{
-    log::{
-        AppendOutcome, Bounds, DedupKey, EventLog, LogError, MemoryLog, NewEvent,
-        memory::MemoryOptions,
-    },
+    error::grpc_status,
+    log::{AppendOutcome, Bounds, DedupKey, EventLog, MemoryLog, NewEvent, memory::MemoryOptions},
     proto::v1::event::Payload,
 };
 
@@ -53,30 +50,22 @@ fn filter_for(interview_ids: &[&str]) -> Filter {
 
 struct Stopped(CancellationToken);
 
-async fn open(
-    log: SharedLog,
-    start: Start,
-    filter: Filter,
-) -> (
-    Pin<Box<impl Stream<Item = Result<EncodedResponse, Status>>>>,
-    Stopped,
-) {
+async fn open(log: SharedLog, start: Start, filter: Filter) -> (SubscriptionStream, Stopped) {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new(log.clone(), false).unwrap();
-    let subscription = Subscription {
+    let context = StreamContext {
         log,
-        start,
-        filter,
-        heartbeat_interval: HEARTBEAT,
+        settings: StreamSettings {
+            heartbeat_interval: HEARTBEAT,
+            trace_deliveries: false,
+        },
         shutdown: shutdown.clone(),
         stream_metrics: metrics.stream_opened("test", None),
         metrics,
-        consumer: None,
         span: tracing::Span::none(),
-        trace_deliveries: false,
     };
-    let stream = subscription.into_stream().await.unwrap();
-    (Box::pin(stream), Stopped(shutdown))
+    let driver = Driver::plain(context, start, filter, None).await.unwrap();
+    (driver.into_stream(), Stopped(shutdown))
 }
 
 fn from(next: Sequence, announce_caught_up: bool) -> Start {
@@ -95,19 +84,18 @@ enum Seen {
     Gap(Sequence, Sequence),
 }
 
-async fn next(stream: &mut (impl Stream<Item = Result<EncodedResponse, Status>> + Unpin)) -> Seen {
+async fn next(stream: &mut SubscriptionStream) -> Seen {
     let message = stream.next().await.expect("the stream ended").unwrap();
-    let response = v1::SubscribeResponse::decode(message.as_bytes().clone()).unwrap();
-    match response.response.unwrap() {
-        Response::Event(event) => {
-            let Some(Payload::WatchlistUpdated(payload)) = event.payload else {
+    match message {
+        StreamMessage::Event(event) => {
+            let Some(Payload::WatchlistUpdated(payload)) = &event.payload else {
                 panic!("{event:?}");
             };
-            Seen::Event(event.sequence, payload.interview_id)
+            Seen::Event(event.sequence, payload.interview_id.clone())
         }
-        Response::Heartbeat(heartbeat) => Seen::Heartbeat(heartbeat.sequence),
-        Response::CaughtUp(caught_up) => Seen::CaughtUp(caught_up.sequence),
-        Response::Gap(gap) => Seen::Gap(gap.first_sequence, gap.last_sequence),
+        StreamMessage::Heartbeat(heartbeat) => Seen::Heartbeat(heartbeat.sequence),
+        StreamMessage::CaughtUp(caught_up) => Seen::CaughtUp(caught_up.sequence),
+        StreamMessage::Gap(gap) => Seen::Gap(gap.first_sequence, gap.last_sequence),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -186,7 +174,7 @@ async fn shutdown_ends_the_stream_with_unavailable() {
     let (mut stream, stop) = open(log.clone(), from(1, true), Filter::default()).await;
     assert_eq!(next(&mut stream).await, event(1, "a"));
     stop.0.cancel();
-    let status = stream.next().await.unwrap().unwrap_err();
+    let status = grpc_status(&stream.next().await.unwrap().unwrap_err());
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(
         status.message(),
@@ -268,7 +256,7 @@ async fn a_failing_log_ends_the_stream_without_details() {
         let log = Arc::new(FailingLog { inner, error });
         let (mut stream, _stop) = open(log, from(1, true), Filter::default()).await;
         assert_eq!(next(&mut stream).await, event(1, "a"));
-        let status = stream.next().await.unwrap().unwrap_err();
+        let status = grpc_status(&stream.next().await.unwrap().unwrap_err());
         assert_eq!((status.code(), status.message()), (code, message));
         assert!(stream.next().await.is_none(), "nothing after the end");
     }

@@ -7,8 +7,8 @@
 //! renew themselves in the group's record, see the same sorted list of live members, and each
 //! member takes the partitions `p` with `p % members == its index` once their previous owner let
 //! go or expired, and lets go of the others. Every change is a compare-and-set in the
-//! [`StateStore`], so the group works the same over the embedded log and over JetStream, with
-//! members on different gateway replicas.
+//! [`StateStore`](crate::log::StateStore), so the group works the same over the embedded log
+//! and over JetStream, with members on different gateway replicas.
 //!
 //! Delivery is at least once: a partition that changes owner resumes after its cursor, so what
 //! the previous owner did not acknowledge is delivered again, in order. A member that lost a
@@ -33,42 +33,16 @@ use sha2::{Digest, Sha256};
 pub use records::partition_of;
 pub use session::{Claim, Member, Session};
 
+use super::{
+    names::{GroupName, NameKind},
+    quota::{Quota, QuotaError, SubscriberIdentity},
+};
 use crate::{
     error::{ErrorKind, ServiceError},
-    log::{
-        LogError, NameKind, PutOutcome, Quota, QuotaError, ReadItem, Sequence, SharedLog,
-        SharedState, SubscriberIdentity,
-    },
+    log::{LogError, PutOutcome, ReadItem, Sequence, SharedLog, SharedState},
     metrics::Metrics,
 };
 use records::{GroupRecord, PartitionRecord};
-
-/// The name of a consumer group. Groups and durable consumers share one namespace and one name
-/// rule: [`crate::log::is_consumer_name`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct GroupName(String);
-
-impl GroupName {
-    /// Parses a group name.
-    pub fn parse(name: &str) -> Result<Self, GroupError> {
-        if crate::log::is_consumer_name(name) {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(GroupError::InvalidName)
-        }
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for GroupName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A group member's id: what its stream's `GroupAssignment` names and its acks quote. It has no
 /// `Display`, and its `Debug` shows only its fingerprint, so that it cannot slip into a log line.
@@ -139,9 +113,6 @@ impl Default for GroupSettings {
 /// Why a group operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
-    /// The group name is outside the allowed alphabet or length.
-    #[error("group must be {}", crate::log::CONSUMER_NAME_RULE)]
-    InvalidName,
     /// A partition count outside 1..=1024.
     #[error(
         "group_partitions must be between 1 and {}",
@@ -207,9 +178,7 @@ pub enum GroupError {
 impl ServiceError for GroupError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidName | Self::InvalidPartitions | Self::InvalidMaxInFlight => {
-                ErrorKind::BadRequest
-            }
+            Self::InvalidPartitions | Self::InvalidMaxInFlight => ErrorKind::BadRequest,
             Self::PartitionsMismatch { .. }
             | Self::NotOwner { .. }
             | Self::EventNotStored { .. }
@@ -222,7 +191,6 @@ impl ServiceError for GroupError {
 
     fn code(&self) -> &'static str {
         match self {
-            Self::InvalidName => "invalid_group",
             Self::InvalidPartitions => "invalid_partitions",
             Self::InvalidMaxInFlight => "invalid_max_in_flight",
             Self::PartitionsMismatch { .. } => "partitions_mismatch",
@@ -236,15 +204,38 @@ impl ServiceError for GroupError {
     }
 }
 
-/// What a member asks for when it joins.
+/// What a member asks for when it joins, within bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct JoinOptions {
     /// Partitions of the group if it is created now; 0 for the default or the existing count.
-    pub partitions: u32,
+    partitions: u32,
     /// The cursor every partition of a new group starts from (`next - 1` of its start).
-    pub start_cursor: Sequence,
+    start_cursor: Sequence,
     /// Most unacknowledged events this member holds; 0 for the default.
-    pub max_in_flight: u32,
+    max_in_flight: u32,
+}
+
+impl JoinOptions {
+    /// The options of a member that asks for `partitions` (of a new group; 0 for the default or
+    /// the existing count), starting a new group after `start_cursor`, holding at most
+    /// `max_in_flight` unacknowledged events (0 for the default).
+    pub fn new(
+        partitions: u32,
+        start_cursor: Sequence,
+        max_in_flight: u32,
+    ) -> Result<Self, GroupError> {
+        if partitions > GroupSettings::MAX_PARTITIONS {
+            return Err(GroupError::InvalidPartitions);
+        }
+        if max_in_flight > GroupSettings::MAX_IN_FLIGHT {
+            return Err(GroupError::InvalidMaxInFlight);
+        }
+        Ok(Self {
+            partitions,
+            start_cursor,
+            max_in_flight,
+        })
+    }
 }
 
 /// The consumer groups of one gateway: the members connected to it, and acks.
@@ -300,12 +291,6 @@ impl Groups {
         subscriber: &SubscriberIdentity,
     ) -> Result<Member, GroupError> {
         let settings = &self.inner.settings;
-        if options.partitions > GroupSettings::MAX_PARTITIONS {
-            return Err(GroupError::InvalidPartitions);
-        }
-        if options.max_in_flight > GroupSettings::MAX_IN_FLIGHT {
-            return Err(GroupError::InvalidMaxInFlight);
-        }
         let record = self.create_or_check(group, &options, subscriber).await?;
         let max_in_flight = match options.max_in_flight {
             0 => settings.default_max_in_flight,

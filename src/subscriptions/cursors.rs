@@ -1,4 +1,4 @@
-//! Durable consumer cursors, kept in the [`StateStore`] so that every gateway on the same storage
+//! Durable consumer cursors, kept in the [`StateStore`](crate::log::StateStore) so that every gateway on the same storage
 //! (every replica, over NATS) resumes every consumer from the same place.
 //!
 //! A cursor only moves forward: an ack is a compare-and-set loop that stores
@@ -8,10 +8,13 @@
 use bytes::Bytes;
 
 use super::{
-    ConsumerName, LogError, PutOutcome, Sequence, SharedState, Versioned,
-    quota::{NameKind, Quota, QuotaError, SubscriberIdentity},
+    names::{ConsumerName, NameKind},
+    quota::{Quota, QuotaError, SubscriberIdentity},
 };
-use crate::error::{ErrorKind, ServiceError};
+use crate::{
+    error::{ErrorKind, ServiceError},
+    log::{LogError, PutOutcome, Sequence, SharedState, Versioned},
+};
 
 /// Key prefix of consumer cursors in the state store.
 const PREFIX: &str = NameKind::Consumer.prefix();

@@ -16,9 +16,10 @@ use super::{
 };
 use crate::{
     error::error_chain,
-    log::{LogError, PutOutcome, Sequence, SharedState, SubscriberIdentity},
+    log::{LogError, PutOutcome, Sequence, SharedState},
     metrics::{GroupMemberGuard, Metrics},
     proto::v1,
+    subscriptions::quota::SubscriberIdentity,
 };
 
 pub(super) struct SessionInit {
@@ -586,54 +587,26 @@ impl Session {
             .iter()
             .map(|(p, o)| (*p, *o))
             .collect();
+        let me = self.member_id.as_str();
         let result: Result<(), LogError> = async {
             for (partition, held) in owned {
                 let key = records::partition_key(self.group.as_str(), partition);
-                for _ in 0..5 {
-                    let Some(stored) = self.state.get(&key).await? else {
-                        break;
-                    };
-                    let Ok(record) = records::decode::<PartitionRecord>(&key, &stored) else {
-                        break;
-                    };
-                    if record.owner.as_deref() != Some(self.member_id.as_str()) {
-                        break;
-                    }
-                    let released = PartitionRecord {
+                records::update(&self.state, &key, |record: PartitionRecord| {
+                    (record.owner.as_deref() == Some(me)).then(|| PartitionRecord {
                         owner: None,
                         delivered: record.delivered.max(held.delivered),
                         ..record
-                    };
-                    let outcome = self
-                        .state
-                        .put(&key, records::encode(&released), Some(stored.revision))
-                        .await?;
-                    if let PutOutcome::Stored(_) = outcome {
-                        break;
-                    }
-                }
+                    })
+                })
+                .await?;
             }
             let key = records::group_key(self.group.as_str());
-            for _ in 0..5 {
-                let Some(stored) = self.state.get(&key).await? else {
-                    break;
-                };
-                let Ok(mut record) = records::decode::<GroupRecord>(&key, &stored) else {
-                    break;
-                };
-                if record.members.remove(self.member_id.as_str()).is_none() {
-                    break;
-                }
-                record.subscribers.remove(self.member_id.as_str());
-                let outcome = self
-                    .state
-                    .put(&key, records::encode(&record), Some(stored.revision))
-                    .await?;
-                if let PutOutcome::Stored(_) = outcome {
-                    break;
-                }
-            }
-            Ok(())
+            records::update(&self.state, &key, |mut record: GroupRecord| {
+                record.members.remove(me)?;
+                record.subscribers.remove(me);
+                Some(record)
+            })
+            .await
         }
         .await;
         match result {

@@ -18,38 +18,14 @@ use std::{fmt, sync::Arc};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{LogError, SharedState};
-use crate::error::{ErrorKind, ServiceError};
+use super::names::NameKind;
+use crate::{
+    error::{ErrorKind, ServiceError},
+    log::{LogError, SharedState},
+};
 
 /// Key prefix of the creation markers.
 const MARKER_PREFIX: &str = "quota.";
-
-/// What a name in the shared namespace belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameKind {
-    /// A durable consumer.
-    Consumer,
-    /// A consumer group.
-    Group,
-}
-
-impl NameKind {
-    /// The key prefix of this kind's records in the state store: one record per name, so that
-    /// counting the keys counts the names.
-    pub const fn prefix(self) -> &'static str {
-        match self {
-            Self::Consumer => "consumer.",
-            Self::Group => "group.",
-        }
-    }
-
-    fn word(self) -> &'static str {
-        match self {
-            Self::Consumer => "consumer",
-            Self::Group => "group",
-        }
-    }
-}
 
 /// Who creates a consumer or group, or joins a group: the subscriber identity of the internal
 /// listener. Cheap to clone.

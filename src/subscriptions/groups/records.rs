@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    log::{LogError, Sequence, Versioned},
+    log::{LogError, PutOutcome, Sequence, SharedState, Versioned},
     proto::v1,
 };
 
@@ -30,8 +30,8 @@ pub fn partition_key(group: &str, partition: u32) -> String {
     format!("partition.{group}.{partition}")
 }
 
-/// The key prefix of every group record, which the [`crate::log::Quota`] counts.
-pub const GROUP_PREFIX: &str = crate::log::NameKind::Group.prefix();
+/// The key prefix of every group record, which the [`Quota`](crate::subscriptions::Quota) counts.
+pub const GROUP_PREFIX: &str = crate::subscriptions::names::NameKind::Group.prefix();
 
 /// A group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,34 @@ pub struct PartitionRecord {
 pub fn encode<T: Serialize>(record: &T) -> Bytes {
     // Serializing these plain structs cannot fail.
     Bytes::from(serde_json::to_vec(record).unwrap_or_default())
+}
+
+/// Changes the record at `key` with `change`, compare-and-set, reading it again after a
+/// conflict, at most five times: `change` returns `None` when there is nothing to change. A
+/// record that is missing or cannot be read is left alone.
+pub async fn update<T: Serialize + for<'de> Deserialize<'de>>(
+    state: &SharedState,
+    key: &str,
+    mut change: impl FnMut(T) -> Option<T>,
+) -> Result<(), LogError> {
+    for _ in 0..5 {
+        let Some(stored) = state.get(key).await? else {
+            break;
+        };
+        let Ok(record) = decode::<T>(key, &stored) else {
+            break;
+        };
+        let Some(changed) = change(record) else {
+            break;
+        };
+        let outcome = state
+            .put(key, encode(&changed), Some(stored.revision))
+            .await?;
+        if let PutOutcome::Stored(_) = outcome {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a stored value.
