@@ -866,8 +866,8 @@ impl Config {
     }
 
     /// Options of the embedded log.
-    pub fn embedded_log_options(&self) -> crate::log::embedded::Options {
-        let mut options = crate::log::embedded::Options::new(self.dedup_window);
+    pub fn embedded_log_options(&self) -> crate::log::embedded::EmbeddedSettings {
+        let mut options = crate::log::embedded::EmbeddedSettings::new(self.dedup_window);
         options.retention = self.retention;
         options.max_events = self.max_events;
         options.maintenance_interval = self.maintenance_interval;
@@ -884,8 +884,8 @@ impl Config {
     }
 
     /// The limits on durable consumers and consumer groups.
-    pub fn consumer_limits(&self) -> crate::log::QuotaLimits {
-        crate::log::QuotaLimits {
+    pub fn consumer_limits(&self) -> crate::log::QuotaSettings {
+        crate::log::QuotaSettings {
             max_total: usize::try_from(self.max_consumers).unwrap_or(usize::MAX),
             max_per_subscriber: usize::try_from(self.max_consumers_per_subscriber)
                 .unwrap_or(usize::MAX),
@@ -893,8 +893,8 @@ impl Config {
     }
 
     /// Options of the memory log.
-    pub fn memory_log_options(&self) -> crate::log::memory::MemoryOptions {
-        crate::log::memory::MemoryOptions {
+    pub fn memory_log_options(&self) -> crate::log::memory::MemorySettings {
+        crate::log::memory::MemorySettings {
             dedup_window: self.dedup_window,
             retention: self.retention,
             max_events: self.max_events,
@@ -902,10 +902,10 @@ impl Config {
     }
 
     /// Options of the NATS log.
-    pub fn nats_log_options(&self) -> crate::log::nats::NatsOptions {
+    pub fn nats_log_options(&self) -> crate::log::nats::NatsSettings {
         let nats = &self.nats;
         let mut options =
-            crate::log::nats::NatsOptions::new(nats.urls.clone(), nats.stream.clone());
+            crate::log::nats::NatsSettings::new(nats.urls.clone(), nats.stream.clone());
         options.replicas = usize::from(nats.replicas);
         options.dedup_window = self.dedup_window;
         options.retention = self.retention;

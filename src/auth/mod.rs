@@ -25,8 +25,8 @@ use std::{
 use axum::http::HeaderMap;
 
 pub use clients::{
-    ARGON2_BOUNDS, Argon2Bounds, ClientConfig, ClientConfigError, ClientCredentials, ClientId,
-    ClientRegistry, CredentialsRefused, hash_secret,
+    ARGON2_BOUNDS, Argon2Bounds, ClientConfigError, ClientCredentials, ClientId, ClientRegistry,
+    ClientSettings, CredentialsRefused, hash_secret,
 };
 pub use secret::Secret;
 pub use settings::{
@@ -259,7 +259,7 @@ mod tests {
     fn auth(burst: u32) -> Arc<Auth> {
         Arc::new(
             Auth::new(AuthSettings {
-                clients: vec![ClientConfig {
+                clients: vec![ClientSettings {
                     id: "incode".into(),
                     secrets: vec![Secret::new("s3cret")],
                 }],

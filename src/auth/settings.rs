@@ -10,7 +10,7 @@ use clap::Args;
 use zeroize::Zeroizing;
 
 use super::{
-    ClientConfig, ClientConfigError, KeyError, Secret, ThrottleSettings, TokenKey, TokenSettings,
+    ClientConfigError, ClientSettings, KeyError, Secret, ThrottleSettings, TokenKey, TokenSettings,
     WebhookHeader, WebhookHeaderError,
 };
 use crate::config::{
@@ -116,7 +116,7 @@ impl KeyPolicy {
 #[derive(Debug)]
 pub struct AuthSettings {
     /// The OAuth clients.
-    pub clients: Vec<ClientConfig>,
+    pub clients: Vec<ClientSettings>,
     /// Token lifetime and keys.
     pub tokens: TokenSettings,
     /// Headers every webhook call must carry.
@@ -306,9 +306,9 @@ impl AuthSettings {
         policy: &KeyPolicy,
     ) -> Result<(Self, Option<UnsavedKey>), AuthSetupError> {
         // The client given by flags replaces a file client with the same id.
-        let mut clients: Vec<ClientConfig> = file_clients
+        let mut clients: Vec<ClientSettings> = file_clients
             .iter()
-            .map(|entry| ClientConfig {
+            .map(|entry| ClientSettings {
                 id: entry.id.clone(),
                 secrets: entry.secrets.clone(),
             })
@@ -316,7 +316,7 @@ impl AuthSettings {
         match (&args.oauth_client_id, &args.oauth_client_secret) {
             (Some(id), Some(secret)) => {
                 clients.retain(|client| &client.id != id);
-                clients.push(ClientConfig {
+                clients.push(ClientSettings {
                     id: id.clone(),
                     secrets: vec![secret.clone()],
                 });

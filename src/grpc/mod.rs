@@ -64,12 +64,12 @@ pub struct GrpcSettings {
     /// exported).
     pub trace_deliveries: bool,
     /// Transport limits.
-    pub limits: TransportLimits,
+    pub limits: TransportSettings,
 }
 
 /// HTTP/2 and TCP limits of the internal listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransportLimits {
+pub struct TransportSettings {
     /// Most concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// Interval of HTTP/2 keepalive PINGs; `None`: none sent.
@@ -90,7 +90,7 @@ impl GrpcSettings {
         Self {
             heartbeat_interval: config.heartbeat_interval,
             trace_deliveries,
-            limits: TransportLimits {
+            limits: TransportSettings {
                 max_concurrent_streams: args.internal_max_concurrent_streams,
                 http2_keepalive_interval: nonzero(args.internal_http2_keepalive_interval),
                 http2_keepalive_timeout: args.internal_http2_keepalive_timeout,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use ipnet::IpNet;
 
-use super::{ForwardedHeader, ListenerLimits, TrustedProxies};
+use super::{ForwardedHeader, ListenerSettings, TrustedProxies};
 use crate::config::parse_positive_duration;
 
 /// Options of the public listener.
@@ -90,8 +90,8 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
 
 impl PublicListenerArgs {
     /// The listener's limits.
-    pub fn limits(&self) -> ListenerLimits {
-        ListenerLimits {
+    pub fn limits(&self) -> ListenerSettings {
+        ListenerSettings {
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
             idle_timeout: self.idle_timeout,

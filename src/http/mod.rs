@@ -32,7 +32,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub use args::PublicListenerArgs;
 pub use auth::Refused;
 pub use client_address::{ForwardedHeader, TrustedProxies};
-pub use serve::{ListenerLimits, MAX_HEAD_BYTES, serve};
+pub use serve::{ListenerSettings, MAX_HEAD_BYTES, serve};
 
 /// Pure parsing functions exposed for the fuzz targets in `fuzz/`; not a stable API.
 #[doc(hidden)]

@@ -42,7 +42,7 @@ pub use cursors::{CursorError, Cursors};
 pub use embedded::EmbeddedLog;
 pub use memory::MemoryLog;
 pub use nats::NatsLog;
-pub use quota::{NameKind, Quota, QuotaError, QuotaLimits, SubscriberIdentity};
+pub use quota::{NameKind, Quota, QuotaError, QuotaSettings, SubscriberIdentity};
 pub use readiness::{Readiness, ReadyState};
 
 /// Position of an event in the log. The first event has sequence 1; 0 means "before the first".

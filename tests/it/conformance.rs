@@ -13,9 +13,9 @@ use bytes::Bytes;
 use incode_gateway::{
     log::{
         AppendOutcome, Bounds, ConsumerName, CursorError, Cursors, DedupKey, EmbeddedLog,
-        MemoryLog, NameKind, NatsLog, NewEvent, PutOutcome, Quota, QuotaError, QuotaLimits,
-        ReadItem, Sequence, SharedState, Storage, SubscriberIdentity,
-        embedded::Options as EmbeddedOptions, memory::MemoryOptions, nats::NatsOptions,
+        MemoryLog, NameKind, NatsLog, NewEvent, PutOutcome, Quota, QuotaError, QuotaSettings,
+        ReadItem, Sequence, SharedState, Storage, SubscriberIdentity, embedded::EmbeddedSettings,
+        memory::MemorySettings, nats::NatsSettings,
     },
     proto::v1,
 };
@@ -53,9 +53,9 @@ struct Memory;
 #[async_trait]
 impl Backend for Memory {
     async fn open(&self, limits: Limits) -> Storage {
-        Storage::new(Arc::new(MemoryLog::new(MemoryOptions {
+        Storage::new(Arc::new(MemoryLog::new(MemorySettings {
             max_events: limits.max_events,
-            ..MemoryOptions::new(DEDUP_WINDOW)
+            ..MemorySettings::new(DEDUP_WINDOW)
         })))
     }
 
@@ -75,7 +75,7 @@ impl Embedded {
 #[async_trait]
 impl Backend for Embedded {
     async fn open(&self, limits: Limits) -> Storage {
-        let mut options = EmbeddedOptions::new(DEDUP_WINDOW);
+        let mut options = EmbeddedSettings::new(DEDUP_WINDOW);
         options.max_events = limits.max_events;
         options.maintenance_interval = Duration::from_millis(50);
         Storage::new(Arc::new(EmbeddedLog::open(self.0.path(), options).unwrap()))
@@ -97,7 +97,7 @@ impl Nats {
 #[async_trait]
 impl Backend for Nats {
     async fn open(&self, limits: Limits) -> Storage {
-        let mut options = NatsOptions::new(vec![self.0.url()], "CONFORMANCE");
+        let mut options = NatsSettings::new(vec![self.0.url()], "CONFORMANCE");
         options.dedup_window = DEDUP_WINDOW;
         options.max_events = limits.max_events;
         Storage::new(Arc::new(NatsLog::connect(options).await.unwrap()))
@@ -430,7 +430,7 @@ async fn state_writes_compare_and_set(backend: impl Backend) {
 
 /// Cursors in `state`, with room for `max` consumers (and groups) in all and per subscriber.
 fn cursors(state: &SharedState, max: usize) -> Cursors {
-    let limits = QuotaLimits {
+    let limits = QuotaSettings {
         max_total: max,
         max_per_subscriber: max,
     };
@@ -474,7 +474,7 @@ async fn cursors_only_move_forward_even_when_acks_race(backend: impl Backend) {
 
 async fn the_number_of_consumers_is_bounded(backend: impl Backend) {
     let storage = backend.open(Limits::none()).await;
-    let limits = QuotaLimits {
+    let limits = QuotaSettings {
         max_total: 4,
         max_per_subscriber: 2,
     };

@@ -11,7 +11,7 @@ use super::*;
 use crate::{
     log::{
         AppendOutcome, Bounds, DedupKey, EventLog, LogError, MemoryLog, NewEvent,
-        memory::MemoryOptions,
+        memory::MemorySettings,
     },
     proto::v1::event::Payload,
 };
@@ -19,9 +19,9 @@ use crate::{
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 fn memory_log(max_events: Option<u64>) -> Arc<MemoryLog> {
-    Arc::new(MemoryLog::new(MemoryOptions {
+    Arc::new(MemoryLog::new(MemorySettings {
         max_events,
-        ..MemoryOptions::new(Duration::from_secs(60))
+        ..MemorySettings::new(Duration::from_secs(60))
     }))
 }
 

@@ -17,8 +17,8 @@ fn new_event(body: &str) -> NewEvent {
     }
 }
 
-fn options() -> Options {
-    Options::new(Duration::from_secs(3600))
+fn options() -> EmbeddedSettings {
+    EmbeddedSettings::new(Duration::from_secs(3600))
 }
 
 /// Every event a reader from `from` yields until it is caught up.
@@ -377,7 +377,7 @@ async fn format_1_cursors_are_moved_into_the_state_table() {
         txn.commit().unwrap();
     }
     let log = Arc::new(EmbeddedLog::open(dir.path(), options()).unwrap());
-    let quota = crate::log::Quota::new(log.clone(), crate::log::QuotaLimits::default());
+    let quota = crate::log::Quota::new(log.clone(), crate::log::QuotaSettings::default());
     let cursors = crate::log::Cursors::new(log.clone(), quota);
     let billing = crate::log::ConsumerName::parse("billing").unwrap();
     assert_eq!(cursors.get(&billing).await.unwrap(), Some(42));
