@@ -39,5 +39,5 @@ pub mod reload;
 pub mod server;
 pub mod telemetry;
 
-pub use config::Config;
+pub use config::ServeArgs;
 pub use server::run;

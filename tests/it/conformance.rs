@@ -352,7 +352,7 @@ async fn a_since_older_than_retention_starts_with_a_gap(backend: impl Backend) {
     }
     let gateway = Gateway::start_with_storage(
         Arc::new(tempfile::tempdir().unwrap()),
-        incode_gateway::Config::for_tests(),
+        incode_gateway::ServeArgs::for_tests(),
         storage,
     )
     .await;
