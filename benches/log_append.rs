@@ -12,7 +12,7 @@ use std::{
 };
 
 use incode_gateway::{
-    log::{DedupKey, EmbeddedLog, EventLog, NewEvent, embedded::Options},
+    log::{DedupKey, EmbeddedLog, EventLog, NewEvent, embedded::EmbeddedSettings},
     proto::v1,
 };
 
@@ -45,7 +45,7 @@ fn parse_args() -> Args {
 
 async fn measure(max_commit_batch: usize, args: &Args) -> f64 {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut options = Options::new(Duration::from_secs(24 * 3600));
+    let mut options = EmbeddedSettings::new(Duration::from_secs(24 * 3600));
     options.max_commit_batch = max_commit_batch;
     let log = Arc::new(EmbeddedLog::open(dir.path(), options).expect("open the log"));
     let deadline = Instant::now() + args.duration;

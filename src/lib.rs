@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one typed configuration, from flags, `INCODE_GATEWAY_*` variables and an
-//!   optional TOML file.
+//! - [`config`]: on top of the features: the one typed configuration, from flags,
+//!   `INCODE_GATEWAY_*` variables and an optional TOML file (`…Args`), and the only module that
+//!   builds each feature's runtime settings (`…Settings`) from it; no feature imports it.
 //! - [`auth`]: OAuth clients and secrets, access tokens, the webhook guard and the throttle on
 //!   failed client authentication.
 //! - [`incode`]: Incode's wire formats and their conversion to the [`proto`] contract.
@@ -41,5 +42,5 @@ pub mod server;
 pub mod subscriptions;
 pub mod telemetry;
 
-pub use config::Config;
+pub use config::ServeArgs;
 pub use server::run;

@@ -529,10 +529,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::log::{MemoryLog, memory::MemoryOptions};
+    use crate::log::{MemoryLog, memory::MemorySettings};
 
     fn metrics() -> Metrics {
-        let log: SharedLog = Arc::new(MemoryLog::new(MemoryOptions::new(Duration::from_secs(60))));
+        let log: SharedLog = Arc::new(MemoryLog::new(MemorySettings::new(Duration::from_secs(60))));
         Metrics::new(log, false).unwrap()
     }
 

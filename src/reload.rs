@@ -15,9 +15,8 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Config,
     auth::{Auth, AuthSetupError, WebhookHeaderError},
-    config::LoadError,
+    config::{LoadError, ServeArgs},
     error::error_chain,
     grpc::{
         Security, SetupError, SubscriberReloader,
@@ -64,7 +63,7 @@ pub struct Reloaded {
 /// Reloads the running gateway's reloadable settings.
 pub struct Reloader {
     /// The configuration the gateway started with.
-    config: Config,
+    config: ServeArgs,
     auth: Arc<Auth>,
     subscribers: SubscriberReloader,
     tls: Option<Arc<ReloadingTls>>,
@@ -73,7 +72,7 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for the gateway started with `config`, whose public listener `auth` guards and
     /// whose internal listener `security` describes.
-    pub fn new(config: Config, auth: Arc<Auth>, security: &Security) -> Self {
+    pub fn new(config: ServeArgs, auth: Arc<Auth>, security: &Security) -> Self {
         Self {
             config,
             auth,
@@ -87,7 +86,7 @@ impl Reloader {
     pub fn reload_config(&self) -> Result<Reloaded, ReloadError> {
         let fresh = self.config.reread()?;
         let sections = fresh.file_sections().map_err(LoadError::from)?;
-        let access = self.subscribers.prepare(&sections.subscribers)?;
+        let access = self.subscribers.prepare(&sections.subscriber_settings())?;
         let headers = crate::auth::webhook_headers(&fresh.auth.webhook_headers)?;
         self.auth.check_webhook_headers(&headers)?;
 
@@ -219,9 +218,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, text).unwrap();
-        let config = Config::for_tests_with(&["--config", path.to_str().unwrap()]).unwrap();
-        let auth = Arc::new(Auth::from_config(&config).unwrap());
-        let security = Security::from_config(&config, "127.0.0.1:50051".parse().unwrap()).unwrap();
+        let config = ServeArgs::for_tests_with(&["--config", path.to_str().unwrap()]).unwrap();
+        let sections = config.file_sections().unwrap();
+        let (settings, unsaved_key) = config.auth_settings(&sections).unwrap();
+        let auth = Arc::new(
+            Auth::prepare(settings, unsaved_key)
+                .unwrap()
+                .finish()
+                .unwrap(),
+        );
+        let security = Security::new(
+            config.security_settings(&sections),
+            "127.0.0.1:50051".parse().unwrap(),
+        )
+        .unwrap();
         let reloader = Reloader::new(config, auth.clone(), &security);
         Setup {
             _dir: dir,

@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{Auth, AuthSetupError, PreparedAuth},
-    config::{Config, StorageKind},
+    config::{ServeArgs, StorageKind, file::ConfigFileError},
     error::error_chain,
-    grpc::{self, GrpcSettings, Security, SetupError},
-    http::{self, AppState, HttpSettings},
+    grpc::{self, Security, SetupError},
+    http::{self, AppState},
     log::{
         EmbeddedLog, MemoryLog, NatsLog, Readiness, Storage,
         embedded::{
@@ -31,6 +31,9 @@ use crate::{
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The config file could not be read or parsed.
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
     /// The authentication settings are not usable (or leave the webhooks open).
     #[error("the authentication settings are not usable")]
     Auth(#[from] AuthSetupError),
@@ -69,18 +72,18 @@ pub enum ServerError {
 const LAST_ANSWERS: Duration = Duration::from_secs(1);
 
 /// Opens the storage the configuration asks for.
-pub async fn open_storage(config: &Config) -> Result<Storage, ServerError> {
+pub async fn open_storage(config: &ServeArgs) -> Result<Storage, ServerError> {
     Ok(match config.storage {
         StorageKind::Embedded => Storage::new(Arc::new(EmbeddedLog::open(
             &config.data_dir,
-            config.embedded_log_options(),
+            config.embedded_settings(),
         )?)),
         StorageKind::Nats => {
-            Storage::new(Arc::new(NatsLog::connect(config.nats_log_options()).await?))
+            Storage::new(Arc::new(NatsLog::connect(config.nats_settings()).await?))
         }
         StorageKind::Memory => {
             tracing::warn!("storage is in memory: events are lost when the gateway stops");
-            Storage::new(Arc::new(MemoryLog::new(config.memory_log_options())))
+            Storage::new(Arc::new(MemoryLog::new(config.memory_settings())))
         }
     })
 }
@@ -90,7 +93,7 @@ pub async fn open_storage(config: &Config) -> Result<Storage, ServerError> {
 /// `config.shutdown_timeout`) and closes the log. Nothing reloads its configuration: see
 /// [`run_with_reloads`].
 pub async fn run(
-    config: Config,
+    config: ServeArgs,
     public: TcpListener,
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -108,7 +111,7 @@ pub async fn run(
 /// [`run`], reloading what can change while the gateway runs ([`crate::reload`]) on every item
 /// of `reloads` ([`crate::reload::hangup_requests`] in the binary).
 pub async fn run_with_reloads(
-    config: Config,
+    config: ServeArgs,
     public: TcpListener,
     internal: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -132,7 +135,7 @@ pub async fn run_with_reloads(
 /// [`run`] over already opened storage, for tests that hold the storage themselves.
 #[cfg(any(test, feature = "test-util"))]
 pub async fn run_with_storage(
-    config: Config,
+    config: ServeArgs,
     storage: Storage,
     public: TcpListener,
     internal: TcpListener,
@@ -179,25 +182,29 @@ struct Ready {
 }
 
 /// Every check that can refuse the configuration, made before anything is written, so that a
-/// refused start leaves the data directory as it found it: the authentication settings (a
-/// signing key for the data directory is generated but not stored yet), the internal listener
-/// against the address it is bound to, and the storage's own settings.
-fn check(config: &Config, internal: &TcpListener) -> Result<Checked, ServerError> {
-    let auth = Auth::prepare(config)?;
-    let security = internal_security(config, internal)?;
+/// refused start leaves the data directory as it found it: the config file's sections, the
+/// authentication settings (a signing key for the data directory is generated but not stored
+/// yet), the internal listener against the address it is bound to, and the storage's own
+/// settings.
+fn check(config: &ServeArgs, internal: &TcpListener) -> Result<Checked, ServerError> {
+    let sections = config.file_sections()?;
+    let (settings, unsaved_key) = config.auth_settings(&sections)?;
+    let auth = Auth::prepare(settings, unsaved_key)?;
+    let bound = internal.local_addr().map_err(ServerError::InternalAddr)?;
+    let security = Security::new(config.security_settings(&sections), bound)?;
     check_storage(config)?;
     Ok(Checked { auth, security })
 }
 
 /// The storage settings that can be checked without opening the storage.
-fn check_storage(config: &Config) -> Result<(), ServerError> {
+fn check_storage(config: &ServeArgs) -> Result<(), ServerError> {
     match config.storage {
         StorageKind::Embedded => {
             data_dir::check(&config.data_dir)?;
         }
         StorageKind::Nats => {
             config
-                .nats_log_options()
+                .nats_settings()
                 .check()
                 .map_err(NatsOpenError::from)?;
         }
@@ -206,14 +213,8 @@ fn check_storage(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// The internal listener's access policy and TLS, checked against the address it is bound to.
-fn internal_security(config: &Config, internal: &TcpListener) -> Result<Security, ServerError> {
-    let bound = internal.local_addr().map_err(ServerError::InternalAddr)?;
-    Ok(Security::from_config(config, bound)?)
-}
-
 async fn serve(
-    config: Config,
+    config: ServeArgs,
     ready: Ready,
     storage: Storage,
     public: TcpListener,
@@ -234,22 +235,19 @@ async fn serve(
     let readiness = Readiness::spawn(log.clone(), readiness::CHECK_INTERVAL, token.clone());
     let app = http::app(
         AppState::new(log.clone(), readiness.clone(), auth, metrics.clone()),
-        HttpSettings {
-            max_body_bytes: config.max_body_bytes,
-            trust_incoming_trace_context: config.public_listener.trust_incoming_trace_context,
-        },
+        config.http_settings(),
     );
     let give_up = CancellationToken::new();
     let http = http::serve(
         public,
         app,
-        config.public_listener.limits(),
+        config.public_listener.listener_settings(),
         config.public_listener.trusted_proxies(),
         token.clone(),
         give_up.clone(),
     );
     // Consumers and groups share one namespace, so one quota bounds both.
-    let quota = Quota::new(storage.state.clone(), config.consumer_limits());
+    let quota = Quota::new(storage.state.clone(), config.quota_settings());
     let cursors = Cursors::new(storage.state.clone(), quota.clone());
     let groups = Groups::new(
         storage.state.clone(),
@@ -267,7 +265,7 @@ async fn serve(
             metrics: metrics.clone(),
             readiness,
         },
-        GrpcSettings::from_config(&config, telemetry::traces_enabled()),
+        config.grpc_settings(telemetry::traces_enabled()),
         security,
         token.clone(),
     )?;

@@ -29,10 +29,17 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::config::LogFormat;
-
 /// The service name when `OTEL_SERVICE_NAME` does not say otherwise.
 pub const SERVICE_NAME: &str = "incode-gateway";
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]

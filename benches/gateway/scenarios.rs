@@ -11,7 +11,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use incode_gateway::{
-    log::{DedupKey, EmbeddedLog, EventLog, NewEvent, embedded::Options},
+    log::{DedupKey, EmbeddedLog, EventLog, NewEvent, embedded::EmbeddedSettings},
     proto::v1::{
         self, StartPosition, SubscribeRequest, event::Payload, start_position::Position,
         subscribe_response::Response,
@@ -570,7 +570,11 @@ async fn catch_up(settings: &Settings) -> Value {
     let filled = Instant::now();
     {
         let log = Arc::new(
-            EmbeddedLog::open(data_dir.path(), Options::new(Duration::from_secs(3600))).unwrap(),
+            EmbeddedLog::open(
+                data_dir.path(),
+                EmbeddedSettings::new(Duration::from_secs(3600)),
+            )
+            .unwrap(),
         );
         let next = Arc::new(AtomicU64::new(0));
         let writers: Vec<_> = (0..512)

@@ -188,7 +188,7 @@ pub enum CredentialsRefused {
 /// A client as configured: its id and every secret it may authenticate with, each either plain
 /// text or an argon2id PHC string (anything starting with `$argon2`).
 #[derive(Debug, Clone)]
-pub struct ClientConfig {
+pub struct ClientSettings {
     /// The client id.
     pub id: String,
     /// The accepted secrets.
@@ -287,7 +287,7 @@ impl fmt::Debug for ClientRegistry {
 
 impl ClientRegistry {
     /// The registry of these clients.
-    pub fn new(configs: Vec<ClientConfig>) -> Result<Self, ClientConfigError> {
+    pub fn new(configs: Vec<ClientSettings>) -> Result<Self, ClientConfigError> {
         let mut clients = HashMap::with_capacity(configs.len());
         for config in configs {
             let id = ClientId::parse(&config.id)?;
@@ -486,8 +486,8 @@ mod tests {
         }
     }
 
-    fn client(id: &str, secrets: &[&str]) -> ClientConfig {
-        ClientConfig {
+    fn client(id: &str, secrets: &[&str]) -> ClientSettings {
+        ClientSettings {
             id: id.into(),
             secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
         }

@@ -2,11 +2,11 @@
 //! they get, the guard every webhook call passes, and the throttle on failed client
 //! authentication.
 //!
-//! [`Auth`] is built once at start-up from the configuration ([`AuthSettings::from_config`]); only
-//! its webhook headers change afterwards, on a reload. The HTTP layer asks it to authenticate a
-//! client at the token endpoint ([`Auth::authenticate_client`]) and to check a webhook call
-//! ([`Auth::check_webhook`]), which yields the [`Authenticated`] proof that the webhook handlers
-//! require.
+//! [`Auth`] is built once at start-up from [`AuthSettings`], which the configuration resolves;
+//! only its webhook headers change afterwards, on a reload. The HTTP layer asks it to
+//! authenticate a client at the token endpoint ([`Auth::authenticate_client`]) and to check a
+//! webhook call ([`Auth::check_webhook`]), which yields the [`Authenticated`] proof that the
+//! webhook handlers require.
 
 pub mod bearer;
 mod clients;
@@ -25,20 +25,22 @@ use std::{
 use axum::http::HeaderMap;
 
 pub use clients::{
-    ARGON2_BOUNDS, Argon2Bounds, ClientConfig, ClientConfigError, ClientCredentials, ClientId,
-    ClientRegistry, CredentialsRefused, hash_secret,
+    ARGON2_BOUNDS, Argon2Bounds, ClientConfigError, ClientCredentials, ClientId, ClientRegistry,
+    ClientSettings, CredentialsRefused, hash_secret,
 };
 pub use secret::Secret;
 pub use settings::{
-    AuthSettings, AuthSetupError, ClientAuthLimitArgs, DEFAULT_TOKEN_TTL, KeyPolicy, MAX_TOKEN_TTL,
-    SIGNING_KEY_FILE, UnsavedKey, webhook_headers,
+    AuthSettings, AuthSetupError, DEFAULT_TOKEN_TTL, KeyPolicy, MAX_TOKEN_TTL, SIGNING_KEY_FILE,
+    UnsavedKey, parse_key, read_key, webhook_headers,
 };
 pub use throttle::{Charge, FailureThrottle, ThrottleSettings, Throttled};
 pub use token::{
     ALGORITHM, AUDIENCE, Claims, ISSUER, IssueError, IssuedToken, KeyError, LEEWAY, MIN_KEY_BYTES,
     TokenError, TokenKey, TokenSettings, Tokens,
 };
-pub use webhook::{Authenticated, WebhookAuthError, WebhookHeader, WebhookHeaderError};
+pub use webhook::{
+    Authenticated, WebhookAuthError, WebhookHeader, WebhookHeaderError, check_headers,
+};
 
 /// Why client authentication at the token endpoint failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,16 +103,13 @@ impl Auth {
         })
     }
 
-    /// Authentication as the configuration says; a signing key generated for the data
-    /// directory is stored there at once.
-    pub fn from_config(config: &crate::Config) -> Result<Self, AuthSetupError> {
-        Self::prepare(config)?.finish()
-    }
-
-    /// Authentication as the configuration says, with every check made and nothing written: a
-    /// signing key generated for the data directory is stored by [`PreparedAuth::finish`].
-    pub fn prepare(config: &crate::Config) -> Result<PreparedAuth, AuthSetupError> {
-        let (settings, unsaved_key) = AuthSettings::from_config_unsaved(config)?;
+    /// Authentication as `settings` say, with every check made and nothing written: the signing
+    /// key generated for the data directory with them, if one was, is stored by
+    /// [`PreparedAuth::finish`].
+    pub fn prepare(
+        settings: AuthSettings,
+        unsaved_key: Option<UnsavedKey>,
+    ) -> Result<PreparedAuth, AuthSetupError> {
         Ok(PreparedAuth {
             auth: Self::new(settings)?,
             unsaved_key,
@@ -259,7 +258,7 @@ mod tests {
     fn auth(burst: u32) -> Arc<Auth> {
         Arc::new(
             Auth::new(AuthSettings {
-                clients: vec![ClientConfig {
+                clients: vec![ClientSettings {
                     id: "incode".into(),
                     secrets: vec![Secret::new("s3cret")],
                 }],

@@ -152,7 +152,8 @@ pub(super) fn bearer_token(headers: &HeaderMap) -> Result<&str, WebhookAuthError
     }
 }
 
-pub(super) fn check_headers(
+/// Checks that `headers` carry every one of the `required` webhook headers.
+pub fn check_headers(
     required: &[WebhookHeader],
     headers: &HeaderMap,
 ) -> Result<(), WebhookAuthError> {

@@ -480,19 +480,19 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> Option<Caller> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{auth::Secret, config::file::SubscriberEntry};
+    use crate::{auth::Secret, grpc::identity::SubscriberSettings};
 
     const BILLING_TOKEN: &str = "billing-token-0123456789";
 
     fn access(anonymous_reads: bool) -> Access {
-        let subscribers = Subscribers::from_entries(&[
-            SubscriberEntry {
+        let subscribers = Subscribers::new(&[
+            SubscriberSettings {
                 name: "billing".into(),
                 tokens: vec![Secret::new(BILLING_TOKEN)],
                 consumers: vec!["billing".into(), "billing-*".into()],
                 read_stream: true,
             },
-            SubscriberEntry {
+            SubscriberSettings {
                 name: "scraper".into(),
                 tokens: vec![Secret::new("scraper-token-0123456789")],
                 consumers: vec![],

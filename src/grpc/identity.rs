@@ -20,7 +20,7 @@ use x509_cert::{
     ext::pkix::{SubjectAltName, name::GeneralName},
 };
 
-use crate::{auth::Secret, config::file::SubscriberEntry, error::is_plain_name};
+use crate::{auth::Secret, error::is_plain_name};
 
 /// Longest subscriber name: the longest consumer name too.
 pub const MAX_NAME_LEN: usize = crate::subscriptions::names::MAX_NAME_LEN;
@@ -149,6 +149,21 @@ impl TokenDigest {
     }
 }
 
+/// A subscriber as configured (a `[[subscribers]]` entry of the config file).
+#[derive(Debug, Clone)]
+pub struct SubscriberSettings {
+    /// Its name; a client certificate whose SAN DNS name (or, without DNS names, CN) is this
+    /// name authenticates as this subscriber.
+    pub name: String,
+    /// Bearer tokens it may present, plain or as `sha256:<hex digest>`.
+    pub tokens: Vec<Secret>,
+    /// The durable consumers (and consumer groups) it may use and acknowledge; `*` matches any
+    /// run of characters.
+    pub consumers: Vec<String>,
+    /// Whether it may subscribe without a consumer (the plain stream).
+    pub read_stream: bool,
+}
+
 /// The configured subscribers.
 #[derive(Debug, Default)]
 pub struct Subscribers {
@@ -225,11 +240,11 @@ pub enum SubscriberConfigError {
 }
 
 impl Subscribers {
-    /// The subscribers of the config file's entries.
-    pub fn from_entries(entries: &[SubscriberEntry]) -> Result<Self, SubscriberConfigError> {
-        let mut subscribers: Vec<Arc<Subscriber>> = Vec::with_capacity(entries.len());
+    /// The subscribers `configured`, in their order.
+    pub fn new(configured: &[SubscriberSettings]) -> Result<Self, SubscriberConfigError> {
+        let mut subscribers: Vec<Arc<Subscriber>> = Vec::with_capacity(configured.len());
         let mut tokens: Vec<(TokenDigest, usize)> = Vec::new();
-        for (index, entry) in entries.iter().enumerate() {
+        for (index, entry) in configured.iter().enumerate() {
             let name = entry.name.clone();
             if !is_plain_name(&name, MAX_NAME_LEN) {
                 return Err(SubscriberConfigError::InvalidName { index, name });
@@ -417,8 +432,8 @@ pub struct CertificateError(#[source] x509_cert::der::Error);
 mod tests {
     use super::*;
 
-    fn entry(name: &str, tokens: &[&str], consumers: &[&str]) -> SubscriberEntry {
-        SubscriberEntry {
+    fn entry(name: &str, tokens: &[&str], consumers: &[&str]) -> SubscriberSettings {
+        SubscriberSettings {
             name: name.to_owned(),
             tokens: tokens.iter().map(|t| Secret::new(*t)).collect(),
             consumers: consumers.iter().map(|c| (*c).to_owned()).collect(),
@@ -461,7 +476,7 @@ mod tests {
                 .map(|b| format!("{b:02X}"))
                 .collect::<String>()
         );
-        let subscribers = Subscribers::from_entries(&[
+        let subscribers = Subscribers::new(&[
             entry("billing", &["billing-token-0123456789"], &["billing"]),
             entry("payments", &[&digest], &[]),
             entry("certificate-only", &[], &[]),
@@ -505,7 +520,7 @@ mod tests {
             (vec![entry("billing", &[], &["bill/ing"])], "pattern"),
         ];
         for (entries, expected) in cases {
-            let error = Subscribers::from_entries(&entries).unwrap_err().to_string();
+            let error = Subscribers::new(&entries).unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");
             assert!(
                 !error.contains(secret) && !error.contains("same-token"),
@@ -540,7 +555,7 @@ mod tests {
 
         assert!(certificate_names(&CertificateDer::from(vec![1, 2, 3])).is_err());
 
-        let subscribers = Subscribers::from_entries(&[
+        let subscribers = Subscribers::new(&[
             entry("billing", &[], &[]),
             entry("billing.internal", &[], &[]),
             entry("payments", &[], &[]),

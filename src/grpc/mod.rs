@@ -22,6 +22,7 @@ pub mod tls;
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
@@ -38,14 +39,10 @@ use encoded::server::event_stream_service_server::EventStreamServiceServer;
 
 use self::{
     access::{Access, CurrentAccess, GuardState},
-    identity::{SubscriberConfigError, Subscribers},
+    identity::{SubscriberConfigError, SubscriberSettings, Subscribers},
     tls::{ReloadingTls, TlsError, TlsFiles},
 };
 use crate::{
-    config::{
-        Config,
-        file::{ConfigFileError, SubscriberEntry},
-    },
     log::{Readiness, ReadyState},
     metrics::Metrics,
     proto::v1,
@@ -60,12 +57,12 @@ pub struct GrpcSettings {
     /// exported).
     pub trace_deliveries: bool,
     /// Transport limits.
-    pub limits: TransportLimits,
+    pub limits: TransportSettings,
 }
 
 /// HTTP/2 and TCP limits of the internal listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransportLimits {
+pub struct TransportSettings {
     /// Most concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// Interval of HTTP/2 keepalive PINGs; `None`: none sent.
@@ -78,24 +75,24 @@ pub struct TransportLimits {
     pub max_message_bytes: usize,
 }
 
-impl GrpcSettings {
-    /// The settings the configuration asks for.
-    pub fn from_config(config: &Config, trace_deliveries: bool) -> Self {
-        let args = &config.internal;
-        let nonzero = |duration: Duration| (!duration.is_zero()).then_some(duration);
-        Self {
-            heartbeat_interval: config.heartbeat_interval,
-            trace_deliveries,
-            limits: TransportLimits {
-                max_concurrent_streams: args.internal_max_concurrent_streams,
-                http2_keepalive_interval: nonzero(args.internal_http2_keepalive_interval),
-                http2_keepalive_timeout: args.internal_http2_keepalive_timeout,
-                tcp_keepalive: nonzero(args.internal_tcp_keepalive),
-                max_message_bytes: usize::try_from(args.internal_max_message_bytes)
-                    .unwrap_or(usize::MAX),
-            },
-        }
-    }
+/// Who may use the internal listener, and its TLS, as configured.
+#[derive(Debug, Clone)]
+pub struct SecuritySettings {
+    /// PEM certificate chain of the listener (`--internal-tls-cert`); with `tls_key`, TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that sign subscribers' client certificates: mutual TLS.
+    pub client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// Whether a non-loopback listener may start with nothing authenticating subscribers.
+    pub allow_unauthenticated_subscribers: bool,
+    /// Whether callers without credentials may read the plain stream while subscribers are
+    /// configured.
+    pub allow_anonymous_reads: bool,
+    /// The subscriber identities.
+    pub subscribers: Vec<SubscriberSettings>,
 }
 
 /// Who may use the internal listener, and its TLS: checked and loaded at start-up.
@@ -197,9 +194,9 @@ pub struct SubscriberReloader {
 }
 
 impl SubscriberReloader {
-    /// The policy these entries make, checked as at start-up; nothing changes yet.
-    pub fn prepare(&self, entries: &[SubscriberEntry]) -> Result<Access, SetupError> {
-        self.rules.policy(Subscribers::from_entries(entries)?)
+    /// The policy these subscribers make, checked as at start-up; nothing changes yet.
+    pub fn prepare(&self, subscribers: &[SubscriberSettings]) -> Result<Access, SetupError> {
+        self.rules.policy(Subscribers::new(subscribers)?)
     }
 
     /// Puts `access` (from [`SubscriberReloader::prepare`]) in force for every new call.
@@ -218,9 +215,6 @@ impl SubscriberReloader {
 /// or key.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The config file could not be read or parsed.
-    #[error(transparent)]
-    ConfigFile(#[from] ConfigFileError),
     /// A `[[subscribers]]` entry is not usable.
     #[error(transparent)]
     Subscribers(#[from] SubscriberConfigError),
@@ -268,18 +262,16 @@ pub enum SetupError {
 }
 
 impl Security {
-    /// Checks the configuration for the internal listener bound at `bound`, and loads its TLS
-    /// files. Refuses a listener that anyone on the network could use, unless that was
-    /// explicitly allowed.
-    pub fn from_config(config: &Config, bound: SocketAddr) -> Result<Self, SetupError> {
-        let args = &config.internal;
-        let sections = config.file_sections()?;
-        let subscribers = Subscribers::from_entries(&sections.subscribers)?;
-        let files = match (&args.internal_tls_cert, &args.internal_tls_key) {
+    /// Checks `settings` for the internal listener bound at `bound`, and loads its TLS files.
+    /// Refuses a listener that anyone on the network could use, unless that was explicitly
+    /// allowed.
+    pub fn new(settings: SecuritySettings, bound: SocketAddr) -> Result<Self, SetupError> {
+        let subscribers = Subscribers::new(&settings.subscribers)?;
+        let files = match (settings.tls_cert, settings.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: args.internal_client_ca.clone(),
+                cert,
+                key,
+                client_ca: settings.client_ca.clone(),
             }),
             (Some(_), None) => {
                 return Err(SetupError::HalfTlsIdentity {
@@ -291,17 +283,17 @@ impl Security {
                     missing: "--internal-tls-cert",
                 });
             }
-            (None, None) if args.internal_client_ca.is_some() => {
+            (None, None) if settings.client_ca.is_some() => {
                 return Err(SetupError::ClientCaWithoutTls);
             }
             (None, None) => None,
         };
         let rules = AccessRules {
             bound,
-            mutual: args.internal_client_ca.is_some(),
+            mutual: settings.client_ca.is_some(),
             tls: files.is_some(),
-            anonymous_reads: args.allow_anonymous_reads,
-            allow_unauthenticated: args.allow_unauthenticated_subscribers,
+            anonymous_reads: settings.allow_anonymous_reads,
+            allow_unauthenticated: settings.allow_unauthenticated_subscribers,
         };
         let access = rules.policy(subscribers)?;
         let tls = files.map(ReloadingTls::load).transpose()?.map(Arc::new);
@@ -310,7 +302,7 @@ impl Security {
             access: Arc::new(CurrentAccess::new(access)),
             rules,
             tls,
-            reload_interval: args.internal_tls_reload_interval,
+            reload_interval: settings.tls_reload_interval,
         })
     }
 

@@ -15,8 +15,7 @@ use axum::{
 };
 
 use super::{
-    AppState, ClientAddress, error::json_answer, oauth::REALM, rejections::Rejection,
-    serve::ConnectionHandle,
+    AppState, ClientAddress, error::json_answer, rejections::Rejection, serve::ConnectionHandle,
 };
 use crate::{
     auth::{Authenticated, WebhookAuthError},
@@ -49,6 +48,9 @@ impl FromRequestParts<AppState> for Authenticated {
         }
     }
 }
+
+/// The realm of the `WWW-Authenticate` challenges.
+const REALM: &str = "incode-gateway";
 
 /// What a refused caller is told about an invalid token: nothing that helps forge a better one.
 const INVALID_TOKEN: &str = "the access token is not valid";

@@ -6,7 +6,6 @@
 //! the internet-facing socket, with timeouts and a connection limit; [`TrustedProxies`] decides
 //! whose forwarding headers are believed.
 
-mod args;
 mod auth;
 mod client_address;
 mod error;
@@ -29,10 +28,9 @@ use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub use args::PublicListenerArgs;
 pub use auth::Refused;
 pub use client_address::{ForwardedHeader, TrustedProxies};
-pub use serve::{ListenerLimits, MAX_HEAD_BYTES, serve};
+pub use serve::{ListenerSettings, MAX_HEAD_BYTES, serve};
 
 /// Pure parsing functions exposed for the fuzz targets in `fuzz/`; not a stable API.
 #[doc(hidden)]

@@ -32,9 +32,6 @@ use crate::{
     error::{ErrorKind, ServiceError, log_failure},
 };
 
-/// The realm of the `WWW-Authenticate` challenges.
-pub(super) const REALM: &str = "incode-gateway";
-
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/oauth/token", post(token))
 }

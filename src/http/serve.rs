@@ -75,7 +75,7 @@ const LIMIT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The timeouts and limits of the public listener.
 #[derive(Debug, Clone, Copy)]
-pub struct ListenerLimits {
+pub struct ListenerSettings {
     /// Time to deliver a complete request head.
     pub header_read_timeout: Duration,
     /// Time for one request once its head is in (body and answer).
@@ -153,7 +153,7 @@ impl Connection {
 
     /// When the connection must have made progress, or `None` while a request is in flight (the
     /// request timeout covers that).
-    fn deadline(&self, limits: &ListenerLimits) -> Option<Instant> {
+    fn deadline(&self, limits: &ListenerSettings) -> Option<Instant> {
         if self.is_busy() {
             return None;
         }
@@ -222,7 +222,7 @@ impl Drop for InFlight {
 /// What every connection task shares.
 struct Shared {
     app: Router,
-    limits: ListenerLimits,
+    limits: ListenerSettings,
     proxies: TrustedProxies,
     builder: auto::Builder<TokioExecutor>,
     shutdown: CancellationToken,
@@ -304,7 +304,7 @@ impl Shared {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    limits: ListenerLimits,
+    limits: ListenerSettings,
     proxies: TrustedProxies,
     shutdown: CancellationToken,
     give_up: CancellationToken,
@@ -361,7 +361,7 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+fn builder(limits: &ListenerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -659,7 +659,7 @@ mod tests {
 
     #[test]
     fn deadlines_follow_the_connection_state() {
-        let limits = ListenerLimits {
+        let limits = ListenerSettings {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -738,7 +738,7 @@ mod tests {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let limits = ListenerLimits {
+        let limits = ListenerSettings {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),

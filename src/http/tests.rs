@@ -17,12 +17,12 @@ use super::{AppState, HttpSettings, app};
 use crate::log::Readiness;
 use crate::{
     auth::{
-        Auth, AuthSettings, ClientConfig, Secret, ThrottleSettings, TokenKey, TokenSettings,
+        Auth, AuthSettings, ClientSettings, Secret, ThrottleSettings, TokenKey, TokenSettings,
         WebhookHeader,
     },
     log::{
         EventLog, MemoryLog, ReadItem, SharedLog,
-        memory::MemoryOptions,
+        memory::MemorySettings,
         readiness::{
             CHECK_INTERVAL,
             tests::{CheckedLog, until_checked},
@@ -53,7 +53,7 @@ fn auth(guard: Guard) -> Auth {
     let (clients, webhook_headers) = match guard {
         Guard::Open => (Vec::new(), Vec::new()),
         Guard::OAuth => (
-            vec![ClientConfig {
+            vec![ClientSettings {
                 id: CLIENT_ID.into(),
                 secrets: vec![Secret::new(CLIENT_SECRET)],
             }],
@@ -97,7 +97,7 @@ fn router(guard: Guard, log: SharedLog, check_interval: Duration) -> Router {
 }
 
 fn harness(guard: Guard) -> Harness {
-    let log = Arc::new(MemoryLog::new(MemoryOptions::new(Duration::from_secs(60))));
+    let log = Arc::new(MemoryLog::new(MemorySettings::new(Duration::from_secs(60))));
     Harness {
         app: router(guard, log.clone(), CHECK_INTERVAL),
         log,

@@ -20,7 +20,7 @@ use super::{
 
 /// Settings of the memory log.
 #[derive(Debug, Clone, Copy)]
-pub struct MemoryOptions {
+pub struct MemorySettings {
     /// How long an identical repeat counts as a duplicate.
     pub dedup_window: Duration,
     /// Events older than this are removed.
@@ -29,7 +29,7 @@ pub struct MemoryOptions {
     pub max_events: Option<u64>,
 }
 
-impl MemoryOptions {
+impl MemorySettings {
     /// Retention of a week and no event limit.
     pub fn new(dedup_window: Duration) -> Self {
         Self {
@@ -49,7 +49,7 @@ struct Inner {
     // A std mutex: every critical section is short and never awaits.
     state: Mutex<State>,
     head: watch::Sender<Sequence>,
-    options: MemoryOptions,
+    options: MemorySettings,
 }
 
 #[derive(Default)]
@@ -67,7 +67,7 @@ struct State {
 
 impl MemoryLog {
     /// An empty log.
-    pub fn new(options: MemoryOptions) -> Self {
+    pub fn new(options: MemorySettings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -96,7 +96,7 @@ impl Inner {
 }
 
 impl State {
-    fn apply_retention(&mut self, now: SystemTime, options: &MemoryOptions) {
+    fn apply_retention(&mut self, now: SystemTime, options: &MemorySettings) {
         let cutoff = now.checked_sub(options.retention);
         let over = |state: &Self| {
             options
@@ -280,9 +280,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_event_limit_removes_the_oldest_and_readers_see_a_gap() {
-        let log = MemoryLog::new(MemoryOptions {
+        let log = MemoryLog::new(MemorySettings {
             max_events: Some(2),
-            ..MemoryOptions::new(Duration::from_secs(60))
+            ..MemorySettings::new(Duration::from_secs(60))
         });
         let mut reader = log.read_from(1).await.unwrap();
         for body in ["a", "b", "c"] {
@@ -308,9 +308,9 @@ mod tests {
 
     #[tokio::test]
     async fn retention_removes_old_events() {
-        let log = MemoryLog::new(MemoryOptions {
+        let log = MemoryLog::new(MemorySettings {
             retention: Duration::from_millis(50),
-            ..MemoryOptions::new(Duration::from_secs(60))
+            ..MemorySettings::new(Duration::from_secs(60))
         });
         log.append(new_event("a")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -320,7 +320,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeats_after_the_window_are_new_events() {
-        let log = MemoryLog::new(MemoryOptions::new(Duration::ZERO));
+        let log = MemoryLog::new(MemorySettings::new(Duration::ZERO));
         log.append(new_event("a")).await.unwrap();
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(

@@ -123,7 +123,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::log::{
         AppendOutcome, Bounds, EventLog, LogError, LogReader, MemoryLog, NewEvent, Sequence,
-        memory::MemoryOptions,
+        memory::MemorySettings,
     };
 
     /// A memory log that counts readiness checks and fails them while told to.
@@ -136,7 +136,7 @@ pub(crate) mod tests {
     impl CheckedLog {
         pub(crate) fn new() -> Arc<Self> {
             Arc::new(Self {
-                inner: MemoryLog::new(MemoryOptions::new(Duration::from_secs(60))),
+                inner: MemoryLog::new(MemorySettings::new(Duration::from_secs(60))),
                 checks: AtomicUsize::new(0),
                 failing: AtomicBool::new(false),
             })

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use cursors::{CursorError, Cursors};
 pub use filter::{Filter, FilterError};
 pub use names::{ConsumerName, GroupName, InvalidName, Name, NameKind};
-pub use quota::{Quota, QuotaError, QuotaLimits, SubscriberIdentity};
+pub use quota::{Quota, QuotaError, QuotaSettings, SubscriberIdentity};
 pub use request::{AckTarget, RequestError, Start, StreamTarget};
 pub use stream::{StreamError, StreamMessage, StreamSettings, SubscriptionStream};
 

@@ -85,14 +85,14 @@ impl fmt::Display for SubscriberIdentity {
 
 /// The limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaLimits {
+pub struct QuotaSettings {
     /// Most durable consumers and consumer groups together.
     pub max_total: usize,
     /// Most of them one authenticated subscriber identity may create.
     pub max_per_subscriber: usize,
 }
 
-impl Default for QuotaLimits {
+impl Default for QuotaSettings {
     fn default() -> Self {
         Self {
             max_total: 10_000,
@@ -150,12 +150,12 @@ impl ServiceError for QuotaError {
 #[derive(Clone)]
 pub struct Quota {
     state: SharedState,
-    limits: QuotaLimits,
+    limits: QuotaSettings,
 }
 
 impl Quota {
     /// The limits `limits` over the names kept in `state`.
-    pub fn new(state: SharedState, limits: QuotaLimits) -> Self {
+    pub fn new(state: SharedState, limits: QuotaSettings) -> Self {
         Self { state, limits }
     }
 
@@ -201,10 +201,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    use crate::log::{MemoryLog, memory::MemoryOptions};
+    use crate::log::{MemoryLog, memory::MemorySettings};
 
     fn state() -> SharedState {
-        Arc::new(MemoryLog::new(MemoryOptions::new(Duration::from_secs(60))))
+        Arc::new(MemoryLog::new(MemorySettings::new(Duration::from_secs(60))))
     }
 
     async fn create(state: &SharedState, kind: NameKind, name: &str) {
@@ -215,7 +215,7 @@ mod tests {
     #[tokio::test]
     async fn consumers_and_groups_count_against_one_total() {
         let state = state();
-        let limits = QuotaLimits {
+        let limits = QuotaSettings {
             max_total: 2,
             max_per_subscriber: 10,
         };
@@ -240,7 +240,7 @@ mod tests {
     #[tokio::test]
     async fn each_subscriber_has_its_own_share_whatever_its_name() {
         let state = state();
-        let limits = QuotaLimits {
+        let limits = QuotaSettings {
             max_total: 100,
             max_per_subscriber: 2,
         };

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use incode_gateway::{
     log::{
         AppendOutcome, Bounds, DedupKey, EmbeddedLog, MemoryLog, NatsLog, NewEvent, PutOutcome,
-        ReadItem, Sequence, SharedState, Storage, embedded::Options as EmbeddedOptions,
-        memory::MemoryOptions, nats::NatsOptions,
+        ReadItem, Sequence, SharedState, Storage, embedded::EmbeddedSettings,
+        memory::MemorySettings, nats::NatsSettings,
     },
     proto::v1,
     subscriptions::{
-        ConsumerName, CursorError, Cursors, NameKind, Quota, QuotaError, QuotaLimits,
+        ConsumerName, CursorError, Cursors, NameKind, Quota, QuotaError, QuotaSettings,
         SubscriberIdentity,
     },
 };
@@ -56,9 +56,9 @@ struct Memory;
 #[async_trait]
 impl Backend for Memory {
     async fn open(&self, limits: Limits) -> Storage {
-        Storage::new(Arc::new(MemoryLog::new(MemoryOptions {
+        Storage::new(Arc::new(MemoryLog::new(MemorySettings {
             max_events: limits.max_events,
-            ..MemoryOptions::new(DEDUP_WINDOW)
+            ..MemorySettings::new(DEDUP_WINDOW)
         })))
     }
 
@@ -78,7 +78,7 @@ impl Embedded {
 #[async_trait]
 impl Backend for Embedded {
     async fn open(&self, limits: Limits) -> Storage {
-        let mut options = EmbeddedOptions::new(DEDUP_WINDOW);
+        let mut options = EmbeddedSettings::new(DEDUP_WINDOW);
         options.max_events = limits.max_events;
         options.maintenance_interval = Duration::from_millis(50);
         Storage::new(Arc::new(EmbeddedLog::open(self.0.path(), options).unwrap()))
@@ -100,7 +100,7 @@ impl Nats {
 #[async_trait]
 impl Backend for Nats {
     async fn open(&self, limits: Limits) -> Storage {
-        let mut options = NatsOptions::new(vec![self.0.url()], "CONFORMANCE");
+        let mut options = NatsSettings::new(vec![self.0.url()], "CONFORMANCE");
         options.dedup_window = DEDUP_WINDOW;
         options.max_events = limits.max_events;
         Storage::new(Arc::new(NatsLog::connect(options).await.unwrap()))
@@ -355,7 +355,7 @@ async fn a_since_older_than_retention_starts_with_a_gap(backend: impl Backend) {
     }
     let gateway = Gateway::start_with_storage(
         Arc::new(tempfile::tempdir().unwrap()),
-        incode_gateway::Config::for_tests(),
+        incode_gateway::ServeArgs::for_tests(),
         storage,
     )
     .await;
@@ -433,7 +433,7 @@ async fn state_writes_compare_and_set(backend: impl Backend) {
 
 /// Cursors in `state`, with room for `max` consumers (and groups) in all and per subscriber.
 fn cursors(state: &SharedState, max: usize) -> Cursors {
-    let limits = QuotaLimits {
+    let limits = QuotaSettings {
         max_total: max,
         max_per_subscriber: max,
     };
@@ -477,7 +477,7 @@ async fn cursors_only_move_forward_even_when_acks_race(backend: impl Backend) {
 
 async fn the_number_of_consumers_is_bounded(backend: impl Backend) {
     let storage = backend.open(Limits::none()).await;
-    let limits = QuotaLimits {
+    let limits = QuotaSettings {
         max_total: 4,
         max_per_subscriber: 2,
     };

@@ -10,7 +10,7 @@ use std::{
 };
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     log::{EmbeddedLog, EventLog, Storage, embedded::fault::FaultSwitch},
     proto::v1::{
         AckRequest, EventFilter, StartPosition, SubscribeRequest, SubscribeResponse,
@@ -167,18 +167,15 @@ async fn strict_gateway() -> (Gateway, FaultSwitch) {
         format!("[[subscribers]]\nname = \"billing\"\ntokens = [\"{TOKEN}\"]\nconsumers = [\"billing*\"]\n"),
     )
     .unwrap();
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.data_dir = data_dir.path().join("log");
     config.config_file = Some(subscribers);
     config.max_consumers = 1;
     config.internal.internal_max_message_bytes = 1024;
     let switch = FaultSwitch::new();
-    let log = EmbeddedLog::open_with_faults(
-        &config.data_dir,
-        config.embedded_log_options(),
-        switch.clone(),
-    )
-    .unwrap();
+    let log =
+        EmbeddedLog::open_with_faults(&config.data_dir, config.embedded_settings(), switch.clone())
+            .unwrap();
     let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(Arc::new(log))).await;
     (gateway, switch)
 }
@@ -188,11 +185,11 @@ async fn corrupt_gateway() -> Gateway {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
     {
         let log =
-            EmbeddedLog::open(data_dir.path(), Config::for_tests().embedded_log_options()).unwrap();
+            EmbeddedLog::open(data_dir.path(), ServeArgs::for_tests().embedded_settings()).unwrap();
         let log = Arc::new(log);
         let gateway = Gateway::start_with_storage(
             data_dir.clone(),
-            Config::for_tests(),
+            ServeArgs::for_tests(),
             Storage::new(log.clone()),
         )
         .await;
@@ -225,7 +222,7 @@ async fn corrupt_gateway() -> Gateway {
         }
         txn.commit().unwrap();
     }
-    Gateway::start_in(data_dir, Config::for_tests()).await
+    Gateway::start_in(data_dir, ServeArgs::for_tests()).await
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, net::IpAddr, path::Path, sync::Arc, time::Duration};
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     auth::{Secret, hash_secret},
     log::{EmbeddedLog, EventLog, Storage},
 };
@@ -259,7 +259,7 @@ async fn every_error_answer_is_documented_and_every_documented_one_happens() {
 
     // A body whose event would be too large for subscribers' decoders, on a gateway that takes
     // large bodies.
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.max_body_bytes = 4 << 20;
     let large = Gateway::start_with(config).await;
     let body = serde_json::json!({
@@ -304,9 +304,9 @@ async fn every_error_answer_is_documented_and_every_documented_one_happens() {
 
     // A log that cannot take the notification.
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.data_dir = data_dir.path().to_owned();
-    let log = Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_log_options()).unwrap());
+    let log = Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_settings()).unwrap());
     let closed = Gateway::start_with_storage(data_dir, config, Storage::new(log.clone())).await;
     log.close().await.unwrap();
     let (status, answer) = closed

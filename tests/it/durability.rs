@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     log::{EmbeddedLog, EventLog, Storage, embedded::fault::FaultSwitch},
     proto::v1::{AckRequest, start_position::Position, subscribe_response::Response},
 };
@@ -38,7 +38,7 @@ async fn events_cursors_and_dedup_survive_a_restart() {
     assert_eq!(ack.sequence, 1);
     gateway.stop().await.unwrap();
 
-    let gateway = Gateway::start_in(data_dir, Config::for_tests()).await;
+    let gateway = Gateway::start_in(data_dir, ServeArgs::for_tests()).await;
     // Incode's retry after the restart is still recognised.
     gateway.notify(PATH, &first).await;
     let mut stream = gateway.subscribe(earliest(), no_filter()).await;
@@ -119,15 +119,12 @@ async fn a_new_consumer_starts_at_the_earliest_and_acks_only_move_forward() {
 #[tokio::test]
 async fn a_failing_disk_answers_503_and_acknowledges_nothing() {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.data_dir = data_dir.path().to_owned();
     let switch = FaultSwitch::new();
-    let log = EmbeddedLog::open_with_faults(
-        data_dir.path(),
-        config.embedded_log_options(),
-        switch.clone(),
-    )
-    .unwrap();
+    let log =
+        EmbeddedLog::open_with_faults(data_dir.path(), config.embedded_settings(), switch.clone())
+            .unwrap();
     let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(Arc::new(log))).await;
     gateway
         .notify(PATH, &onboarding_body("before", "UNKNOWN"))
@@ -159,17 +156,14 @@ async fn a_failing_disk_answers_503_and_acknowledges_nothing() {
 }
 
 /// A gateway over an embedded log whose storage fails as `switch` says.
-async fn gateway_with_faults(config: Config) -> (Gateway, FaultSwitch) {
+async fn gateway_with_faults(config: ServeArgs) -> (Gateway, FaultSwitch) {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = config;
     config.data_dir = data_dir.path().to_owned();
     let switch = FaultSwitch::new();
-    let log = EmbeddedLog::open_with_faults(
-        data_dir.path(),
-        config.embedded_log_options(),
-        switch.clone(),
-    )
-    .unwrap();
+    let log =
+        EmbeddedLog::open_with_faults(data_dir.path(), config.embedded_settings(), switch.clone())
+            .unwrap();
     let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(Arc::new(log))).await;
     (gateway, switch)
 }
@@ -179,7 +173,7 @@ async fn gateway_with_faults(config: Config) -> (Gateway, FaultSwitch) {
 /// then stored as a new event.
 #[tokio::test]
 async fn a_failed_fsync_answers_503_and_nothing_is_delivered() {
-    let (gateway, switch) = gateway_with_faults(Config::for_tests()).await;
+    let (gateway, switch) = gateway_with_faults(ServeArgs::for_tests()).await;
     gateway
         .notify(PATH, &onboarding_body("before", "UNKNOWN"))
         .await;
@@ -220,7 +214,7 @@ async fn a_failed_fsync_answers_503_and_nothing_is_delivered() {
 /// comes, only subscribers, which never write, yet those who need the disk are served again.
 #[tokio::test]
 async fn a_failed_disk_recovers_without_anyone_asking() {
-    let (gateway, switch) = gateway_with_faults(Config::for_tests()).await;
+    let (gateway, switch) = gateway_with_faults(ServeArgs::for_tests()).await;
     gateway
         .notify(PATH, &onboarding_body("before", "UNKNOWN"))
         .await;
@@ -268,10 +262,10 @@ async fn a_failed_disk_recovers_without_anyone_asking() {
 #[tokio::test]
 async fn a_closed_log_answers_503() {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.data_dir = data_dir.path().to_owned();
     let log: Arc<EmbeddedLog> =
-        Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_log_options()).unwrap());
+        Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_settings()).unwrap());
     let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(log.clone())).await;
     log.close().await.unwrap();
     let (status, body) = gateway
@@ -284,11 +278,11 @@ async fn a_closed_log_answers_503() {
 #[tokio::test]
 async fn retention_removes_old_events_and_a_too_early_start_is_reported() {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.data_dir = data_dir.path().to_owned();
     config.max_events = Some(3);
     let log: Arc<EmbeddedLog> =
-        Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_log_options()).unwrap());
+        Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_settings()).unwrap());
     let gateway = Gateway::start_with_storage(data_dir, config, Storage::new(log.clone())).await;
     for i in 1..=5 {
         gateway

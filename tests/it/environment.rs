@@ -23,7 +23,7 @@ const EXPORTED: &[(&str, &str)] = &[
 ];
 
 /// Tests that cover every way the suite starts the gateway or its tools: in process from
-/// `Config::for_tests`, the binary as a server (`GatewayProcess`), a refused start, `tail`,
+/// `ServeArgs::for_tests`, the binary as a server (`GatewayProcess`), a refused start, `tail`,
 /// `simulate` and the flag parser.
 const SAMPLE: &[&str] = &[
     "webhooks::a_retry_is_acknowledged_but_not_stored_twice",

@@ -13,7 +13,7 @@ use std::{
 };
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     config::StorageKind,
     proto::v1::{
         self, AckRequest, SubscribeRequest, event_stream_service_client::EventStreamServiceClient,
@@ -35,8 +35,8 @@ struct Env {
 }
 
 impl Env {
-    fn config() -> Config {
-        let mut config = Config::for_tests();
+    fn config() -> ServeArgs {
+        let mut config = ServeArgs::for_tests();
         config.group_session_timeout = Duration::from_secs(2);
         config.heartbeat_interval = Duration::from_millis(500);
         config
@@ -46,7 +46,7 @@ impl Env {
         Self::embedded_with(Self::config()).await
     }
 
-    async fn embedded_with(config: Config) -> Self {
+    async fn embedded_with(config: ServeArgs) -> Self {
         Self {
             gateways: vec![Gateway::start_with(config).await],
             _nats: None,
@@ -57,7 +57,7 @@ impl Env {
         Self::nats_with(Self::config()).await
     }
 
-    async fn nats_with(base: Config) -> Self {
+    async fn nats_with(base: ServeArgs) -> Self {
         let nats = NatsServer::start().await;
         let mut gateways = Vec::new();
         for _ in 0..2 {
@@ -713,7 +713,7 @@ const BETA_TOKEN: &str = "beta-token-9e3f1a7c2b8d4e6f";
 
 /// [`Env::config`] with two subscribers, `alpha` and `beta`, that may both use every name
 /// starting with `shared-`: what keeps them apart is not the names they may use.
-fn two_subscribers(dir: &std::path::Path) -> Config {
+fn two_subscribers(dir: &std::path::Path) -> ServeArgs {
     let file = dir.join("gateway.toml");
     std::fs::write(
         &file,

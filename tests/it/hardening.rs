@@ -9,7 +9,7 @@ use std::{
 };
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     proto::v1::{self, EventFilter},
 };
 use reqwest::StatusCode;
@@ -29,7 +29,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// watchdog acts at once, so this is only slack for a loaded machine.
 const SLACK: Duration = Duration::from_secs(4);
 
-fn hardened_config() -> Config {
+fn hardened_config() -> ServeArgs {
     let mut config = oauth_config();
     config.public_listener.header_read_timeout = HEADER_TIMEOUT;
     config.public_listener.request_timeout = Duration::from_secs(2);
@@ -589,7 +589,7 @@ async fn refusals_are_generic() {
     );
 
     // With a shared header, its name is not given away either.
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.auth.allow_unauthenticated_webhooks = false;
     config.auth.webhook_headers = vec!["X-Incode-Secret=shh".parse().unwrap()];
     let guarded = Gateway::start_with(config).await;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     grpc::{
         Security, SetupError,
         tls::{ReloadingTls, TlsFiles as ReloadFiles},
@@ -212,10 +212,16 @@ fn has_sample(text: &str, name: &str, labels: &[(&str, &str)], value: f64) -> bo
     })
 }
 
-fn token_config(dir: &Path) -> Config {
-    let mut config = Config::for_tests();
+fn token_config(dir: &Path) -> ServeArgs {
+    let mut config = ServeArgs::for_tests();
     config.config_file = Some(write_config(dir, &subscribers_toml()));
     config
+}
+
+/// The internal listener's security as `config` describes it, bound at `bound`.
+fn security(config: &ServeArgs, bound: SocketAddr) -> Result<Security, SetupError> {
+    let sections = config.file_sections().unwrap();
+    Security::new(config.security_settings(&sections), bound)
 }
 
 // ---- The default bind and the start-up rule ----
@@ -250,7 +256,7 @@ async fn the_default_bind_starts_without_subscriber_authentication() {
         .unwrap()
         .serve;
     assert_eq!(defaults.internal_addr, "127.0.0.1:50051".parse().unwrap());
-    Security::from_config(&Config::for_tests(), defaults.internal_addr).unwrap();
+    security(&ServeArgs::for_tests(), defaults.internal_addr).unwrap();
 
     let data_dir = tempfile::tempdir().unwrap();
     let process = GatewayProcess::spawn(data_dir.path(), &[]).await;
@@ -320,21 +326,21 @@ async fn a_non_loopback_bind_without_subscriber_authentication_refuses_to_start(
 async fn the_start_up_rule_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let everywhere: SocketAddr = "0.0.0.0:50051".parse().unwrap();
-    let config = Config::for_tests();
+    let config = ServeArgs::for_tests();
     assert!(matches!(
-        Security::from_config(&config, everywhere),
+        security(&config, everywhere),
         Err(SetupError::UnauthenticatedSubscribers { .. })
     ));
-    let mut allowed = Config::for_tests();
+    let mut allowed = ServeArgs::for_tests();
     allowed.internal.allow_unauthenticated_subscribers = true;
-    Security::from_config(&allowed, everywhere).unwrap();
+    security(&allowed, everywhere).unwrap();
     // Tokens authenticate subscribers: allowed anywhere.
-    Security::from_config(&token_config(dir.path()), everywhere).unwrap();
+    security(&token_config(dir.path()), everywhere).unwrap();
     let v6: SocketAddr = "[::1]:1".parse().unwrap();
-    Security::from_config(&Config::for_tests(), v6).unwrap();
+    security(&ServeArgs::for_tests(), v6).unwrap();
 
     // Through `run`, with the listener the gateway gets: loopback needs nothing.
-    Gateway::start_with(Config::for_tests())
+    Gateway::start_with(ServeArgs::for_tests())
         .await
         .stop()
         .await
@@ -347,12 +353,16 @@ async fn inconsistent_internal_settings_are_refused_with_a_clear_error() {
     let ca = TestCa::new("clients");
     let files = TlsFiles::new(&ca.server(), Some(&ca));
     let loopback: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let check = |edit: &dyn Fn(&mut Config)| {
-        let mut config = Config::for_tests();
+    // What refuses the settings: the config file itself, or the listener's security.
+    let check = |edit: &dyn Fn(&mut ServeArgs)| {
+        let mut config = ServeArgs::for_tests();
         edit(&mut config);
-        Security::from_config(&config, loopback)
-            .unwrap_err()
-            .to_string()
+        match config.file_sections() {
+            Ok(sections) => Security::new(config.security_settings(&sections), loopback)
+                .unwrap_err()
+                .to_string(),
+            Err(error) => error.to_string(),
+        }
     };
     let message = check(&|c| c.internal.internal_tls_cert = Some(files.cert()));
     assert!(message.contains("--internal-tls-key"), "{message}");
@@ -415,7 +425,7 @@ async fn inconsistent_internal_settings_are_refused_with_a_clear_error() {
     assert!(!message.contains("short-secret"), "{message}");
 
     // `run` refuses before it touches storage.
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.config_file = Some(write_config(
         dir.path(),
         "[[subscribers]]\nname = \"billing\"\ntokens = [\"short-secret\"]\n",
@@ -433,7 +443,7 @@ async fn inconsistent_internal_settings_are_refused_with_a_clear_error() {
 async fn a_client_that_trusts_the_ca_subscribes_over_tls_and_a_plaintext_client_fails() {
     let ca = TestCa::new("gateway CA");
     let files = TlsFiles::new(&ca.server(), None);
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.internal.internal_tls_cert = Some(files.cert());
     config.internal.internal_tls_key = Some(files.key());
     let gateway = Gateway::start_with(config).await;
@@ -485,7 +495,7 @@ async fn mutual_tls_gateway(subscribers: &str) -> MutualTls {
     let ca = TestCa::new("gateway CA");
     let clients = TestCa::new("subscribers CA");
     let files = TlsFiles::new(&ca.server(), Some(&clients));
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.internal.internal_tls_cert = Some(files.cert());
     config.internal.internal_tls_key = Some(files.key());
     config.internal.internal_client_ca = Some(files.client_ca());
@@ -1051,7 +1061,7 @@ async fn rotated_certificate_files_are_served_to_new_connections_while_streams_g
     let new_ca = TestCa::new("new CA");
     let old = old_ca.server();
     let files = TlsFiles::new(&old, None);
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.internal.internal_tls_cert = Some(files.cert());
     config.internal.internal_tls_key = Some(files.key());
     config.internal.internal_tls_reload_interval = Duration::from_millis(50);
@@ -1226,7 +1236,7 @@ async fn sighup_reloads_the_certificate() {
 
 #[tokio::test]
 async fn transport_limits_are_applied() {
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.internal.internal_max_concurrent_streams = 7;
     config.internal.internal_max_message_bytes = 2048;
     let gateway = Gateway::start_with(config).await;
@@ -1263,7 +1273,7 @@ async fn transport_limits_are_applied() {
 
 #[test]
 fn transport_flags_parse_and_zero_turns_keepalives_off() {
-    use incode_gateway::{config::Cli, grpc::GrpcSettings};
+    use incode_gateway::config::Cli;
     let config = Cli::try_parse_args_only([
         "incode-gateway",
         "--internal-http2-keepalive-interval",
@@ -1273,13 +1283,13 @@ fn transport_flags_parse_and_zero_turns_keepalives_off() {
     ])
     .unwrap()
     .serve;
-    let limits = GrpcSettings::from_config(&config, false).limits;
+    let limits = config.grpc_settings(false).limits;
     assert_eq!(limits.http2_keepalive_interval, None);
     assert_eq!(limits.tcp_keepalive, None);
-    let defaults = GrpcSettings::from_config(
-        &Cli::try_parse_args_only(["incode-gateway"]).unwrap().serve,
-        false,
-    );
+    let defaults = Cli::try_parse_args_only(["incode-gateway"])
+        .unwrap()
+        .serve
+        .grpc_settings(false);
     assert_eq!(
         defaults.limits.http2_keepalive_interval,
         Some(Duration::from_secs(30))

@@ -7,7 +7,7 @@ use async_nats::jetstream::stream::{self, StorageType};
 use incode_gateway::{
     auth::Secret,
     error::error_chain,
-    log::{AppendOutcome, DedupKey, EventLog, NatsLog, NewEvent, nats::NatsOptions},
+    log::{AppendOutcome, DedupKey, EventLog, NatsLog, NewEvent, nats::NatsSettings},
     proto::v1,
 };
 
@@ -19,8 +19,8 @@ use crate::support::{
 
 const BINARY: &str = env!("CARGO_BIN_EXE_incode-gateway");
 
-fn options(url: String) -> NatsOptions {
-    let mut options = NatsOptions::new(vec![url], "SETUP");
+fn options(url: String) -> NatsSettings {
+    let mut options = NatsSettings::new(vec![url], "SETUP");
     options.connect_timeout = Duration::from_secs(3);
     options
 }

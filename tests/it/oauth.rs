@@ -330,7 +330,7 @@ secrets = ["staging-secret"]
     )
     .unwrap();
     let config =
-        incode_gateway::Config::for_tests_with(&["--config", path.to_str().unwrap()]).unwrap();
+        incode_gateway::ServeArgs::for_tests_with(&["--config", path.to_str().unwrap()]).unwrap();
     assert!(!config.auth.allow_unauthenticated_webhooks);
     let gateway = Gateway::start_with(config).await;
 

@@ -10,7 +10,7 @@ use std::{
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use incode_gateway::{
-    Config,
+    ServeArgs,
     auth::{AuthSetupError, Secret},
     server::ServerError,
 };
@@ -195,7 +195,7 @@ async fn with_embedded_storage_a_generated_key_survives_a_restart() {
 
 #[tokio::test]
 async fn serve_refuses_to_start_with_no_webhook_authentication() {
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.auth.allow_unauthenticated_webhooks = false;
     let error = Gateway::start_with(config).await.stop().await.unwrap_err();
     assert!(

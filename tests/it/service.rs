@@ -1,6 +1,6 @@
 //! Health, reflection and shutdown.
 
-use incode_gateway::{Config, proto::v1::subscribe_response::Response};
+use incode_gateway::{ServeArgs, proto::v1::subscribe_response::Response};
 use reqwest::StatusCode;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -107,7 +107,7 @@ async fn the_public_listener_does_not_serve_grpc_and_the_internal_one_not_webhoo
 
 #[tokio::test]
 async fn shutdown_ends_streams_and_returns() {
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.shutdown_timeout = std::time::Duration::from_secs(5);
     let gateway = Gateway::start_with(config).await;
     let mut stream = gateway.subscribe(earliest(), no_filter()).await;

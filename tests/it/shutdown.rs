@@ -9,7 +9,7 @@ use std::{
 };
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     log::{EmbeddedLog, EventLog, Storage},
 };
 use reqwest::StatusCode;
@@ -230,11 +230,11 @@ async fn sigterm_answers_a_webhook_in_flight_and_ends_streams_with_unavailable()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_still_in_flight_at_the_shutdown_deadline_is_not_acknowledged() {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.data_dir = data_dir.path().to_owned();
     config.shutdown_timeout = Duration::from_millis(300);
     let embedded: Arc<EmbeddedLog> =
-        Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_log_options()).unwrap());
+        Arc::new(EmbeddedLog::open(data_dir.path(), config.embedded_settings()).unwrap());
     let log = GatedLog::new(embedded.clone());
     let appends = log.appends.clone();
     let storage = Storage {
@@ -280,7 +280,7 @@ async fn a_webhook_still_in_flight_at_the_shutdown_deadline_is_not_acknowledged(
     drop(embedded);
 
     let reopened =
-        EmbeddedLog::open(data_dir.path(), Config::for_tests().embedded_log_options()).unwrap();
+        EmbeddedLog::open(data_dir.path(), ServeArgs::for_tests().embedded_settings()).unwrap();
     assert_eq!(
         reopened.bounds().await.unwrap().head,
         1,

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     log::{EmbeddedLog, EventLog, Storage},
     proto::v1::{self, EventFilter, start_position::Position, subscribe_response::Response},
 };
@@ -125,12 +125,12 @@ async fn catch_up_switches_to_live_under_concurrent_appends_without_gap_or_repea
     const WRITERS: usize = 6;
 
     let data_dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.data_dir = data_dir.path().to_owned();
     // No heartbeat may cancel a held read.
     config.heartbeat_interval = Duration::from_secs(3600);
     let embedded: std::sync::Arc<EmbeddedLog> = std::sync::Arc::new(
-        EmbeddedLog::open(data_dir.path(), config.embedded_log_options()).unwrap(),
+        EmbeddedLog::open(data_dir.path(), config.embedded_settings()).unwrap(),
     );
     let mut log = GatedLog::new(embedded.clone());
     // The first read (a full batch) passes; the reader is held before the second one.
@@ -423,7 +423,7 @@ async fn invalid_filters_are_refused() {
 
 #[tokio::test]
 async fn idle_streams_get_heartbeats_that_advance_past_filtered_events() {
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.heartbeat_interval = Duration::from_millis(200);
     let gateway = Gateway::start_with(config).await;
     let filter = EventFilter {

@@ -1,7 +1,7 @@
 //! The webhook guard: only calls with a good bearer token (and the configured shared headers)
 //! are stored; everything else is refused before anything is appended.
 
-use incode_gateway::{Config, auth::Secret};
+use incode_gateway::{ServeArgs, auth::Secret};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -193,7 +193,7 @@ async fn a_token_signed_by_a_verify_only_key_is_accepted() {
 
 #[tokio::test]
 async fn a_shared_header_alone_guards_the_webhooks() {
-    let mut config = Config::for_tests();
+    let mut config = ServeArgs::for_tests();
     config.auth.allow_unauthenticated_webhooks = false;
     config.auth.webhook_headers = vec![Secret::new("X-Incode-Secret=shared-7c21")];
     let gateway = Gateway::start_with(config).await;

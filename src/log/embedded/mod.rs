@@ -74,7 +74,7 @@ pub const FILE_NAME: &str = "events.redb";
 
 /// Tuning of the embedded log.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct EmbeddedSettings {
     /// How long an identical repeat counts as a duplicate.
     pub dedup_window: Duration,
     /// Events older than this are removed.
@@ -89,7 +89,7 @@ pub struct Options {
     pub tail_capacity: usize,
 }
 
-impl Options {
+impl EmbeddedSettings {
     /// Defaults for everything but the deduplication window.
     pub fn new(dedup_window: Duration) -> Self {
         Self {
@@ -210,7 +210,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl EmbeddedLog {
     /// Opens (creating on first start) the log in `data_dir`.
-    pub fn open(data_dir: &Path, options: Options) -> Result<Self, OpenError> {
+    pub fn open(data_dir: &Path, options: EmbeddedSettings) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
         let opener: Opener = Box::new(move || {
             let file = data_dir::open_private_file(&path)?;
@@ -226,7 +226,7 @@ impl EmbeddedLog {
     #[cfg(any(test, feature = "test-util"))]
     pub fn open_with_faults(
         data_dir: &Path,
-        options: Options,
+        options: EmbeddedSettings,
         switch: FaultSwitch,
     ) -> Result<Self, OpenError> {
         let path = data_dir.join(FILE_NAME);
@@ -241,7 +241,11 @@ impl EmbeddedLog {
 
     /// Creates `data_dir` if needed (private to this user; refused when others can write it) and
     /// opens the database through `opener`.
-    fn open_with(data_dir: &Path, opener: Opener, options: Options) -> Result<Self, OpenError> {
+    fn open_with(
+        data_dir: &Path,
+        opener: Opener,
+        options: EmbeddedSettings,
+    ) -> Result<Self, OpenError> {
         data_dir::create(data_dir).map_err(|source| OpenError {
             path: data_dir.to_owned(),
             source: source.into(),

@@ -17,8 +17,8 @@ fn new_event(body: &str) -> NewEvent {
     }
 }
 
-fn options() -> Options {
-    Options::new(Duration::from_secs(3600))
+fn options() -> EmbeddedSettings {
+    EmbeddedSettings::new(Duration::from_secs(3600))
 }
 
 /// Every event a reader from `from` yields until it is caught up.

@@ -11,8 +11,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    DEDUP, EVENTS, FORMAT_VERSION, LEGACY_CONSUMERS, META, META_FORMAT, META_HEAD, Opener, Options,
-    STATE, Shared, StorageFailure, decode_record, encode_record, lock, record_time,
+    DEDUP, EVENTS, EmbeddedSettings, FORMAT_VERSION, LEGACY_CONSUMERS, META, META_FORMAT,
+    META_HEAD, Opener, STATE, Shared, StorageFailure, decode_record, encode_record, lock,
+    record_time,
 };
 use crate::{
     error::error_chain,
@@ -57,7 +58,7 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     db: Option<Arc<Database>>,
     opener: Opener,
-    options: Options,
+    options: EmbeddedSettings,
     head: Sequence,
     last_received_nanos: u64,
     /// `key -> (sequence, received_at nanos)` of every entry of the `DEDUP` table not yet
@@ -70,7 +71,7 @@ impl Writer {
         shared: Arc<Shared>,
         db: Arc<Database>,
         opener: Opener,
-        options: Options,
+        options: EmbeddedSettings,
         recovered: Recovered,
     ) -> Self {
         Self {

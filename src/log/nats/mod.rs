@@ -55,7 +55,7 @@ pub use stream_config::StreamMismatch;
 
 /// How to reach NATS and which stream to use.
 #[derive(Debug, Clone)]
-pub struct NatsOptions {
+pub struct NatsSettings {
     /// Server URLs (`nats://host:port` or `tls://host:port`); the client fails over between them.
     pub servers: Vec<String>,
     /// The stream's name: 1 to 64 of `A-Z a-z 0-9 - _`.
@@ -81,7 +81,7 @@ pub struct NatsOptions {
     pub allow_plaintext: bool,
 }
 
-impl NatsOptions {
+impl NatsSettings {
     /// The options for `servers` and `stream` with the gateway's defaults.
     pub fn new(servers: Vec<String>, stream: impl Into<String>) -> Self {
         Self {
@@ -305,7 +305,7 @@ const HEAD_REFRESH: Duration = Duration::from_secs(1);
 impl NatsLog {
     /// Connects to NATS, creates the stream and the state bucket if they are missing, updates
     /// their settings where that is safe, and refuses a stream whose settings conflict.
-    pub async fn connect(options: NatsOptions) -> Result<Self, NatsOpenError> {
+    pub async fn connect(options: NatsSettings) -> Result<Self, NatsOpenError> {
         let transport = validate(&options)?;
         let client = connect(&options, &transport).await?;
         let jetstream = jetstream::ContextBuilder::new()
@@ -402,7 +402,7 @@ impl NatsLog {
     }
 }
 
-fn validate(options: &NatsOptions) -> Result<Transport, NatsOptionsError> {
+fn validate(options: &NatsSettings) -> Result<Transport, NatsOptionsError> {
     if options.servers.is_empty() {
         return Err(NatsOptionsError::NoServers);
     }
@@ -451,7 +451,7 @@ fn validate(options: &NatsOptions) -> Result<Transport, NatsOptionsError> {
 /// plain text (unless the server insists on TLS, which cannot be known before connecting).
 /// Plain text to loopback is accepted: the traffic never leaves the host, and whoever can watch
 /// the loopback interface can read the gateway's configuration too.
-fn transport(options: &NatsOptions) -> Result<Transport, NatsOptionsError> {
+fn transport(options: &NatsSettings) -> Result<Transport, NatsOptionsError> {
     let tls_forced = options.tls.ca_file.is_some() || options.tls.cert_file.is_some();
     let mut credentials = options.auth.credentials_file.is_some()
         || options.auth.user.is_some()
@@ -518,7 +518,7 @@ fn redacted_servers(servers: &[String]) -> String {
 }
 
 async fn connect(
-    options: &NatsOptions,
+    options: &NatsSettings,
     transport: &Transport,
 ) -> Result<async_nats::Client, NatsOpenError> {
     let servers = redacted_servers(&options.servers);
@@ -830,11 +830,11 @@ fn nanos_since_epoch(time: SystemTime) -> i128 {
 mod tests {
     use super::*;
 
-    fn options(servers: &[&str]) -> NatsOptions {
-        NatsOptions::new(servers.iter().map(|s| (*s).to_owned()).collect(), "EVENTS")
+    fn options(servers: &[&str]) -> NatsSettings {
+        NatsSettings::new(servers.iter().map(|s| (*s).to_owned()).collect(), "EVENTS")
     }
 
-    fn with(change: impl FnOnce(&mut NatsOptions)) -> Result<Transport, NatsOptionsError> {
+    fn with(change: impl FnOnce(&mut NatsSettings)) -> Result<Transport, NatsOptionsError> {
         let mut options = options(&["nats://127.0.0.1:4222"]);
         change(&mut options);
         options.check()
@@ -848,7 +848,7 @@ mod tests {
         }
         /// A change to valid options, the refusal it must meet, and words of its message.
         type Case = (
-            Box<dyn FnOnce(&mut NatsOptions)>,
+            Box<dyn FnOnce(&mut NatsSettings)>,
             NatsOptionsError,
             &'static str,
         );
@@ -965,13 +965,13 @@ mod tests {
 
     #[test]
     fn credentials_never_cross_the_network_in_clear_text_unless_allowed() {
-        let token = |o: &mut NatsOptions| o.auth.token = Some(Secret::new("token-hunter2"));
-        let user = |o: &mut NatsOptions| {
+        let token = |o: &mut NatsSettings| o.auth.token = Some(Secret::new("token-hunter2"));
+        let user = |o: &mut NatsSettings| {
             o.auth.user = Some("gateway".into());
             o.auth.password = Some(Secret::new("hunter2"));
         };
-        let creds = |o: &mut NatsOptions| o.auth.credentials_file = Some("/x.creds".into());
-        let credentials: [&dyn Fn(&mut NatsOptions); 3] = [&token, &user, &creds];
+        let creds = |o: &mut NatsSettings| o.auth.credentials_file = Some("/x.creds".into());
+        let credentials: [&dyn Fn(&mut NatsSettings); 3] = [&token, &user, &creds];
         for add in credentials {
             // Loopback: the traffic stays on the host.
             for server in [

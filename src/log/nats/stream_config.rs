@@ -8,7 +8,7 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType, Stream},
 };
 
-use super::{NatsOpenError, NatsOptions};
+use super::{NatsOpenError, NatsSettings};
 use crate::log::BoxError;
 
 /// The existing stream cannot be used as it is, and changing it could lose or misroute events.
@@ -31,7 +31,7 @@ pub struct StreamMismatch {
 }
 
 /// The stream configuration the gateway's settings call for.
-pub(super) fn desired(options: &NatsOptions) -> stream::Config {
+pub(super) fn desired(options: &NatsSettings) -> stream::Config {
     stream::Config {
         name: options.stream.clone(),
         description: Some("incode-gateway events".to_owned()),
@@ -52,7 +52,7 @@ pub(super) fn desired(options: &NatsOptions) -> stream::Config {
 /// Gets the stream, creating it if it is missing and updating it where it differs safely.
 pub(super) async fn ensure_stream(
     jetstream: &jetstream::Context,
-    options: &NatsOptions,
+    options: &NatsSettings,
 ) -> Result<Stream, NatsOpenError> {
     let setup = |source: BoxError| NatsOpenError::Setup {
         stream: options.stream.clone(),
@@ -249,8 +249,8 @@ pub(super) async fn ensure_bucket(
 mod tests {
     use super::*;
 
-    fn options() -> NatsOptions {
-        NatsOptions::new(vec!["nats://127.0.0.1:4222".to_owned()], "EVENTS")
+    fn options() -> NatsSettings {
+        NatsSettings::new(vec!["nats://127.0.0.1:4222".to_owned()], "EVENTS")
     }
 
     #[test]

@@ -9,16 +9,19 @@ use tonic::Code;
 use super::*;
 use crate::{
     error::grpc_status,
-    log::{AppendOutcome, Bounds, DedupKey, EventLog, MemoryLog, NewEvent, memory::MemoryOptions},
+    log::{
+        AppendOutcome, Bounds, DedupKey, EventLog, LogError, MemoryLog, NewEvent,
+        memory::MemorySettings,
+    },
     proto::v1::event::Payload,
 };
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 fn memory_log(max_events: Option<u64>) -> Arc<MemoryLog> {
-    Arc::new(MemoryLog::new(MemoryOptions {
+    Arc::new(MemoryLog::new(MemorySettings {
         max_events,
-        ..MemoryOptions::new(Duration::from_secs(60))
+        ..MemorySettings::new(Duration::from_secs(60))
     }))
 }
 

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::{Engine, engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use incode_gateway::{
-    Config,
+    ServeArgs,
     auth::{AUDIENCE, ISSUER, Secret, TokenKey},
 };
 use reqwest::{StatusCode, header::HeaderMap};
@@ -24,8 +24,8 @@ pub const OTHER_KEY: &str = "b3RoZXIta2V5LWZvci10ZXN0cy0wMTIzNDU2Nzg5YWI=";
 pub const WEBHOOK: &str = "/webhooks/incode/onboarding-status";
 
 /// A configuration with one OAuth client and a fixed signing key; webhooks need a token.
-pub fn oauth_config() -> Config {
-    let mut config = Config::for_tests();
+pub fn oauth_config() -> ServeArgs {
+    let mut config = ServeArgs::for_tests();
     config.auth.allow_unauthenticated_webhooks = false;
     config.auth.oauth_client_id = Some(CLIENT_ID.into());
     config.auth.oauth_client_secret = Some(Secret::new(CLIENT_SECRET));

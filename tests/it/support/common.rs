@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tempfile::TempDir;
 
 use incode_gateway::{
-    Config,
+    ServeArgs,
     log::Storage,
     proto::v1::{
         self, EventFilter, StartPosition, SubscribeRequest, SubscribeResponse,
@@ -37,17 +37,17 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway with the test defaults.
     pub async fn start() -> Self {
-        Self::start_with(Config::for_tests()).await
+        Self::start_with(ServeArgs::for_tests()).await
     }
 
     /// A gateway with this configuration in a new temporary data directory; its listen
     /// addresses are ignored.
-    pub async fn start_with(config: Config) -> Self {
+    pub async fn start_with(config: ServeArgs) -> Self {
         Self::start_in(Arc::new(tempfile::tempdir().unwrap()), config).await
     }
 
     /// A gateway on an existing data directory (a restart).
-    pub async fn start_in(data_dir: Arc<TempDir>, mut config: Config) -> Self {
+    pub async fn start_in(data_dir: Arc<TempDir>, mut config: ServeArgs) -> Self {
         config.data_dir = data_dir.path().to_owned();
         let storage = incode_gateway::server::open_storage(&config).await.unwrap();
         Self::start_with_storage(data_dir, config, storage).await
@@ -56,7 +56,7 @@ impl Gateway {
     /// A gateway over storage the test opened itself.
     pub async fn start_with_storage(
         data_dir: Arc<TempDir>,
-        config: Config,
+        config: ServeArgs,
         storage: Storage,
     ) -> Self {
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,15 +1,15 @@
-//! The public listener's options: its timeouts and limits, the proxies it trusts, and whether it
-//! believes the trace context callers send.
+//! The public listener's arguments: its timeouts and limits, the proxies it trusts, and whether
+//! it believes the trace context callers send; and the listener's settings.
 
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum, builder::PossibleValue};
 use ipnet::IpNet;
 
-use super::{ForwardedHeader, ListenerLimits, TrustedProxies};
-use crate::config::parse_positive_duration;
+use super::parse_positive_duration;
+use crate::http::{ForwardedHeader, ListenerSettings, TrustedProxies};
 
-/// Options of the public listener.
+/// Arguments of the public listener.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Public listener")]
 pub struct PublicListenerArgs {
@@ -88,10 +88,25 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is not a CIDR (e.g. 10.0.0.0/8) or an IP address"))
 }
 
+impl ValueEnum for ForwardedHeader {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::XForwardedFor, Self::Forwarded]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::XForwardedFor => PossibleValue::new("x-forwarded-for")
+                .help("`X-Forwarded-For: client, proxy1, proxy2`"),
+            Self::Forwarded => PossibleValue::new("forwarded")
+                .help("`Forwarded: for=client, for=proxy1` (RFC 7239)"),
+        })
+    }
+}
+
 impl PublicListenerArgs {
-    /// The listener's limits.
-    pub fn limits(&self) -> ListenerLimits {
-        ListenerLimits {
+    /// The listener's timeouts and limits.
+    pub fn listener_settings(&self) -> ListenerSettings {
+        ListenerSettings {
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
             idle_timeout: self.idle_timeout,
@@ -110,7 +125,7 @@ impl PublicListenerArgs {
 mod tests {
     use clap::Parser;
 
-    use crate::config::Cli;
+    use crate::{config::Cli, http::ForwardedHeader};
 
     fn parse(args: &[&str]) -> Result<super::PublicListenerArgs, clap::Error> {
         let mut all = vec!["incode-gateway"];
@@ -143,9 +158,6 @@ mod tests {
         let error = parse(&["--trusted-proxies", "10.0.0.0/33"]).unwrap_err();
         assert!(error.to_string().contains("is not a CIDR"), "{error}");
         let args = parse(&["--client-address-header", "forwarded"]).unwrap();
-        assert_eq!(
-            args.client_address_header,
-            super::ForwardedHeader::Forwarded
-        );
+        assert_eq!(args.client_address_header, ForwardedHeader::Forwarded);
     }
 }
