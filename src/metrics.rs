@@ -168,12 +168,10 @@ impl Metrics {
             )
             .with_unit("{member}")
             .with_callback(move |observer| {
-                let mut seen: HashMap<String, u64> = HashMap::new();
-                for gauges in registry_groups.snapshot() {
-                    let members = gauges.members.load(Ordering::Relaxed);
-                    let entry = seen.entry(gauges.group.clone()).or_default();
-                    *entry = (*entry).max(members);
-                }
+                let seen = registry_groups.per_group(
+                    |gauges| Some(gauges.members.load(Ordering::Relaxed)),
+                    u64::max,
+                );
                 for (group, members) in seen {
                     observer.observe(members, &[KeyValue::new("group", group)]);
                 }
@@ -187,11 +185,10 @@ impl Metrics {
             )
             .with_unit("{partition}")
             .with_callback(move |observer| {
-                let mut owned: HashMap<String, u64> = HashMap::new();
-                for gauges in registry_groups.snapshot() {
-                    *owned.entry(gauges.group.clone()).or_default() +=
-                        gauges.partitions.load(Ordering::Relaxed);
-                }
+                let owned = registry_groups.per_group(
+                    |gauges| Some(gauges.partitions.load(Ordering::Relaxed)),
+                    |sum, partitions| sum + partitions,
+                );
                 for (group, partitions) in owned {
                     observer.observe(partitions, &[KeyValue::new("group", group)]);
                 }
@@ -207,15 +204,11 @@ impl Metrics {
             .with_unit("{event}")
             .with_callback(move |observer| {
                 let head = lag_log.known_head();
-                let mut lowest: HashMap<String, u64> = HashMap::new();
-                for gauges in registry_groups.snapshot() {
-                    let cursor = gauges.min_cursor.load(Ordering::Relaxed);
-                    if cursor == u64::MAX {
-                        continue;
-                    }
-                    let entry = lowest.entry(gauges.group.clone()).or_insert(u64::MAX);
-                    *entry = (*entry).min(cursor);
-                }
+                // A member that owns no partition has no cursor (u64::MAX).
+                let lowest = registry_groups.per_group(
+                    |gauges| Some(gauges.min_cursor.load(Ordering::Relaxed)).filter(|c| *c != u64::MAX),
+                    u64::min,
+                );
                 for (group, cursor) in lowest {
                     observer.observe(head.saturating_sub(cursor), &[KeyValue::new("group", group)]);
                 }
@@ -484,6 +477,25 @@ impl Drop for StreamGuard {
 }
 
 impl GroupRegistry {
+    /// One figure per group: `figure` of each member this gateway serves (a member without one
+    /// is passed over), the members' figures of a group folded with `fold`.
+    fn per_group(
+        &self,
+        figure: impl Fn(&GroupMemberGauges) -> Option<u64>,
+        fold: fn(u64, u64) -> u64,
+    ) -> HashMap<String, u64> {
+        let mut folded: HashMap<String, u64> = HashMap::new();
+        for gauges in self.snapshot() {
+            if let Some(value) = figure(&gauges) {
+                folded
+                    .entry(gauges.group.clone())
+                    .and_modify(|so_far| *so_far = fold(*so_far, value))
+                    .or_insert(value);
+            }
+        }
+        folded
+    }
+
     fn snapshot(&self) -> Vec<Arc<GroupMemberGauges>> {
         self.members
             .lock()

@@ -207,6 +207,17 @@ mod tests {
         Arc::new(MemoryLog::new(MemorySettings::new(Duration::from_secs(60))))
     }
 
+    /// A quota with these limits over a new state store.
+    fn limited(max_total: usize, max_per_subscriber: usize) -> (SharedState, Quota) {
+        let state = state();
+        let limits = QuotaSettings {
+            max_total,
+            max_per_subscriber,
+        };
+        let quota = Quota::new(state.clone(), limits);
+        (state, quota)
+    }
+
     async fn create(state: &SharedState, kind: NameKind, name: &str) {
         let key = format!("{}{name}", kind.prefix());
         state.put(&key, Bytes::new(), None).await.unwrap();
@@ -214,12 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn consumers_and_groups_count_against_one_total() {
-        let state = state();
-        let limits = QuotaSettings {
-            max_total: 2,
-            max_per_subscriber: 10,
-        };
-        let quota = Quota::new(state.clone(), limits);
+        let (state, quota) = limited(2, 10);
         let anonymous = SubscriberIdentity::anonymous();
         quota
             .admit(&anonymous, NameKind::Consumer, "c")
@@ -239,12 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_subscriber_has_its_own_share_whatever_its_name() {
-        let state = state();
-        let limits = QuotaSettings {
-            max_total: 100,
-            max_per_subscriber: 2,
-        };
-        let quota = Quota::new(state.clone(), limits);
+        let (state, quota) = limited(100, 2);
         // One name is a prefix of the other, dots included: their shares stay apart.
         let billing = SubscriberIdentity::authenticated("billing");
         let billing_eu = SubscriberIdentity::authenticated("billing.eu");

@@ -38,6 +38,31 @@ fn sequences(events: &[Arc<LoggedEvent>]) -> Vec<Sequence> {
     events.iter().map(|e| e.sequence).collect()
 }
 
+/// The ids of every stored event, in order.
+async fn ids(log: &EmbeddedLog) -> Vec<String> {
+    read_all(log, 1)
+        .await
+        .iter()
+        .map(|e| e.id.clone())
+        .collect()
+}
+
+/// A log in a new directory whose disk fails when the returned switch says so.
+fn faulty_log(options: EmbeddedSettings) -> (tempfile::TempDir, FaultSwitch, EmbeddedLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = FaultSwitch::new();
+    let log = EmbeddedLog::open_with_faults(dir.path(), options, switch.clone()).unwrap();
+    (dir, switch, log)
+}
+
+/// Asserts that an append failed because the storage is unavailable.
+fn assert_unavailable(appended: Result<AppendOutcome, LogError>) {
+    assert!(
+        matches!(appended, Err(LogError::Unavailable(_))),
+        "{appended:?}"
+    );
+}
+
 #[tokio::test]
 async fn reads_from_disk_and_from_the_tail_agree() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,21 +194,13 @@ async fn expired_dedup_keys_are_forgotten() {
 
 #[tokio::test]
 async fn a_failing_disk_fails_appends_until_it_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let switch = FaultSwitch::new();
-    let log = EmbeddedLog::open_with_faults(dir.path(), options(), switch.clone()).unwrap();
+    let (_dir, switch, log) = faulty_log(options());
     log.append(new_event("a")).await.unwrap();
 
     switch.set_failing(true);
-    assert!(matches!(
-        log.append(new_event("b")).await,
-        Err(LogError::Unavailable(_))
-    ));
+    assert_unavailable(log.append(new_event("b")).await);
     assert!(log.check_ready().await.is_err());
-    assert!(matches!(
-        log.append(new_event("b")).await,
-        Err(LogError::Unavailable(_))
-    ));
+    assert_unavailable(log.append(new_event("b")).await);
     assert_eq!(log.bounds().await.unwrap().head, 1);
 
     switch.set_failing(false);
@@ -198,9 +215,7 @@ async fn a_failing_disk_fails_appends_until_it_recovers() {
 /// The cause of a storage failure is the source of every error it makes, so that logs show it.
 #[tokio::test]
 async fn a_storage_failure_is_the_cause_of_what_it_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let switch = FaultSwitch::new();
-    let log = EmbeddedLog::open_with_faults(dir.path(), options(), switch.clone()).unwrap();
+    let (_dir, switch, log) = faulty_log(options());
     switch.set_failing(true);
     let refused = log.append(new_event("a")).await.unwrap_err();
     // Reads that need the file while it is closed fail with the same cause.
@@ -222,9 +237,7 @@ async fn a_storage_failure_is_the_cause_of_what_it_fails() {
 
 #[tokio::test]
 async fn a_failed_log_recovers_without_anyone_asking() {
-    let dir = tempfile::tempdir().unwrap();
-    let switch = FaultSwitch::new();
-    let log = EmbeddedLog::open_with_faults(dir.path(), options(), switch.clone()).unwrap();
+    let (_dir, switch, log) = faulty_log(options());
     switch.set_failing(true);
     assert!(log.append(new_event("a")).await.is_err());
     assert!(lock(&log.shared.failure).is_some());
@@ -250,11 +263,10 @@ async fn until(what: &str, ready: impl Fn() -> bool) {
 /// Appends `count` events while the commit before them is held in its sync, and returns how
 /// many syncs they took once it is let go, beyond the held commit's.
 async fn syncs_for_queued_appends(max_commit_batch: usize, count: usize) -> u64 {
-    let dir = tempfile::tempdir().unwrap();
-    let switch = FaultSwitch::new();
     let mut options = options();
     options.max_commit_batch = max_commit_batch;
-    let log = Arc::new(EmbeddedLog::open_with_faults(dir.path(), options, switch.clone()).unwrap());
+    let (_dir, switch, log) = faulty_log(options);
+    let log = Arc::new(log);
     let before = switch.syncs();
     log.append(new_event("alone")).await.unwrap();
     let per_commit = switch.syncs() - before;
@@ -313,26 +325,17 @@ async fn appends_that_wait_for_a_commit_share_the_next_one() {
 /// the data reached the disk would give to another event.
 #[tokio::test]
 async fn an_append_whose_sync_failed_is_not_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let switch = FaultSwitch::new();
-    let log = EmbeddedLog::open_with_faults(dir.path(), options(), switch.clone()).unwrap();
+    let (dir, switch, log) = faulty_log(options());
     log.append(new_event("before")).await.unwrap();
 
     switch.set_failing_syncs(true);
-    assert!(matches!(
-        log.append(new_event("during")).await,
-        Err(LogError::Unavailable(_))
-    ));
+    assert_unavailable(log.append(new_event("during")).await);
     assert_eq!(log.bounds().await.unwrap().head, 1);
     switch.set_failing_syncs(false);
     log.check_ready().await.unwrap();
 
     assert_eq!(log.bounds().await.unwrap().head, 1);
-    let stored = read_all(&log, 1).await;
-    assert_eq!(
-        stored.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        ["before"]
-    );
+    assert_eq!(ids(&log).await, ["before"]);
     // Incode's retry is a new event, not a duplicate of one never acknowledged.
     assert_eq!(
         log.append(new_event("during")).await.unwrap(),
@@ -342,21 +345,11 @@ async fn an_append_whose_sync_failed_is_not_stored() {
         log.append(new_event("after")).await.unwrap(),
         AppendOutcome::Appended(3)
     );
-    let ids: Vec<_> = read_all(&log, 1)
-        .await
-        .iter()
-        .map(|e| e.id.clone())
-        .collect();
-    assert_eq!(ids, ["before", "during", "after"]);
+    assert_eq!(ids(&log).await, ["before", "during", "after"]);
     log.close().await.unwrap();
     // And so it stays on disk.
     let log = EmbeddedLog::open(dir.path(), options()).unwrap();
-    let ids: Vec<_> = read_all(&log, 1)
-        .await
-        .iter()
-        .map(|e| e.id.clone())
-        .collect();
-    assert_eq!(ids, ["before", "during", "after"]);
+    assert_eq!(ids(&log).await, ["before", "during", "after"]);
 }
 
 #[tokio::test]
