@@ -1205,11 +1205,7 @@ async fn sighup_reloads_the_certificate() {
 
     let new = new_ca.server();
     files.write_server(&new);
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &process.child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(&process.child, "HUP");
     wait_for_certificate(addr, &[&old_ca, &new_ca], &new.der).await;
 
     let response = http_client()

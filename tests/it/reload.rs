@@ -19,16 +19,7 @@ const NEW_TOKEN: &str = "new-token-c07a1e94b2d8f653";
 
 /// Sends SIGHUP to the gateway.
 fn hang_up(process: &GatewayProcess) {
-    let pid = process
-        .child
-        .id()
-        .expect("the gateway has exited")
-        .to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(&process.child, "HUP");
 }
 
 /// The log records with `message`, as JSON.

@@ -158,13 +158,7 @@ async fn sigterm_answers_a_webhook_in_flight_and_ends_streams_with_unavailable()
         onboarding_body("in-flight", "ONBOARDING_FINISHED"),
     )
     .await;
-    let pid = process.child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    send_signal(&process.child, "TERM");
 
     // Shutdown is under way: the stream ends, with UNAVAILABLE.
     let end = loop {
@@ -190,11 +184,7 @@ async fn sigterm_answers_a_webhook_in_flight_and_ends_streams_with_unavailable()
             .expect("a sender hung")
             .unwrap();
     }
-    let status = tokio::time::timeout(PATIENCE, process.child.wait())
-        .await
-        .expect("the gateway did not exit after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    expect_clean_exit(&mut process.child, "TERM").await;
 
     let mut outcomes = Arc::try_unwrap(outcomes).unwrap().into_inner().unwrap();
     match answer {
@@ -296,18 +286,8 @@ async fn sigterm_as_soon_as_the_gateway_listens_is_a_graceful_shutdown() {
     for _ in 0..10 {
         let data_dir = tempfile::tempdir().unwrap();
         let mut process = GatewayProcess::spawn(data_dir.path(), &[]).await;
-        let pid = process.child.id().unwrap().to_string();
-        let killed = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(killed.success());
-        let status = tokio::time::timeout(PATIENCE, process.child.wait())
-            .await
-            .expect("the gateway did not exit after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "exit status {status:?}");
+        send_signal(&process.child, "TERM");
+        expect_clean_exit(&mut process.child, "TERM").await;
     }
 }
 
@@ -345,16 +325,7 @@ async fn sigterm_while_the_storage_opens_stops_the_start() {
     .expect("no start-up checks in time");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
-    let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .expect("the gateway went on waiting for NATS after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    // Were it to go on waiting for NATS, it would not exit in time.
+    send_signal(&child, "TERM");
+    expect_clean_exit(&mut child, "TERM").await;
 }

@@ -127,17 +127,8 @@ async fn the_data_directory_and_its_files_are_private_whatever_the_umask() {
 }
 
 async fn stop(process: &mut GatewayProcess) {
-    let pid = process.child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(PATIENCE, process.child.wait())
-        .await
-        .expect("the gateway did not stop")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    send_signal(&process.child, "TERM");
+    expect_clean_exit(&mut process.child, "TERM").await;
 }
 
 #[tokio::test]

@@ -828,18 +828,8 @@ async fn an_unreachable_collector_neither_blocks_requests_nor_shutdown() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let pid = process.child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(PATIENCE, process.child.wait())
-        .await
-        .expect("the gateway did not stop after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    send_signal(&process.child, "TERM");
+    expect_clean_exit(&mut process.child, "TERM").await;
 }
 
 /// Text log lines written to a pipe (a file, a log collector) carry no ANSI colour codes.

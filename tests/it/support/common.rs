@@ -462,3 +462,22 @@ pub async fn ack(
         .await
         .map(|answer| answer.into_inner().sequence)
 }
+
+/// Sends `signal` (`"TERM"`, `"HUP"`, …) to the process `child`, which must still run.
+pub fn send_signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("the process has exited").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} failed");
+}
+
+/// Waits for `child` to exit after a signal and requires a successful exit: a graceful stop.
+pub async fn expect_clean_exit(child: &mut tokio::process::Child, signal: &str) {
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the gateway did not exit after SIG{signal}"))
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
