@@ -4,7 +4,7 @@
 #![no_main]
 
 use incode_gateway::{
-    incode::{Endpoint, KindName, Notification},
+    incode::{Endpoint, Notification},
     proto::v1,
 };
 use libfuzzer_sys::fuzz_target;
@@ -18,8 +18,8 @@ fuzz_target!(|data: &[u8]| {
         0 => Endpoint::OnboardingStatus,
         1 => Endpoint::WatchlistUpdated,
         2 => Endpoint::Detect,
-        _ => match KindName::parse("document-expired") {
-            Ok(kind) => Endpoint::Other(kind),
+        _ => match Endpoint::for_kind("document-expired") {
+            Ok(endpoint) => endpoint,
             Err(_) => return,
         },
     };
