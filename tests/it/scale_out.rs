@@ -75,18 +75,23 @@ fn from_earliest() -> SubscribeRequest {
     }
 }
 
+/// A subscription through `replica` from the earliest event.
+async fn stream_from_earliest(replica: &GatewayProcess) -> tonic::Streaming<v1::SubscribeResponse> {
+    replica
+        .client()
+        .await
+        .subscribe(from_earliest())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Every stored event, read through `replica` from the earliest. Right after a leader change
 /// (and on a busy machine) creating the reader's consumer can take a while: the patience here is
 /// for the whole read, and longer than one message's.
 async fn all_events(replica: &GatewayProcess) -> Vec<v1::Event> {
     let read = async {
-        let mut stream = replica
-            .client()
-            .await
-            .subscribe(from_earliest())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = stream_from_earliest(replica).await;
         let mut events = Vec::new();
         while let Some(message) = stream.message().await.unwrap() {
             match message.response {
@@ -110,13 +115,7 @@ struct LiveSubscriber {
 
 impl LiveSubscriber {
     async fn start(replica: &GatewayProcess) -> Self {
-        let mut stream = replica
-            .client()
-            .await
-            .subscribe(from_earliest())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = stream_from_earliest(replica).await;
         let received = Arc::new(Mutex::new(Vec::new()));
         let kept = received.clone();
         let task = tokio::spawn(async move {

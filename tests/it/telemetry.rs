@@ -291,11 +291,9 @@ async fn one_trace_links_incodes_call_the_append_and_the_delivery() {
     }
 }
 
-/// By default a `traceparent` from the internet is not continued: the request starts a trace of
-/// its own, and its server span links to the caller's context.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_untrusted_traceparent_is_linked_not_continued() {
-    let collector = Collector::default();
+/// A gateway with its own data directory (kept alive by the caller) that exports its traces to
+/// `collector` every 50 ms.
+async fn exporting_gateway(collector: &Collector) -> (GatewayProcess, tempfile::TempDir) {
     let endpoint = collector.start().await;
     let data_dir = tempfile::tempdir().unwrap();
     let process = GatewayProcess::spawn(
@@ -306,6 +304,15 @@ async fn an_untrusted_traceparent_is_linked_not_continued() {
         ],
     )
     .await;
+    (process, data_dir)
+}
+
+/// By default a `traceparent` from the internet is not continued: the request starts a trace of
+/// its own, and its server span links to the caller's context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_traceparent_is_linked_not_continued() {
+    let collector = Collector::default();
+    let (process, _data_dir) = exporting_gateway(&collector).await;
     let mut client = process.client().await;
     let mut stream = client
         .subscribe(SubscribeRequest {
@@ -384,16 +391,7 @@ async fn first_event(stream: &mut tonic::Streaming<v1::SubscribeResponse>) -> v1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_to_durable_consumers_and_group_members_are_traced() {
     let collector = Collector::default();
-    let endpoint = collector.start().await;
-    let data_dir = tempfile::tempdir().unwrap();
-    let process = GatewayProcess::spawn(
-        data_dir.path(),
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ],
-    )
-    .await;
+    let (process, _data_dir) = exporting_gateway(&collector).await;
     let mut client = process.client().await;
     let mut durable = client
         .subscribe(SubscribeRequest {
